@@ -1,0 +1,138 @@
+"""Save and restore: the latest checkpoint (for resuming) and the best one (for eval/export).
+
+``tf.compat.v1.train.Saver`` writes each checkpoint under a temporary name and renames it,
+and updates its ``checkpoint`` index file last, so a crash leaves the previous one usable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnistctl._tf import tf
+from mnistctl.errors import MnistctlError
+from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.model import Graph
+from mnistctl.runs import CHECKPOINT_DIR, is_run_dir
+
+LATEST = "latest"
+BEST = "best"
+
+
+class CheckpointError(MnistctlError):
+    """A checkpoint that is missing, damaged or made for another model."""
+
+
+class Checkpoints:
+    """The run's two checkpoint slots."""
+
+    def __init__(self, run_dir: Path, graph: Graph) -> None:
+        self.root = run_dir / CHECKPOINT_DIR
+        with graph.graph.as_default():
+            # max_to_keep=2: if the newest is being written when the process dies, one remains.
+            self._latest = tf.compat.v1.train.Saver(max_to_keep=2, save_relative_paths=True)
+            self._best = tf.compat.v1.train.Saver(max_to_keep=1, save_relative_paths=True)
+
+    def save(self, session: tf.compat.v1.Session, slot: str, step: int) -> str:
+        directory = self.root / slot
+        directory.mkdir(parents=True, exist_ok=True)
+        saver = self._best if slot == BEST else self._latest
+        return saver.save(session, str(directory / "model"), global_step=step, write_meta_graph=False)
+
+
+class CheckpointHook(Hook):
+    """Saves ``latest`` every ``checkpoint_every`` steps and at the end, ``best`` on improvement."""
+
+    def __init__(self, checkpoints: Checkpoints, every: int) -> None:
+        self.checkpoints = checkpoints
+        self.every = every
+        self._saved_step = -1
+
+    def after_step(self, ctx: TrainContext) -> None:
+        if ctx.step % self.every == 0:
+            self._save_latest(ctx)
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        if improved:
+            self.checkpoints.save(ctx.session, BEST, ctx.step)
+
+    def end(self, ctx: TrainContext, status: str) -> None:
+        if status in ("completed", "interrupted"):
+            self._save_latest(ctx)
+
+    def _save_latest(self, ctx: TrainContext) -> None:
+        if ctx.step != self._saved_step:
+            self.checkpoints.save(ctx.session, LATEST, ctx.step)
+            self._saved_step = ctx.step
+
+
+def latest_in(directory: Path) -> str | None:
+    """The newest checkpoint prefix recorded in a slot directory, if its files exist."""
+    prefix = tf.train.latest_checkpoint(str(directory))
+    if prefix and Path(prefix + ".index").is_file():
+        return prefix
+    return None
+
+
+def resolve(target: Path) -> tuple[Path, str]:
+    """Map ``RUN_DIR`` (its best checkpoint) or a checkpoint prefix to (run dir, prefix)."""
+    if target.is_dir() and is_run_dir(target):
+        for slot in (BEST, LATEST):
+            prefix = latest_in(target / CHECKPOINT_DIR / slot)
+            if prefix:
+                return target, prefix
+        raise CheckpointError(f"{target}: the run has no checkpoint yet")
+    prefix = str(target)
+    for suffix in (".index", ".data-00000-of-00001"):
+        prefix = prefix.removesuffix(suffix)
+    if not Path(prefix + ".index").is_file():
+        if target.is_dir():
+            found = latest_in(target)
+            if found:
+                prefix = found
+            else:
+                raise CheckpointError(f"{target}: neither a run directory nor a checkpoint")
+        else:
+            raise CheckpointError(f"{target}: no such run directory or checkpoint")
+    for parent in Path(prefix).parents:
+        if is_run_dir(parent):
+            return parent, prefix
+    raise CheckpointError(f"{target}: the checkpoint is not inside a run directory (no config.yaml)")
+
+
+def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
+    """Restore every variable from a checkpoint and return its step.
+
+    Raises:
+        CheckpointError: naming the variable and shapes when the checkpoint was made for
+            another architecture, or the file when it is damaged.
+    """
+    try:
+        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+    except (tf.errors.OpError, ValueError) as err:
+        raise CheckpointError(f"{prefix}: unreadable checkpoint ({_first_line(err)})") from None
+    saved = reader.get_variable_to_shape_map()
+    with graph.graph.as_default():
+        variables = tf.compat.v1.global_variables()
+    for var in variables:
+        name = var.op.name
+        if name not in saved:
+            raise CheckpointError(f"{prefix}: made for another model: it has no variable {name}")
+        if list(saved[name]) != var.shape.as_list():
+            raise CheckpointError(
+                f"{prefix}: made for another model: {name} has shape {list(saved[name])} "
+                f"there and {var.shape.as_list()} in this config"
+            )
+    with graph.graph.as_default():
+        saver = tf.compat.v1.train.Saver(variables)
+    try:
+        saver.restore(session, prefix)
+    except (tf.errors.OpError, ValueError) as err:
+        raise CheckpointError(f"{prefix}: damaged checkpoint ({_first_line(err)})") from None
+    return int(session.run(graph.global_step))
+
+
+def _first_line(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+

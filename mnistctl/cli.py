@@ -1,0 +1,326 @@
+"""The command line: parse arguments, call one library function, print with rich.
+
+This is the only module that prints. TensorFlow is imported inside the commands that build
+graphs (train, eval), so ``--help``, ``validate``, ``compare`` and ``data info`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mnistctl import __version__
+from mnistctl.errors import MnistctlError
+from mnistctl.hooks import EvalRecord, Hook, TrainContext
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class _Group(click.Group):
+    """Turns every MnistctlError into one line on stderr and its exit code: no tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MnistctlError as error:
+            err.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnistctl")
+def main() -> None:
+    """Train, evaluate and compare the networks of the "TensorFlow and deep learning,
+    without a PhD" MNIST walk-through, from YAML configs.
+
+    \b
+    mnistctl train configs/conv_dropout.yaml     train; results go to runs/<time>-<name>/
+    mnistctl eval runs/<run>                     test accuracy, per class, confusion matrix
+    mnistctl compare runs/                       the runs side by side
+    """
+
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.steps=2000 --set model.layers[3].dropout=0.5 (repeatable).",
+)
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A directory holding the four IDX files (gzipped or not); tried before the cache.",
+)
+
+
+# -- train --------------------------------------------------------------------------------
+
+
+class ProgressView(Hook):
+    """A rich progress bar while training, or one plain line per evaluation when piped."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def begin(self, ctx: TrainContext) -> None:
+        if not self.live:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("lr {task.fields[lr]:.5f}"),
+            TextColumn("train {task.fields[train]}  test {task.fields[test]}  best {task.fields[best]}"),
+            TextColumn("{task.fields[speed]} img/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        fields = {"lr": ctx.experiment.schedule(ctx.step), "train": "-", "test": "-", "best": "-", "speed": "-"}
+        self.task = self.progress.add_task(
+            ctx.experiment.name, total=ctx.total_steps, completed=ctx.step, **fields
+        )
+
+    def after_step(self, ctx: TrainContext) -> None:
+        if self.progress is not None and (ctx.step % 10 == 0 or ctx.step == ctx.total_steps):
+            self.progress.update(self.task, completed=ctx.step, lr=ctx.experiment.schedule(ctx.step))
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        best = f"{ctx.best_accuracy:.4f}@{ctx.best_step}"
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                train=f"{record.train_accuracy:.4f}",
+                test=f"{record.test_accuracy:.4f}",
+                best=best,
+                speed=f"{record.images_per_s:,.0f}",
+            )
+        elif not self.quiet:
+            self.console.print(
+                f"step {record.step}/{ctx.total_steps}  lr {record.learning_rate:.5f}  "
+                f"train acc {record.train_accuracy:.4f} loss {record.train_loss:.4f}  "
+                f"test acc {record.test_accuracy:.4f} loss {record.test_loss:.4f}  "
+                f"best {best}  {record.images_per_s:,.0f} img/s",
+                soft_wrap=True,
+            )
+
+    def end(self, ctx: TrainContext, status: str) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@_set_option
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--name", help="Run name (default: the config's name).")
+@_data_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
+def train(config: Path, overrides: tuple[str, ...], runs_dir: Path, name: str | None, data_dir: Path | None, quiet: bool) -> None:
+    """Train CONFIG (a YAML file) in a new run directory under --runs-dir."""
+    from mnistctl.config import load_config
+
+    exp = load_config(config, overrides)  # validated before TensorFlow is even imported
+    if name is not None:
+        _check_name(name)
+    from mnistctl.train import run_experiment
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    view = ProgressView(out, quiet)
+    log = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+    try:
+        run = run_experiment(exp, runs_dir, name=name, data_dir=data_dir, extra_hooks=[view], log=log)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the run keeps a checkpoint of its last step")
+        sys.exit(130)
+    final = run.meta.get("final", {})
+    out.print(
+        f"final test accuracy: [bold]{final.get('test_accuracy', float('nan')):.4f}[/] "
+        f"(best {run.meta.get('best_test_accuracy', float('nan')):.4f} at step {run.meta.get('best_step')}), "
+        f"{run.meta.get('wall_s', 0):.0f} s, {final.get('images_per_s', 0):,.0f} img/s"
+    )
+    out.print(f"run: {run.path}")
+
+
+def _check_name(name: str) -> None:
+    from mnistctl.config import NAME_RULE, ConfigError, is_valid_name
+
+    if not is_valid_name(name):
+        raise ConfigError(f"--name: expected {NAME_RULE}, got {name!r}")
+
+
+# -- validate -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@_set_option
+def validate(config: Path, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG and show its layers, output shapes and parameter counts (no TensorFlow)."""
+    from mnistctl.config import infer_shapes, load_config
+
+    exp = load_config(config, overrides)
+    table = Table(title=f"{exp.name}: {exp.description}", title_justify="left")
+    for column in ("#", "layer", "output", "parameters"):
+        table.add_column(column, justify="right" if column in ("#", "parameters") else "left")
+    shapes = infer_shapes(exp.model)
+    for i, (layer, shape) in enumerate(zip(exp.model.layers, shapes, strict=True)):
+        table.add_row(str(i), _describe_layer(layer), "x".join(map(str, shape.output)), f"{shape.params:,}")
+    out.print(table)
+    out.print(
+        f"{sum(s.params for s in shapes):,} parameters; optimizer {exp.optimizer.tag}, schedule "
+        f"{exp.schedule.tag}, {exp.train.steps} steps of {exp.train.batch_size} on {exp.data.dataset}: valid"
+    )
+
+
+def _describe_layer(layer: Any) -> str:
+    if layer.tag == "conv":
+        text = f"conv {layer.kernel}x{layer.kernel}x{layer.filters} stride {layer.stride} {layer.padding}"
+    else:
+        text = f"dense {layer.units}"
+    text += f" {layer.activation}"
+    if layer.batch_norm:
+        text += " +batchnorm"
+    if layer.dropout:
+        text += f" dropout {layer.dropout:g}"
+    return text
+
+
+# -- eval ---------------------------------------------------------------------------------
+
+
+@main.command("eval")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_data_dir_option
+def eval_(target: Path, as_json: bool, data_dir: Path | None) -> None:
+    """Evaluate TARGET on the test set: a run directory (its best checkpoint) or a checkpoint."""
+    from mnistctl.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(target, data_dir)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    out.print(f"run: {report.run}\ncheckpoint: {report.checkpoint} (step {report.step})")
+    out.print(
+        f"test accuracy: [bold]{report.test_accuracy:.4f}[/]  loss: {report.test_loss:.4f}  "
+        f"({report.images:,} {report.dataset} test images)"
+    )
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table.add_column("true")
+    for i in range(len(report.classes)):
+        table.add_column(str(i), justify="right")
+    table.add_column("accuracy", justify="right")
+    for i, row in enumerate(report.confusion):
+        cells = [f"[green]{n}[/]" if j == i else (f"[red]{n}[/]" if n else "[dim]0[/]") for j, n in enumerate(row)]
+        table.add_row(f"{i} {report.classes[i]}" if report.classes[i] != str(i) else str(i), *cells, f"{report.per_class_accuracy[i]:.4f}")
+    out.print(table)
+
+
+# -- compare ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table", show_default=True)
+@click.option("--sort", "sort_key", metavar="KEY", help="Sort by this column (e.g. best_test_accuracy).")
+@click.option("--reverse", is_flag=True, help="Sort in descending order.")
+def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bool) -> None:
+    """Compare runs: results, then the config keys that differ. PATHS are run directories or
+    directories of runs (default: runs/)."""
+    from mnistctl.compare import cell, compare as compare_runs, render
+    from mnistctl.runs import find_runs
+
+    runs = find_runs(list(paths) or [Path("runs")])
+    if not runs:
+        raise MnistctlError(f"no runs found in {', '.join(map(str, paths or ['runs']))}")
+    columns, rows = compare_runs(runs, sort_key, reverse)
+    if fmt != "table":
+        click.echo(render(columns, rows, fmt))
+        return
+    table = Table()
+    for column in columns:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*(cell(row.get(c)) for c in columns))
+    out.print(table)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+@main.group()
+def data() -> None:
+    """Get and inspect the datasets (MNIST, Fashion-MNIST)."""
+
+
+_dataset_option = click.option(
+    "--dataset", type=click.Choice(["mnist", "fashion", "all"]), default="mnist", show_default=True
+)
+
+
+def _datasets(name: str) -> list[str]:
+    return ["mnist", "fashion"] if name == "all" else [name]
+
+
+@data.command()
+@_dataset_option
+@_data_dir_option
+def download(dataset: str, data_dir: Path | None) -> None:
+    """Fetch, verify and cache a dataset (training does this on first use)."""
+    from mnistctl.data import ensure_dataset
+
+    for name in _datasets(dataset):
+        path = ensure_dataset(name, data_dir=data_dir, log=lambda msg: err.print(f"[dim]{msg}[/]"))
+        out.print(f"{name}: verified, cached in {path}")
+
+
+@data.command()
+@_dataset_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(dataset: str, as_json: bool) -> None:
+    """Where the cached dataset is, its counts and checksums."""
+    from mnistctl.data import dataset_info
+
+    reports = [dataset_info(name) for name in _datasets(dataset)]
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    for report in reports:
+        table = Table(title=f"{report['title']} ({report['dataset']}) in {report['cache']}", title_justify="left")
+        for column in ("file", "status", "count", "bytes", "sha256 (uncompressed)"):
+            table.add_column(column)
+        for f in report["files"]:
+            status = f["status"]
+            style = "green" if status == "verified" else "red"
+            table.add_row(
+                Path(f["file"]).name,
+                f"[{style}]{status}[/]",
+                f"{f.get('count', '-'):,}" if "count" in f else "-",
+                f"{f['bytes']:,}" if "bytes" in f else "-",
+                f["sha256"],
+            )
+        out.print(table)
+        if any(f["status"] != "verified" for f in report["files"]):
+            out.print(f"run [bold]mnistctl data download --dataset {report['dataset']}[/] to fetch it")

@@ -1,0 +1,10 @@
+"""The one exception type the CLI turns into a single line and exit code 2."""
+
+
+class MnistctlError(Exception):
+    """A problem the user can fix: a bad config, flag, file or run directory.
+
+    The message names the problem and where it is; the CLI prints it as one line.
+    """
+
+    exit_code = 2

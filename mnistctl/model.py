@@ -1,0 +1,213 @@
+"""Config -> TensorFlow 1-style graph: placeholders, layers, loss, accuracy and train op.
+
+One small builder per layer type, activation and optimizer, looked up by name, so adding one
+is a decorated function. ``build_graph`` returns a :class:`Graph` holding every tensor the
+training loop, evaluation and export need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mnistctl._tf import tf
+from mnistctl.config import (
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    AdamConfig,
+    ConvLayer,
+    DenseLayer,
+    Experiment,
+    InitConfig,
+    LayerConfig,
+    OptimizerConfig,
+    SgdConfig,
+)
+from mnistctl.registry import Registry
+
+v1 = tf.compat.v1
+
+ACTIVATIONS: Registry[Callable[[tf.Tensor], tf.Tensor]] = Registry("activation")
+ACTIVATIONS.register("relu")(tf.nn.relu)
+ACTIVATIONS.register("sigmoid")(tf.nn.sigmoid)
+ACTIVATIONS.register("tanh")(tf.nn.tanh)
+ACTIVATIONS.register("elu")(tf.nn.elu)
+ACTIVATIONS.register("linear")(tf.identity)
+# The output layer's softmax is applied inside the loss, from the logits, for stability.
+ACTIVATIONS.register("softmax")(tf.identity)
+
+LAYER_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("layer type")
+OPTIMIZER_BUILDERS: Registry[Callable[..., v1.train.Optimizer]] = Registry("optimizer")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Everything the loop, evaluation and export touch, in one TF1 graph.
+
+    Feed ``images`` (uint8 [N, 28, 28]) and ``labels`` (uint8 [N]); ``learning_rate`` and
+    ``training`` are fed while training only (``training`` defaults to False).
+    """
+
+    graph: tf.Graph
+    images: tf.Tensor
+    labels: tf.Tensor
+    learning_rate: tf.Tensor
+    training: tf.Tensor
+    logits: tf.Tensor
+    probabilities: tf.Tensor
+    predictions: tf.Tensor
+    loss: tf.Tensor  # mean cross-entropy over the batch
+    loss_sum: tf.Tensor  # summed cross-entropy, to average exactly over many eval batches
+    correct: tf.Tensor  # number of right predictions in the batch
+    train_op: tf.Operation
+    global_step: tf.Variable
+    init_op: tf.Operation
+    weights: tuple[tf.Variable, ...]
+    biases: tuple[tf.Variable, ...]
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """What every layer builder needs besides its config and input."""
+
+    init: InitConfig
+    training: tf.Tensor
+    global_step: tf.Variable
+    batch_norm_decay: float
+
+
+def _weight(shape: list[int], init: InitConfig) -> tf.Variable:
+    if init.weights == "zeros":
+        start = tf.zeros(shape)
+    else:
+        start = v1.truncated_normal(shape, stddev=init.stddev)
+    return tf.Variable(start, name="weights")
+
+
+def _bias_value(layer: LayerConfig, init: InitConfig) -> float:
+    return init.relu_bias if layer.activation == "relu" else 0.0
+
+
+def _batch_norm(x: tf.Tensor, layer: LayerConfig, ctx: LayerContext) -> tf.Tensor:
+    """Batch statistics while training, moving averages at test time (updated by the train op).
+
+    As in the walk-through: the bias becomes the offset (beta) and there is no scale, since
+    the following ReLU or sigmoid makes a scale redundant or the next layer absorbs it.
+    """
+    channels = x.shape[-1]
+    axes = list(range(len(x.shape) - 1))
+    offset = tf.Variable(tf.fill([channels], _bias_value(layer, ctx.init)), name="offset")
+    moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean")
+    moving_var = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance")
+    mean, variance = tf.nn.moments(x, axes)
+    # Early on, average faster (like tf.train.ExponentialMovingAverage with num_updates).
+    step = tf.cast(ctx.global_step, tf.float32)
+    decay = tf.minimum(ctx.batch_norm_decay, (1.0 + step) / (10.0 + step))
+    for var, value in ((moving_mean, mean), (moving_var, variance)):
+        v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, var.assign(decay * var + (1 - decay) * value))
+    mean, variance = tf.cond(ctx.training, lambda: (mean, variance), lambda: (moving_mean, moving_var))
+    return tf.nn.batch_normalization(x, mean, variance, offset, None, variance_epsilon=1e-5)
+
+
+def _bias_norm_activate(x: tf.Tensor, layer: LayerConfig, ctx: LayerContext) -> tf.Tensor:
+    if layer.batch_norm:
+        x = _batch_norm(x, layer, ctx)
+    else:
+        bias = tf.Variable(tf.fill([x.shape[-1]], _bias_value(layer, ctx.init)), name="biases")
+        x = x + bias
+    x = ACTIVATIONS.get(layer.activation)(x)
+    if layer.dropout > 0:
+        rate = tf.where(ctx.training, layer.dropout, 0.0)
+        x = tf.nn.dropout(x, rate=rate)
+    return x
+
+
+@LAYER_BUILDERS.register("dense")
+def build_dense(x: tf.Tensor, layer: DenseLayer, ctx: LayerContext) -> tf.Tensor:
+    if len(x.shape) > 2:
+        x = tf.reshape(x, [-1, x.shape[1:].num_elements()])
+    x = tf.matmul(x, _weight([x.shape[-1], layer.units], ctx.init))
+    return _bias_norm_activate(x, layer, ctx)
+
+
+@LAYER_BUILDERS.register("conv")
+def build_conv(x: tf.Tensor, layer: ConvLayer, ctx: LayerContext) -> tf.Tensor:
+    kernel = _weight([layer.kernel, layer.kernel, x.shape[-1], layer.filters], ctx.init)
+    x = tf.nn.conv2d(x, kernel, strides=layer.stride, padding=layer.padding.upper())
+    return _bias_norm_activate(x, layer, ctx)
+
+
+@OPTIMIZER_BUILDERS.register("sgd")
+def build_sgd(cfg: SgdConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:
+    return v1.train.GradientDescentOptimizer(learning_rate)
+
+
+@OPTIMIZER_BUILDERS.register("adam")
+def build_adam(cfg: AdamConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:
+    return v1.train.AdamOptimizer(learning_rate, cfg.beta1, cfg.beta2, cfg.epsilon)
+
+
+def build_optimizer(cfg: OptimizerConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:
+    return OPTIMIZER_BUILDERS.get(cfg.tag)(cfg, learning_rate)
+
+
+def build_logits(images: tf.Tensor, exp: Experiment, training: tf.Tensor, global_step: tf.Variable) -> tf.Tensor:
+    """The layers, from uint8 pixels to the 10 logits."""
+    x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, *IMAGE_SHAPE])
+    ctx = LayerContext(exp.model.init, training, global_step, exp.model.batch_norm_decay)
+    for i, layer in enumerate(exp.model.layers):
+        with tf.name_scope(f"layer{i}_{layer.tag}"):
+            x = LAYER_BUILDERS.get(layer.tag)(x, layer, ctx)
+    return x
+
+
+def build_graph(exp: Experiment) -> Graph:
+    """Build the whole training and evaluation graph for an experiment.
+
+    The graph-level seed makes initial weights and dropout masks a function of the seed.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.set_random_seed(exp.train.seed)
+        images = v1.placeholder(tf.uint8, [None, *IMAGE_SHAPE[:2]], name="images")
+        labels = v1.placeholder(tf.uint8, [None], name="labels")
+        learning_rate = v1.placeholder_with_default(0.0, [], name="learning_rate")
+        training = v1.placeholder_with_default(False, [], name="training")
+        global_step = v1.train.get_or_create_global_step()
+
+        logits = build_logits(images, exp, training, global_step)
+        logits = tf.identity(logits, name="logits")
+        probabilities = tf.nn.softmax(logits, name="probabilities")
+        predictions = tf.argmax(logits, axis=1, output_type=tf.int32, name="predictions")
+        targets = tf.cast(labels, tf.int32)
+        per_image = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        loss = tf.reduce_mean(per_image, name="loss")
+        loss_sum = tf.reduce_sum(per_image, name="loss_sum")
+        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, targets), tf.int32), name="correct")
+
+        optimizer = build_optimizer(exp.optimizer, learning_rate)
+        # Batch-norm moving averages must update with every training step.
+        with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+            train_op = optimizer.minimize(loss * exp.train.loss_scale, global_step=global_step)
+        init_op = v1.global_variables_initializer()
+        trainable = v1.trainable_variables()
+        weights = tuple(v for v in trainable if "weights" in v.name)
+        biases = tuple(v for v in trainable if "weights" not in v.name)
+    return Graph(
+        graph, images, labels, learning_rate, training, logits, probabilities, predictions,
+        loss, loss_sum, correct, train_op, global_step, init_op, weights, biases,
+    )  # fmt: skip
+
+
+def count_parameters(g: Graph) -> int:
+    """Trainable parameters plus batch-norm moving statistics (the config's count)."""
+    with g.graph.as_default():
+        variables = [v for v in v1.global_variables() if "moving_" in v.name] + list(v1.trainable_variables())
+    return sum(v.shape.num_elements() for v in variables)
+
+
+def make_session(g: Graph) -> v1.Session:
+    """A session on the graph; TensorFlow's default thread pools use every core."""
+    config = v1.ConfigProto()
+    config.allow_soft_placement = True
+    return v1.Session(graph=g.graph, config=config)

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real MNIST (fetched once into the user's cache) and tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture(scope="session")
+def mnist_cache() -> Path:
+    """The verified MNIST cache, fetched through the normal sources if it is not there yet."""
+    from mnistctl.data import DataError, ensure_dataset
+
+    try:
+        return ensure_dataset("mnist")
+    except DataError as err:  # only where neither the cache nor any source is reachable
+        pytest.skip(f"real MNIST unavailable here: {err}")
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write YAML text to a file in tmp_path and return its path."""
+
+    def write(text: str, name: str = "exp.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,75 @@
+"""The graph builder: shapes, parameter counts, batch norm, and the registries' coverage."""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+import pytest
+
+from mnistctl.config import OPTIMIZERS, Activation, load_config, parameter_count
+
+from .conftest import CONFIGS
+
+tf_model = pytest.importorskip("mnistctl.model")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_graph_matches_the_config(path):
+    exp = load_config(path)
+    g = tf_model.build_graph(exp)
+    assert tf_model.count_parameters(g) == parameter_count(exp.model)
+    assert g.logits.shape.as_list() == [None, 10]
+    assert g.images.shape.as_list() == [None, 28, 28]
+
+
+def test_registries_cover_every_name_the_schema_allows():
+    assert set(tf_model.ACTIVATIONS.names()) == set(typing.get_args(Activation))
+    assert tf_model.OPTIMIZER_BUILDERS.names() == OPTIMIZERS.names()
+    assert set(tf_model.LAYER_BUILDERS.names()) == {"conv", "dense"}
+
+
+def run_steps(exp, steps: int = 5):
+    g = tf_model.build_graph(exp)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 32, dtype=np.uint8)
+    with tf_model.make_session(g) as session:
+        session.run(g.init_op)
+        losses = []
+        for _ in range(steps):
+            feed = {g.images: images, g.labels: labels, g.learning_rate: 0.01, g.training: True}
+            _, loss = session.run([g.train_op, g.loss], feed)
+            losses.append(loss)
+        probabilities = session.run(g.probabilities, {g.images: images})
+        variables = {v.op.name: session.run(v) for v in g.graph.get_collection("variables")}
+    return losses, probabilities, variables
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch():
+    losses, probabilities, _ = run_steps(load_config(CONFIGS / "tiny.yaml"), steps=30)
+    assert losses[-1] < losses[0] * 0.5
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_norm_updates_its_moving_averages(write_config):
+    path = write_config(
+        "model:\n  layers:\n"
+        "    - {type: conv, filters: 3, kernel: 3, stride: 2, batch_norm: true}\n"
+        "    - {type: dense, units: 8, batch_norm: true}\n"
+        "    - {type: dense, units: 10, activation: softmax}\n"
+    )
+    exp = load_config(path)
+    _, _, variables = run_steps(exp, steps=3)
+    means = [v for name, v in variables.items() if name.endswith("moving_mean")]
+    assert len(means) == 2 and all(np.abs(m).sum() > 0 for m in means)
+    # batch-norm layers have an offset and no bias; their count is the config's
+    assert not any(name.endswith("biases") for name in variables if name.startswith("layer0"))
+
+
+def test_same_seed_same_weights_and_losses():
+    exp = load_config(CONFIGS / "tiny.yaml")
+    first, _, w1 = run_steps(exp)
+    second, _, w2 = run_steps(exp)
+    assert first == second
+    assert all(np.array_equal(w1[k], w2[k]) for k in w1)
