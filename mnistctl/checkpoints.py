@@ -134,5 +134,3 @@ def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
 def _first_line(err: Exception) -> str:
     text = getattr(err, "message", None) or str(err)
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
-
-

@@ -93,7 +93,13 @@ class ProgressView(Hook):
             console=self.console,
         )
         self.progress.start()
-        fields = {"lr": ctx.experiment.schedule(ctx.step), "train": "-", "test": "-", "best": "-", "speed": "-"}
+        fields = {
+            "lr": ctx.experiment.schedule(ctx.step),
+            "train": "-",
+            "test": "-",
+            "best": "-",
+            "speed": "-",
+        }
         self.task = self.progress.add_task(
             ctx.experiment.name, total=ctx.total_steps, completed=ctx.step, **fields
         )
@@ -137,7 +143,14 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 @click.option("--name", help="Run name (default: the config's name).")
 @_data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
-def train(config: Path, overrides: tuple[str, ...], runs_dir: Path, name: str | None, data_dir: Path | None, quiet: bool) -> None:
+def train(
+    config: Path,
+    overrides: tuple[str, ...],
+    runs_dir: Path,
+    name: str | None,
+    data_dir: Path | None,
+    quiet: bool,
+) -> None:
     """Train CONFIG (a YAML file) in a new run directory under --runs-dir."""
     from mnistctl.config import load_config
 
@@ -233,8 +246,14 @@ def eval_(target: Path, as_json: bool, data_dir: Path | None) -> None:
         table.add_column(str(i), justify="right")
     table.add_column("accuracy", justify="right")
     for i, row in enumerate(report.confusion):
-        cells = [f"[green]{n}[/]" if j == i else (f"[red]{n}[/]" if n else "[dim]0[/]") for j, n in enumerate(row)]
-        table.add_row(f"{i} {report.classes[i]}" if report.classes[i] != str(i) else str(i), *cells, f"{report.per_class_accuracy[i]:.4f}")
+        cells = [
+            f"[green]{n}[/]" if j == i else (f"[red]{n}[/]" if n else "[dim]0[/]") for j, n in enumerate(row)
+        ]
+        table.add_row(
+            f"{i} {report.classes[i]}" if report.classes[i] != str(i) else str(i),
+            *cells,
+            f"{report.per_class_accuracy[i]:.4f}",
+        )
     out.print(table)
 
 
@@ -243,13 +262,20 @@ def eval_(target: Path, as_json: bool, data_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "markdown"]),
+    default="table",
+    show_default=True,
+)
 @click.option("--sort", "sort_key", metavar="KEY", help="Sort by this column (e.g. best_test_accuracy).")
 @click.option("--reverse", is_flag=True, help="Sort in descending order.")
 def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bool) -> None:
     """Compare runs: results, then the config keys that differ. PATHS are run directories or
     directories of runs (default: runs/)."""
-    from mnistctl.compare import cell, compare as compare_runs, render
+    from mnistctl.compare import cell, render
+    from mnistctl.compare import compare as compare_runs
     from mnistctl.runs import find_runs
 
     runs = find_runs(list(paths) or [Path("runs")])
@@ -259,11 +285,21 @@ def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bo
     if fmt != "table":
         click.echo(render(columns, rows, fmt))
         return
-    table = Table()
-    for column in columns:
-        table.add_column(column.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(*(cell(row.get(c)) for c in columns))
+    cells = [[cell(row.get(c), c) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) + 3 for i, c in enumerate(columns)]
+    if sum(widths) <= out.width:
+        table = Table()
+        for column in columns:
+            table.add_column(column)
+        for row_cells in cells:
+            table.add_row(*row_cells)
+    else:  # too wide for the terminal: one column per run instead of one row per run
+        table = Table(show_header=False)
+        table.add_column(no_wrap=True)
+        for _ in rows:
+            table.add_column(overflow="fold")
+        for i, column in enumerate(columns):
+            table.add_row(f"[bold]{column}[/]", *(r[i] for r in cells))
     out.print(table)
 
 
@@ -308,7 +344,9 @@ def info(dataset: str, as_json: bool) -> None:
         click.echo(json.dumps(reports, indent=2))
         return
     for report in reports:
-        table = Table(title=f"{report['title']} ({report['dataset']}) in {report['cache']}", title_justify="left")
+        table = Table(
+            title=f"{report['title']} ({report['dataset']}) in {report['cache']}", title_justify="left"
+        )
         for column in ("file", "status", "count", "bytes", "sha256 (uncompressed)"):
             table.add_column(column)
         for f in report["files"]:

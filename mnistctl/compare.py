@@ -98,11 +98,12 @@ def _sortable(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-def cell(value: Any) -> str:
+def cell(value: Any, column: str = "") -> str:
+    """Text for a table cell: accuracies to 4 decimals, other numbers as short as exact."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if value <= 1 else f"{value:g}"
+        return f"{value:.4f}" if column.endswith("accuracy") else f"{value:g}"
     return str(value)
 
 
@@ -118,7 +119,7 @@ def render(columns: list[str], rows: list[dict], fmt: str) -> str:
         return out.getvalue().rstrip("\n")
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+        lines += ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows]
         return "\n".join(lines)
     raise MnistctlError(f"--format: unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
 

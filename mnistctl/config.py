@@ -220,7 +220,7 @@ class Experiment:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = AdamConfig()
-    schedule: ScheduleConfig = Exponential()
+    schedule: ScheduleConfig = field(default_factory=Exponential)
     train: TrainConfig = TrainConfig()
 
 
@@ -268,7 +268,7 @@ def parse_experiment(raw: Any, source: str, overridden: dict[str, str] | None = 
 class _SafeLoaderNoAliases(yaml.SafeLoader):
     """Refuses YAML aliases: configs never need them, and they make 'billion laughs' bombs."""
 
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+    def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.MarkedYAMLError(
@@ -298,7 +298,7 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        return yaml.load(text, Loader=_SafeLoaderNoAliases)  # noqa: S506 - a SafeLoader
+        return yaml.load(text, Loader=_SafeLoaderNoAliases)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -323,7 +323,7 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict[str, str
             raise ConfigError(f"--set {expression}: expected key.path=value")
         tokens = _split_key(key.strip(), expression)
         try:
-            value = yaml.load(text, Loader=_SafeLoaderNoAliases) if text.strip() else ""  # noqa: S506
+            value = yaml.load(text, Loader=_SafeLoaderNoAliases) if text.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"--set {expression}: cannot parse the value {text!r}") from None
         _set_path(raw, tokens, value, expression)
@@ -523,8 +523,7 @@ def infer_shapes(model: ModelConfig) -> list[LayerShape]:
             if layer.padding == "valid" and layer.kernel > min(height, width):
                 raise _Invalid(
                     _sub(path, "kernel"),
-                    f"kernel {layer.kernel} is larger than the {height}x{width} input "
-                    "(padding: valid)",
+                    f"kernel {layer.kernel} is larger than the {height}x{width} input (padding: valid)",
                 )
             if layer.stride > min(height, width):
                 raise _Invalid(
@@ -532,7 +531,9 @@ def infer_shapes(model: ModelConfig) -> list[LayerShape]:
                     f"stride {layer.stride} is larger than the {height}x{width} input: "
                     "the stack of strided layers shrinks the image to nothing",
                 )
-            height, width = (_conv_side(s, layer.kernel, layer.stride, layer.padding) for s in (height, width))
+            height, width = (
+                _conv_side(s, layer.kernel, layer.stride, layer.padding) for s in (height, width)
+            )
             shape = (height, width, layer.filters)
             params = layer.kernel * layer.kernel * channels * layer.filters
             params += (bias + norm) * layer.filters
@@ -574,9 +575,14 @@ def _check_experiment(exp: Experiment) -> None:
     if not isinstance(output, DenseLayer):
         raise _Invalid(out_path, "the last layer is the output: expected type dense")
     if output.units != NUM_CLASSES:
-        raise _Invalid(_sub(out_path, "units"), f"the output layer needs {NUM_CLASSES} units (one per class), got {output.units}")
+        raise _Invalid(
+            _sub(out_path, "units"),
+            f"the output layer needs {NUM_CLASSES} units (one per class), got {output.units}",
+        )
     if output.activation != "softmax":
-        raise _Invalid(_sub(out_path, "activation"), f"the output layer must be softmax, got {output.activation!r}")
+        raise _Invalid(
+            _sub(out_path, "activation"), f"the output layer must be softmax, got {output.activation!r}"
+        )
     if output.dropout:
         raise _Invalid(_sub(out_path, "dropout"), "the output layer cannot have dropout")
     for i, layer in enumerate(layers[:last]):

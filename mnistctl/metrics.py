@@ -79,7 +79,9 @@ class TensorBoardWriter(Hook):
             value = getattr(record, tag)
             if math.isfinite(value):
                 group, _, name = tag.partition("_")
-                summary.value.add(tag=f"{name}/{group}" if group in ("train", "test") else tag, simple_value=value)
+                summary.value.add(
+                    tag=f"{name}/{group}" if group in ("train", "test") else tag, simple_value=value
+                )
         self._writer.add_summary(summary, record.step)
         self._writer.flush()
 

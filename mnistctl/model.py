@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from mnistctl._tf import tf
 from mnistctl.config import (
     IMAGE_SHAPE,
-    NUM_CLASSES,
     AdamConfig,
     ConvLayer,
     DenseLayer,
@@ -77,11 +76,10 @@ class LayerContext:
 
 
 def _weight(shape: list[int], init: InitConfig) -> tf.Variable:
-    if init.weights == "zeros":
-        start = tf.zeros(shape)
-    else:
-        start = v1.truncated_normal(shape, stddev=init.stddev)
-    return tf.Variable(start, name="weights")
+    zeros = init.weights == "zeros"
+    return tf.Variable(
+        tf.zeros(shape) if zeros else v1.truncated_normal(shape, stddev=init.stddev), name="weights"
+    )
 
 
 def _bias_value(layer: LayerConfig, init: InitConfig) -> float:
@@ -151,7 +149,9 @@ def build_optimizer(cfg: OptimizerConfig, learning_rate: tf.Tensor) -> v1.train.
     return OPTIMIZER_BUILDERS.get(cfg.tag)(cfg, learning_rate)
 
 
-def build_logits(images: tf.Tensor, exp: Experiment, training: tf.Tensor, global_step: tf.Variable) -> tf.Tensor:
+def build_logits(
+    images: tf.Tensor, exp: Experiment, training: tf.Tensor, global_step: tf.Variable
+) -> tf.Tensor:
     """The layers, from uint8 pixels to the 10 logits."""
     x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, *IMAGE_SHAPE])
     ctx = LayerContext(exp.model.init, training, global_step, exp.model.batch_norm_decay)

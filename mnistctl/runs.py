@@ -102,7 +102,11 @@ def _git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -240,4 +244,19 @@ class RunRecorder(Hook):
         )
 
     def end(self, ctx: TrainContext, status: str) -> None:
-        self.run.update(status=status, ended_at=utc_now(), steps_done=ctx.step, wall_s=time.time() - self._started)
+        steps = ctx.step - ctx.start_step
+        self.run.update(
+            status=status,
+            ended_at=utc_now(),
+            steps_done=ctx.step,
+            wall_s=time.time() - self._started,
+            timing={
+                "train_s": round(ctx.steps_s, 3),
+                "session_run_s": round(ctx.session_s, 3),
+                # batch picking, feeding and hooks, as a share of the training steps' time
+                "loop_overhead_fraction": round(1 - ctx.session_s / ctx.steps_s, 4) if ctx.steps_s else None,
+                "images_per_s": round(steps * ctx.experiment.train.batch_size / ctx.steps_s, 1)
+                if ctx.steps_s
+                else None,
+            },
+        )

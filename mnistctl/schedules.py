@@ -12,7 +12,6 @@ from typing import ClassVar
 
 from mnistctl.registry import Registry
 
-
 SCHEDULES: Registry[type[ScheduleConfig]] = Registry("schedule")
 
 

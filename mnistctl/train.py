@@ -41,7 +41,12 @@ class Evaluation:
 
 
 def evaluate(
-    session, g: Graph, images: np.ndarray, labels: np.ndarray, batch_size: int, keep_probabilities: bool = False
+    session,
+    g: Graph,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    keep_probabilities: bool = False,
 ) -> Evaluation:
     """Loss and accuracy over all images, in batches (dropout off, batch norm in test mode)."""
     loss_sum, correct, predictions, probabilities = 0.0, 0, [], []
@@ -97,7 +102,9 @@ def fit(ctx: TrainContext, data: Dataset, hooks: Sequence[Hook]) -> str:
             idx = order.indices(step)
             lr = exp.schedule(step)
             feed = {g.images: x[idx], g.labels: y[idx], g.learning_rate: lr, g.training: True}
+            t1 = time.perf_counter()
             _, loss, correct = session.run(fetches, feed)  # the one sync point per step
+            ctx.session_s += time.perf_counter() - t1
             if not math.isfinite(loss):
                 status = "diverged"
                 raise Diverged(
@@ -109,9 +116,11 @@ def fit(ctx: TrainContext, data: Dataset, hooks: Sequence[Hook]) -> str:
             window.images += len(idx)
             window.steps += 1
             ctx.step = step + 1
-            window.seconds += time.perf_counter() - t0
             for hook in hooks:
                 hook.after_step(ctx)
+            elapsed = time.perf_counter() - t0
+            window.seconds += elapsed
+            ctx.steps_s += elapsed
             if ctx.step % cfg.eval_every == 0 or ctx.step == ctx.total_steps:
                 _evaluate_and_report(ctx, data, window, lr, started, hooks)
                 window = _Window()
@@ -172,7 +181,11 @@ def run_experiment(
     run = create_run(runs_dir, exp, name)
     run.update(
         parameters=count_parameters(g),
-        dataset={"name": data.name, "train_images": len(data.train_images), "test_images": len(data.test_images)},
+        dataset={
+            "name": data.name,
+            "train_images": len(data.train_images),
+            "test_images": len(data.test_images),
+        },
         dataset_sha256=data.checksums,
     )
     try:

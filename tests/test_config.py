@@ -53,10 +53,14 @@ def test_shipped_configs_validate_with_expected_parameter_counts(path):
 
 def test_conv_dropout_matches_the_walkthrough():
     exp = load_config(CONFIGS / "conv_dropout.yaml")
-    convs = [(l.kernel, l.filters, l.stride) for l in exp.model.layers if isinstance(l, ConvLayer)]
+    convs = [
+        (layer.kernel, layer.filters, layer.stride)
+        for layer in exp.model.layers
+        if isinstance(layer, ConvLayer)
+    ]
     assert convs == [(6, 6, 1), (5, 12, 2), (4, 24, 2)]
-    dense = [l for l in exp.model.layers if isinstance(l, DenseLayer)]
-    assert [(l.units, l.dropout) for l in dense] == [(200, 0.25), (10, 0.0)]
+    dense = [layer for layer in exp.model.layers if isinstance(layer, DenseLayer)]
+    assert [(layer.units, layer.dropout) for layer in dense] == [(200, 0.25), (10, 0.0)]
     assert exp.model.init.stddev == 0.1 and exp.model.init.relu_bias == 0.1
     assert exp.train.batch_size == 100
 
@@ -71,7 +75,12 @@ def test_resolved_config_round_trips():
 def test_overrides_reach_nested_keys_and_list_items():
     exp = load_config(
         CONFIGS / "conv_dropout.yaml",
-        ["model.layers[3].dropout=0.5", "optimizer.beta1=0.8", "schedule={name: constant, lr: 0.01}", "name=x1"],
+        [
+            "model.layers[3].dropout=0.5",
+            "optimizer.beta1=0.8",
+            "schedule={name: constant, lr: 0.01}",
+            "name=x1",
+        ],
     )
     assert exp.model.layers[3].dropout == 0.5
     assert exp.optimizer.beta1 == 0.8
@@ -109,60 +118,129 @@ BAD_CASES = [
     ("dropout: 0.25", "dropout: 1.0", "model.layers[2].dropout: expected a number >= 0 and < 1, got 1.0"),
     ("dropout: 0.25", "dropout: -0.1", "model.layers[2].dropout: expected a number >= 0 and < 1, got -0.1"),
     ("dropout: 0.25", "dropout: .nan", "model.layers[2].dropout: expected a number >= 0 and < 1, got nan"),
-    ("activation: relu,", "activation: rleu,",
-     "model.layers[2].activation: unknown activation 'rleu'; expected one of: relu, sigmoid, tanh, elu, softmax, linear"),
-    ("type: conv, filters: 4", "type: convolution, filters: 4",
-     "model.layers[0].type: unknown layer type 'convolution'; expected one of: conv, dense"),
+    (
+        "activation: relu,",
+        "activation: rleu,",
+        "model.layers[2].activation: unknown activation 'rleu'; "
+        "expected one of: relu, sigmoid, tanh, elu, softmax, linear",
+    ),
+    (
+        "type: conv, filters: 4",
+        "type: convolution, filters: 4",
+        "model.layers[0].type: unknown layer type 'convolution'; expected one of: conv, dense",
+    ),
     ("{type: conv, filters: 4", "{filters: 4", "model.layers[0].type: missing; expected one of: conv, dense"),
-    ("filters: 4,", "filters: 4, strides: 1,",
-     "model.layers[0].strides: unknown key; expected one of: type, filters, kernel, stride, padding, "
-     "activation, dropout, batch_norm"),
-    ("stride: 1}", "stride: 1, padding: full}",
-     "model.layers[0].padding: unknown padding 'full'; expected one of: same, valid"),
-    ("{name: adam}", "{name: adamw}", "optimizer.name: unknown optimizer 'adamw'; expected one of: adam, sgd"),
-    ("{name: adam}", "{name: adam, lr: 0.1}",
-     "optimizer.lr: unknown key; expected one of: name, beta1, beta2, epsilon"),
-    ("name: exponential,", "name: cosine,",
-     "schedule.name: unknown schedule 'cosine'; expected one of: constant, exponential"),
+    (
+        "filters: 4,",
+        "filters: 4, strides: 1,",
+        "model.layers[0].strides: unknown key; expected one of: type, filters, kernel, stride, padding, "
+        "activation, dropout, batch_norm",
+    ),
+    (
+        "stride: 1}",
+        "stride: 1, padding: full}",
+        "model.layers[0].padding: unknown padding 'full'; expected one of: same, valid",
+    ),
+    (
+        "{name: adam}",
+        "{name: adamw}",
+        "optimizer.name: unknown optimizer 'adamw'; expected one of: adam, sgd",
+    ),
+    (
+        "{name: adam}",
+        "{name: adam, lr: 0.1}",
+        "optimizer.lr: unknown key; expected one of: name, beta1, beta2, epsilon",
+    ),
+    (
+        "name: exponential,",
+        "name: cosine,",
+        "schedule.name: unknown schedule 'cosine'; expected one of: constant, exponential",
+    ),
     ("decay_steps: 2000", "decay_steps: 0", "schedule.decay_steps: expected a number > 0, got 0"),
     ("lr0: 0.003", "lr0: fast", "schedule.lr0: expected a number > 0, got 'fast'"),
     ("steps: 100,", "steps: 0,", "train.steps: expected an integer >= 1 and <= 1000000000, got 0"),
-    ("batch_size: 100}", "batch_size: 100, epochs: 3}",
-     "train.epochs: unknown key; expected one of: steps, batch_size, eval_every, checkpoint_every, "
-     "eval_batch_size, loss_scale, seed"),
+    (
+        "batch_size: 100}",
+        "batch_size: 100, epochs: 3}",
+        "train.epochs: unknown key; expected one of: steps, batch_size, eval_every, checkpoint_every, "
+        "eval_batch_size, loss_scale, seed",
+    ),
     ("train: {steps: 100, batch_size: 100}", "train: [100]", "train: expected a mapping, got a list"),
-    ("model:\n", "modle: {}\nmodel:\n",
-     "modle: unknown key; expected one of: name, description, data, model, optimizer, schedule, train"),
-    ("{type: dense, units: 10, activation: softmax}", "{type: dense, units: 9, activation: softmax}",
-     "model.layers[3].units: the output layer needs 10 units (one per class), got 9"),
-    ("{type: dense, units: 10, activation: softmax}", "{type: dense, units: 10, activation: relu}",
-     "model.layers[3].activation: the output layer must be softmax, got 'relu'"),
-    ("{type: dense, units: 10, activation: softmax}", "{type: conv, filters: 10, activation: softmax}",
-     "model.layers[3]: the last layer is the output: expected type dense"),
-    ("{type: dense, units: 200, activation: relu, dropout: 0.25}", "{type: dense, units: 20, activation: softmax}",
-     "model.layers[2].activation: softmax belongs to the output layer only"),
-    ("    - {type: conv, filters: 8, kernel: 4, stride: 2}\n    - {type: dense, units: 200, activation: relu, "
-     "dropout: 0.25}", "    - {type: dense, units: 200, activation: relu, dropout: 0.25}\n"
-     "    - {type: conv, filters: 8, kernel: 4, stride: 2}",
-     "model.layers[2]: a conv layer cannot follow a dense layer"),
-    ("kernel: 4, stride: 2}", "kernel: 4, stride: 40}",
-     "model.layers[1].stride: stride 40 is larger than the 28x28 input: the stack of strided layers "
-     "shrinks the image to nothing"),
-    ("kernel: 5, stride: 1}", "kernel: 29, stride: 1, padding: valid}",
-     "model.layers[0].kernel: kernel 29 is larger than the 28x28 input (padding: valid)"),
-    ("  layers:\n", "  layers: []\n  old_layers:\n", "model.old_layers: unknown key; expected one of: layers, init, "
-     "batch_norm_decay"),
-    ("model:\n", "data: {dataset: cifar}\nmodel:\n",
-     "data.dataset: unknown dataset 'cifar'; expected one of: mnist, fashion"),
-    ("model:\n", "name: 'my run/../x'\nmodel:\n",
-     "name: expected 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, got 'my run/../x'"),
-    ("batch_size: 100}", "batch_size: 100, seed: -1}", "train.seed: expected an integer >= 0 and < 2147483648, got -1"),
-    ("units: 200,", "units: 1000000000,",
-     "model.layers[2]: the model has 1,579,000,000,634 parameters and needs about"),
+    (
+        "model:\n",
+        "modle: {}\nmodel:\n",
+        "modle: unknown key; expected one of: name, description, data, model, optimizer, schedule, train",
+    ),
+    (
+        "{type: dense, units: 10, activation: softmax}",
+        "{type: dense, units: 9, activation: softmax}",
+        "model.layers[3].units: the output layer needs 10 units (one per class), got 9",
+    ),
+    (
+        "{type: dense, units: 10, activation: softmax}",
+        "{type: dense, units: 10, activation: relu}",
+        "model.layers[3].activation: the output layer must be softmax, got 'relu'",
+    ),
+    (
+        "{type: dense, units: 10, activation: softmax}",
+        "{type: conv, filters: 10, activation: softmax}",
+        "model.layers[3]: the last layer is the output: expected type dense",
+    ),
+    (
+        "{type: dense, units: 200, activation: relu, dropout: 0.25}",
+        "{type: dense, units: 20, activation: softmax}",
+        "model.layers[2].activation: softmax belongs to the output layer only",
+    ),
+    (
+        "    - {type: conv, filters: 8, kernel: 4, stride: 2}\n"
+        "    - {type: dense, units: 200, activation: relu, dropout: 0.25}",
+        "    - {type: dense, units: 200, activation: relu, dropout: 0.25}\n"
+        "    - {type: conv, filters: 8, kernel: 4, stride: 2}",
+        "model.layers[2]: a conv layer cannot follow a dense layer",
+    ),
+    (
+        "kernel: 4, stride: 2}",
+        "kernel: 4, stride: 40}",
+        "model.layers[1].stride: stride 40 is larger than the 28x28 input: the stack of strided layers "
+        "shrinks the image to nothing",
+    ),
+    (
+        "kernel: 5, stride: 1}",
+        "kernel: 29, stride: 1, padding: valid}",
+        "model.layers[0].kernel: kernel 29 is larger than the 28x28 input (padding: valid)",
+    ),
+    (
+        "  layers:\n",
+        "  layers: []\n  old_layers:\n",
+        "model.old_layers: unknown key; expected one of: layers, init, batch_norm_decay",
+    ),
+    (
+        "model:\n",
+        "data: {dataset: cifar}\nmodel:\n",
+        "data.dataset: unknown dataset 'cifar'; expected one of: mnist, fashion",
+    ),
+    (
+        "model:\n",
+        "name: 'my run/../x'\nmodel:\n",
+        "name: expected 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit, "
+        "got 'my run/../x'",
+    ),
+    (
+        "batch_size: 100}",
+        "batch_size: 100, seed: -1}",
+        "train.seed: expected an integer >= 0 and < 2147483648, got -1",
+    ),
+    (
+        "units: 200,",
+        "units: 1000000000,",
+        "model.layers[2]: the model has 1,579,000,000,634 parameters and needs about",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("old", "new", "message"), BAD_CASES, ids=[c[2].split(":")[0] + f"-{i}" for i, c in enumerate(BAD_CASES)])
+@pytest.mark.parametrize(
+    ("old", "new", "message"), BAD_CASES, ids=[c[2].split(":")[0] + f"-{i}" for i, c in enumerate(BAD_CASES)]
+)
 def test_bad_config_gives_one_exact_line(write_config, old, new, message):
     assert old in GOOD, old
     path = write_config(GOOD.replace(old, new, 1))

@@ -51,7 +51,7 @@ def fake_pickle() -> bytes:
     x = TRAIN_X.reshape(-1, 784).astype(np.float32) / 256
     parts = ((x[:100], TRAIN_Y[:100].astype(np.int64)), (x[100:], TRAIN_Y[100:].astype(np.int64)))
     parts += ((TEST_X.reshape(-1, 784).astype(np.float32) / 256, TEST_Y.astype(np.int64)),)
-    return gzip.compress(pickle.dumps(parts, protocol=2))
+    return gzip.compress(pickle.dumps(parts, protocol=2), mtime=0)
 
 
 def fake_spec(**changes) -> DatasetSpec:
@@ -147,7 +147,7 @@ def test_pickle_converts_exactly(spec):
 
 
 def test_pickle_checksum_is_checked_before_unpickling(spec):
-    with pytest.raises(ValueError, match="sha256 .* expected"):
+    with pytest.raises(ValueError, match=r"sha256 .* expected"):
         convert_pickle(fake_pickle() + b"x", spec)
 
 

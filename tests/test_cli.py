@@ -1,0 +1,160 @@
+"""The CLI end to end on the real MNIST (a subset, a tiny config), and its error handling."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+
+from .conftest import CONFIGS
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(mnist_cache, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    result = invoke("train", CONFIGS / "tiny.yaml", "--runs-dir", runs, "--set", "train.steps=60")
+    assert result.exit_code == 0, result.output
+    assert "final test accuracy:" in result.output
+    (run,) = runs.iterdir()
+    return run
+
+
+def test_train_writes_a_self_describing_run(trained_run):
+    assert trained_run.name.endswith("-tiny")
+    meta = json.loads((trained_run / "run.json").read_text())
+    assert meta["status"] == "completed"
+    assert meta["steps_done"] == 60 and meta["seed"] == 0 and meta["parameters"] == 12770
+    assert meta["versions"]["tensorflow"] and meta["versions"]["numpy"] and meta["host"]
+    assert meta["dataset_sha256"]["t10k-labels-idx1-ubyte"].startswith("ff7bcfd4")
+    assert meta["dataset"] == {"name": "mnist", "train_images": 1000, "test_images": 500}
+    rows = list(csv.DictReader((trained_run / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [20, 40, 60]
+    for column in (
+        "epoch",
+        "learning_rate",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "elapsed_s",
+    ):
+        assert column in rows[0]
+    assert float(rows[-1]["test_accuracy"]) > 0.5  # 60 steps on 1,000 digits already learn something
+    assert "steps: 60" in (trained_run / "config.yaml").read_text()  # the resolved config
+    assert list((trained_run / "checkpoints" / "best").glob("*.index"))
+    assert list((trained_run / "checkpoints" / "latest").glob("model-60.index"))
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_eval_reports_accuracy_per_class_and_confusion(trained_run):
+    result = invoke("eval", trained_run, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    meta = json.loads((trained_run / "run.json").read_text())
+    assert report["test_accuracy"] == pytest.approx(meta["best_test_accuracy"])
+    assert report["step"] == meta["best_step"]
+    confusion = report["confusion"]
+    assert len(confusion) == 10 and sum(map(sum, confusion)) == 500
+    assert sum(confusion[i][i] for i in range(10)) / 500 == pytest.approx(report["test_accuracy"])
+    assert len(report["per_class_accuracy"]) == 10
+
+
+def test_eval_a_named_checkpoint(trained_run):
+    (prefix,) = (trained_run / "checkpoints" / "latest").glob("model-40.index")
+    result = invoke("eval", str(prefix).removesuffix(".index"))
+    assert result.exit_code == 0, result.output
+    assert "(step 40)" in result.output and "confusion matrix" in result.output
+
+
+def test_compare_shows_results_and_only_differing_keys(trained_run, tmp_path):
+    other = tmp_path / "runs"
+    result = invoke("train", CONFIGS / "tiny.yaml", "--runs-dir", other, "--name", "wide", "--quiet",
+                    "--set", "train.steps=20", "--set", "model.layers[1].units=32")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (second,) = other.iterdir()
+    result = invoke("compare", trained_run, second, "--format", "json", "--sort", "parameters")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["parameters"] for r in rows] == [12770, 12770 + (784 * 16 + 16 + 16 * 10)]
+    assert rows[0]["model.layers[1].units"] == 16 and rows[1]["model.layers[1].units"] == 32
+    assert rows[0]["train.steps"] == 60 and rows[1]["train.steps"] == 20
+    assert "train.batch_size" not in rows[0]  # equal in both: not shown
+    assert rows[0]["status"] == "completed" and rows[0]["steps"] == "60/60"
+    for fmt, marker in (
+        ("markdown", "| run | status |"),
+        ("csv", "run,status,steps"),
+        ("table", "best_test_accuracy"),
+    ):
+        result = invoke("compare", trained_run, second, "--format", fmt)
+        assert result.exit_code == 0 and marker in result.output, result.output
+
+
+def test_bad_config_exits_2_with_one_line_and_no_run(tmp_path):
+    runs = tmp_path / "runs"
+    result = invoke("train", CONFIGS / "tiny.yaml", "--runs-dir", runs, "--set", "model.layers[0].stride=0")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --set model.layers[0].stride=0: model.layers[0].stride: expected an integer >= 1, got 0"
+    )
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("eval", "{tmp}"), "neither a run directory nor a checkpoint"),
+        (("eval", "{tmp}/missing"), "no such run directory or checkpoint"),
+        (("compare", "{tmp}"), "no runs found"),
+        (("compare", "{tmp}/missing"), "no such run or runs directory"),
+        (("train", "{tmp}/missing.yaml"), "no such config file"),
+        (("train", "configs/tiny.yaml", "--name", "a/b"), "--name: expected 1-64 letters"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
+    result = invoke(*(a.format(tmp=tmp_path) for a in args))
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_unknown_sort_key_lists_columns(trained_run):
+    result = invoke("compare", trained_run, "--sort", "acc")
+    assert result.exit_code == 2 and "unknown column 'acc'; expected one of: run, status" in result.output
+
+
+def test_crashed_run_is_not_shown_as_running(trained_run, tmp_path):
+    import shutil
+
+    crashed = tmp_path / "crashed"
+    shutil.copytree(trained_run, crashed)
+    meta = json.loads((crashed / "run.json").read_text())
+    meta.update(status="running", pid=2**22 + 12345, heartbeat=0)  # a pid that does not exist
+    (crashed / "run.json").write_text(json.dumps(meta))
+    rows = json.loads(invoke("compare", crashed, "--format", "json").output)
+    assert rows[0]["status"] == "crashed"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["validate", "configs/conv_dropout.yaml"], ["compare", "{runs}"], ["data", "info"]],
+)
+def test_fast_commands_do_not_import_tensorflow(args, trained_run):
+    args = [a.format(runs=trained_run.parent) for a in args]
+    code = (
+        "import sys\nfrom mnistctl.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONFIGS.parent)
+    assert result.returncode == 0, result.stderr
