@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mnistctl._tf import tf
 from mnistctl.errors import MnistctlError
+from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
 from mnistctl.model import Graph
 from mnistctl.runs import CHECKPOINT_DIR, is_run_dir
@@ -63,6 +64,34 @@ class CheckpointHook(Hook):
         if ctx.step != self._saved_step:
             self.checkpoints.save(ctx.session, LATEST, ctx.step)
             self._saved_step = ctx.step
+
+
+def drop_checkpoints_after(run_dir: Path, step: int) -> None:
+    """Delete checkpoints saved after ``step`` (a resume redoes those steps)."""
+    for slot in (BEST, LATEST):
+        directory = run_dir / CHECKPOINT_DIR / slot
+        if not directory.is_dir():
+            continue
+        state = tf.train.get_checkpoint_state(str(directory))
+        kept = [p for p in (state.all_model_checkpoint_paths if state else []) if _step_of(p) <= step]
+        for path in directory.glob("model-*"):
+            if _step_of(path.name.split(".")[0]) > step:
+                path.unlink()
+        if kept:  # the index file TensorFlow reads, with paths relative to the directory
+            names = [Path(p).name for p in kept]
+            lines = [f'model_checkpoint_path: "{names[-1]}"'] + [
+                f'all_model_checkpoint_paths: "{n}"' for n in names
+            ]
+            write_atomic(directory / "checkpoint", "\n".join(lines) + "\n")
+        else:
+            (directory / "checkpoint").unlink(missing_ok=True)
+
+
+def _step_of(prefix: str) -> int:
+    try:
+        return int(str(prefix).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def latest_in(directory: Path) -> str | None:

@@ -21,8 +21,8 @@ from mnistctl import __version__
 from mnistctl.errors import MnistctlError
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _Group(click.Group):
@@ -37,6 +37,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             sys.exit(130)
+        except OSError as error:  # a full disk, a read-only directory: say so, in one line
+            where = f" ({error.filename})" if error.filename else ""
+            err.print(f"[bold red]error:[/] {error.strerror or error}{where}", soft_wrap=True)
+            sys.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,48 +136,91 @@ class ProgressView(Hook):
             self.progress.stop()
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _StopOnSignal:
+    """First Ctrl-C or SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C: stop now."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> _StopOnSignal:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        err.print(
+            f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step and saving a checkpoint"
+        )
+
+    def __call__(self) -> bool:
+        return self.signum is not None
 
 
 @main.command()
-@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path), required=False)
 @_set_option
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--name", help="Run name (default: the config's name).")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    metavar="RUN_DIR",
+    help="Continue RUN_DIR from its latest checkpoint, in place (CONFIG optional: it must match the run's).",
+)
+@click.option("--force", is_flag=True, help="With --resume: accept changed train/schedule settings.")
 @_data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 def train(
-    config: Path,
+    config: Path | None,
     overrides: tuple[str, ...],
     runs_dir: Path,
     name: str | None,
+    resume: Path | None,
+    force: bool,
     data_dir: Path | None,
     quiet: bool,
 ) -> None:
-    """Train CONFIG (a YAML file) in a new run directory under --runs-dir."""
+    """Train CONFIG (a YAML file) in a new run directory under --runs-dir, or --resume a run."""
     from mnistctl.config import load_config
 
-    exp = load_config(config, overrides)  # validated before TensorFlow is even imported
-    if name is not None:
-        _check_name(name)
-    from mnistctl.train import run_experiment
+    if config is None and resume is None:
+        raise click.UsageError("give a CONFIG to train, or --resume RUN_DIR")
+    if resume is None:
+        exp = load_config(config, overrides)  # validated before TensorFlow is even imported
+        if name is not None:
+            _check_name(name)
+    elif name is not None:
+        raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
+    from mnistctl.train import resume_experiment, run_experiment
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     view = ProgressView(out, quiet)
     log = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
-    try:
-        run = run_experiment(exp, runs_dir, name=name, data_dir=data_dir, extra_hooks=[view], log=log)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: the run keeps a checkpoint of its last step")
-        sys.exit(130)
-    final = run.meta.get("final", {})
-    out.print(
-        f"final test accuracy: [bold]{final.get('test_accuracy', float('nan')):.4f}[/] "
-        f"(best {run.meta.get('best_test_accuracy', float('nan')):.4f} at step {run.meta.get('best_step')}), "
-        f"{run.meta.get('wall_s', 0):.0f} s, {final.get('images_per_s', 0):,.0f} img/s"
-    )
+    with _StopOnSignal() as stop:
+        if resume is None:
+            run = run_experiment(exp, runs_dir, name, data_dir, [view], log, stop)
+        else:
+            run = resume_experiment(resume, overrides, config, force, data_dir, [view], log, stop)
+    final = run.meta.get("final") or {}
+    status = run.meta.get("status")
+    if final:
+        out.print(
+            f"final test accuracy: [bold]{final['test_accuracy']:.4f}[/] "
+            f"(best {run.meta['best_test_accuracy']:.4f} at step {run.meta['best_step']}), "
+            f"{run.meta.get('wall_s', 0):.0f} s, {run.meta['timing']['images_per_s'] or 0:,.0f} img/s"
+        )
     out.print(f"run: {run.path}")
+    if status == "interrupted":
+        err.print(
+            f"[yellow]interrupted[/] at step {run.meta.get('steps_done')}; continue with: "
+            f"mnistctl train --resume {run.path}"
+        )
+        sys.exit(128 + (stop.signum or signal.SIGINT))
 
 
 def _check_name(name: str) -> None:

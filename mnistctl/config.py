@@ -639,6 +639,20 @@ def dump_yaml(exp: Experiment) -> str:
     return yaml.safe_dump(to_dict(exp), sort_keys=False, default_flow_style=None)
 
 
+def apply_to(exp: Experiment, overrides: typing.Sequence[str], source: str) -> Experiment:
+    """``exp`` with ``--set`` overrides applied and validated (used when resuming a run)."""
+    raw = to_dict(exp)
+    overridden = apply_overrides(raw, overrides)
+    return parse_experiment(raw, source, overridden)
+
+
+def diff_configs(old: Experiment, new: Experiment) -> list[dict[str, Any]]:
+    """The keys whose values differ, as ``{"key", "old", "new"}`` in schema order."""
+    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    keys = list(a) + [k for k in b if k not in a]
+    return [{"key": k, "old": a.get(k), "new": b.get(k)} for k in keys if a.get(k) != b.get(k)]
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """``{"model": {"layers": [{"units": 3}]}}`` -> ``{"model.layers[0].units": 3}``."""
     if isinstance(data, dict):

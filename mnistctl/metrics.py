@@ -7,12 +7,14 @@ finished. Reading it needs no TensorFlow.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnistctl.files import write_atomic
 from mnistctl.hooks import FIELDS, EvalRecord, Hook, TrainContext
 
 
@@ -60,6 +62,23 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     return rows
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the rows up to ``step`` (and drop a torn last line), atomically.
+
+    Used when resuming from a checkpoint at ``step``: later rows are redone, so each
+    evaluation step appears exactly once.
+    """
+    if not path.is_file():
+        return
+    rows = [r for r in read_metrics(path) if r["step"] <= step]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: int(v) if k == "step" else _fmt(v) for k, v in row.items()})
+    write_atomic(path, out.getvalue())
+
+
 class TensorBoardWriter(Hook):
     """Writes the scalars of each evaluation (and the graph) as TensorFlow event files."""
 
@@ -72,6 +91,11 @@ class TensorBoardWriter(Hook):
 
         self._tf = tf
         self._writer = tf.compat.v1.summary.FileWriter(str(self.logdir), graph=ctx.graph.graph)
+        if ctx.start_step:
+            # A START session log tells TensorBoard to forget events from step start+1 on,
+            # which the resumed run is about to write again.
+            log = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
+            self._writer.add_session_log(log, ctx.start_step + 1)
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         summary = self._tf.compat.v1.Summary()

@@ -63,6 +63,10 @@ class Graph:
     init_op: tf.Operation
     weights: tuple[tf.Variable, ...]
     biases: tuple[tf.Variable, ...]
+    # (summed loss, right answers, images) of the training batches since the last reset. They
+    # live in the graph, so a checkpoint taken between evaluations carries them to a resume.
+    train_window: tuple[tf.Variable, tf.Variable, tf.Variable]
+    reset_window: tf.Operation
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class LayerContext:
     training: tf.Tensor
     global_step: tf.Variable
     batch_norm_decay: float
+    seed: int
+    layer_index: int
 
 
 def _weight(shape: list[int], init: InitConfig) -> tf.Variable:
@@ -115,9 +121,21 @@ def _bias_norm_activate(x: tf.Tensor, layer: LayerConfig, ctx: LayerContext) -> 
         x = x + bias
     x = ACTIVATIONS.get(layer.activation)(x)
     if layer.dropout > 0:
-        rate = tf.where(ctx.training, layer.dropout, 0.0)
-        x = tf.nn.dropout(x, rate=rate)
+        x = _dropout(x, layer.dropout, ctx)
     return x
+
+
+def _dropout(x: tf.Tensor, rate: float, ctx: LayerContext) -> tf.Tensor:
+    """Inverted dropout whose mask is a pure function of (seed, layer, step).
+
+    A stateful random op would restart its sequence after a resume; a stateless one keyed by
+    the global step gives a resumed run exactly the masks of an uninterrupted one.
+    """
+    step = tf.cast(ctx.global_step, tf.int32)
+    seed = tf.stack([tf.constant(ctx.seed * 1000 + ctx.layer_index, tf.int32), step])
+    keep = tf.random.stateless_uniform(tf.shape(x), seed=seed) >= rate
+    dropped = tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+    return tf.cond(ctx.training, lambda: dropped, lambda: x)
 
 
 @LAYER_BUILDERS.register("dense")
@@ -154,8 +172,10 @@ def build_logits(
 ) -> tf.Tensor:
     """The layers, from uint8 pixels to the 10 logits."""
     x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, *IMAGE_SHAPE])
-    ctx = LayerContext(exp.model.init, training, global_step, exp.model.batch_norm_decay)
     for i, layer in enumerate(exp.model.layers):
+        ctx = LayerContext(
+            exp.model.init, training, global_step, exp.model.batch_norm_decay, exp.train.seed, i
+        )
         with tf.name_scope(f"layer{i}_{layer.tag}"):
             x = LAYER_BUILDERS.get(layer.tag)(x, layer, ctx)
     return x
@@ -188,15 +208,31 @@ def build_graph(exp: Experiment) -> Graph:
         optimizer = build_optimizer(exp.optimizer, learning_rate)
         # Batch-norm moving averages must update with every training step.
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-            train_op = optimizer.minimize(loss * exp.train.loss_scale, global_step=global_step)
+            minimize = optimizer.minimize(loss * exp.train.loss_scale, global_step=global_step)
+        window, reset_window = _train_window()
+        updates = [window[0].assign_add(tf.cast(loss_sum, tf.float64))]
+        updates += [window[1].assign_add(tf.cast(correct, tf.int64))]
+        updates += [window[2].assign_add(tf.cast(tf.shape(labels)[0], tf.int64))]
+        train_op = tf.group(minimize, *updates, name="train_op")
         init_op = v1.global_variables_initializer()
         trainable = v1.trainable_variables()
         weights = tuple(v for v in trainable if "weights" in v.name)
         biases = tuple(v for v in trainable if "weights" not in v.name)
     return Graph(
         graph, images, labels, learning_rate, training, logits, probabilities, predictions,
-        loss, loss_sum, correct, train_op, global_step, init_op, weights, biases,
+        loss, loss_sum, correct, train_op, global_step, init_op, weights, biases, window, reset_window,
     )  # fmt: skip
+
+
+def _train_window() -> tuple[tuple[tf.Variable, tf.Variable, tf.Variable], tf.Operation]:
+    with tf.name_scope("train_window"):
+        window = (
+            tf.Variable(tf.constant(0, tf.float64), trainable=False, name="loss_sum"),
+            tf.Variable(tf.constant(0, tf.int64), trainable=False, name="correct"),
+            tf.Variable(tf.constant(0, tf.int64), trainable=False, name="images"),
+        )
+        reset = tf.group(*(v.assign(tf.zeros_like(v)) for v in window), name="reset")
+    return window, reset
 
 
 def count_parameters(g: Graph) -> int:

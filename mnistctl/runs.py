@@ -98,6 +98,13 @@ def _alive(meta: dict[str, Any]) -> bool:
     return time.time() - float(meta.get("heartbeat", 0)) < 3 * HEARTBEAT_S
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _git_commit() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -238,6 +245,7 @@ class RunRecorder(Hook):
         self._beat = time.time()
         self.run.update(
             steps_done=ctx.step,
+            peak_rss_mb=peak_rss_mb(),
             best_test_accuracy=ctx.best_accuracy,
             best_step=ctx.best_step,
             final=record.as_row(),

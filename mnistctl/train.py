@@ -7,6 +7,8 @@ hooks. Everything that writes files is a hook.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,14 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistctl.checkpoints import CheckpointHook, Checkpoints
-from mnistctl.config import Experiment
+from mnistctl.checkpoints import (
+    LATEST,
+    CheckpointHook,
+    Checkpoints,
+    drop_checkpoints_after,
+    latest_in,
+    restore,
+)
+from mnistctl.config import Experiment, apply_to, diff_configs, dump_yaml, load_config
 from mnistctl.data import BatchOrder, Dataset, load_dataset
 from mnistctl.errors import MnistctlError
+from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
-from mnistctl.metrics import CsvWriter, TensorBoardWriter
+from mnistctl.metrics import CsvWriter, TensorBoardWriter, read_metrics, truncate_metrics
 from mnistctl.model import Graph, build_graph, count_parameters, make_session
-from mnistctl.runs import METRICS_FILE, TENSORBOARD_DIR, Run, RunRecorder, create_run
+from mnistctl.runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    Run,
+    RunRecorder,
+    create_run,
+    load_run,
+    utc_now,
+)
 
 
 class Diverged(MnistctlError):
@@ -70,17 +90,19 @@ def evaluate(
 
 @dataclass
 class _Window:
-    """Training loss/accuracy and time since the last evaluation."""
+    """Images trained and time spent since the last evaluation (for images/s)."""
 
-    loss: float = 0.0
-    correct: int = 0
     images: int = 0
-    steps: int = 0
     seconds: float = 0.0
 
 
-def fit(ctx: TrainContext, data: Dataset, hooks: Sequence[Hook]) -> str:
+def fit(
+    ctx: TrainContext, data: Dataset, hooks: Sequence[Hook], should_stop: Callable[[], bool] = lambda: False
+) -> str:
     """Train from ``ctx.start_step`` to ``ctx.total_steps``; returns the final status.
+
+    ``should_stop`` is polled after every step: a signal handler sets it, and the loop ends
+    cleanly after the current step with status ``interrupted`` (checkpointed by the hooks).
 
     Raises:
         Diverged: on the first non-finite loss (after the hooks have been told).
@@ -89,7 +111,7 @@ def fit(ctx: TrainContext, data: Dataset, hooks: Sequence[Hook]) -> str:
     cfg = exp.train
     order = BatchOrder(len(data.train_images), cfg.batch_size, cfg.seed)
     x, y = data.train_images, data.train_labels
-    fetches = [g.train_op, g.loss, g.correct]
+    fetches = [g.train_op, g.loss]
     window = _Window()
     started = time.perf_counter()
     ctx.step = ctx.start_step
@@ -103,7 +125,7 @@ def fit(ctx: TrainContext, data: Dataset, hooks: Sequence[Hook]) -> str:
             lr = exp.schedule(step)
             feed = {g.images: x[idx], g.labels: y[idx], g.learning_rate: lr, g.training: True}
             t1 = time.perf_counter()
-            _, loss, correct = session.run(fetches, feed)  # the one sync point per step
+            _, loss = session.run(fetches, feed)  # the one sync point per step
             ctx.session_s += time.perf_counter() - t1
             if not math.isfinite(loss):
                 status = "diverged"
@@ -111,19 +133,24 @@ def fit(ctx: TrainContext, data: Dataset, hooks: Sequence[Hook]) -> str:
                     f"the loss became {loss} at step {step + 1}; the run stopped and keeps its last "
                     f"good checkpoint. Try a lower learning rate (--set schedule...)"
                 )
-            window.loss += float(loss) * len(idx)
-            window.correct += int(correct)
             window.images += len(idx)
-            window.steps += 1
             ctx.step = step + 1
-            for hook in hooks:
-                hook.after_step(ctx)
-            elapsed = time.perf_counter() - t0
-            window.seconds += elapsed
-            ctx.steps_s += elapsed
+            step_s = time.perf_counter() - t0
+            window.seconds += step_s
+            # Evaluate before the step hooks, so a checkpoint taken at an evaluation step holds
+            # an empty training window and a resume from it repeats no row.
             if ctx.step % cfg.eval_every == 0 or ctx.step == ctx.total_steps:
                 _evaluate_and_report(ctx, data, window, lr, started, hooks)
                 window = _Window()
+            t2 = time.perf_counter()
+            for hook in hooks:
+                hook.after_step(ctx)
+            hooks_s = time.perf_counter() - t2  # bookkeeping too, checkpoint saves included
+            window.seconds += hooks_s
+            ctx.steps_s += step_s + hooks_s
+            if should_stop():
+                status = "interrupted"
+                return status
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -139,12 +166,14 @@ def _evaluate_and_report(
 ) -> None:
     cfg = ctx.experiment.train
     test = evaluate(ctx.session, ctx.graph, data.test_images, data.test_labels, cfg.eval_batch_size)
+    loss_sum, correct, images = ctx.session.run(ctx.graph.train_window)
+    ctx.session.run(ctx.graph.reset_window)
     record = EvalRecord(
         step=ctx.step,
         epoch=ctx.step * cfg.batch_size / len(data.train_images),
         learning_rate=lr,
-        train_loss=window.loss / max(window.images, 1),
-        train_accuracy=window.correct / max(window.images, 1),
+        train_loss=float(loss_sum) / max(int(images), 1),
+        train_accuracy=int(correct) / max(int(images), 1),
         test_loss=test.loss,
         test_accuracy=test.accuracy,
         elapsed_s=time.perf_counter() - started,
@@ -170,11 +199,12 @@ def run_experiment(
     data_dir: Path | None = None,
     extra_hooks: Sequence[Hook] = (),
     log: Callable[[str], None] = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Run:
     """Train an experiment in a new run directory under ``runs_dir``.
 
-    The data is loaded before the run directory is made, so a missing dataset leaves nothing
-    behind. Returns the finished run; its ``run.json`` says how it ended.
+    The data is loaded and the graph built before the run directory is made, so a missing
+    dataset leaves nothing behind. Returns the run; its ``run.json`` says how it ended.
     """
     data = load_experiment_data(exp, data_dir, log)
     g = build_graph(exp)
@@ -188,7 +218,102 @@ def run_experiment(
         },
         dataset_sha256=data.checksums,
     )
+    _train(run, exp, g, data, None, extra_hooks, should_stop)
+    return run
+
+
+# Keys a resume may change. Steps: always (that is how a finished run is extended); the rest
+# only with --force, since they change the results but not the graph's variables.
+ALWAYS_RESUMABLE = ("train.steps", "description")
+RESUMABLE_WITH_FORCE = ("train.", "schedule.", "data.test_size")
+
+
+def resume_experiment(
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    config: Path | None = None,
+    force: bool = False,
+    data_dir: Path | None = None,
+    extra_hooks: Sequence[Hook] = (),
+    log: Callable[[str], None] = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Run:
+    """Continue a run in place from its latest checkpoint.
+
+    The step counter, learning rate, batch order and dropout masks continue exactly; metric
+    rows and TensorBoard events after the checkpoint are dropped and redone.
+
+    Raises:
+        ResumeError: when the run is still alive, is complete, or its config would change in a
+            way that is not allowed (the message lists the differing keys).
+    """
+    run = load_run(run_dir)
+    if run.status == "running":
+        raise ResumeError(f"{run_dir}: still running (pid {run.meta.get('pid')} on {run.meta.get('host')})")
+    recorded = run.experiment()
+    exp = (
+        load_config(config, overrides)
+        if config
+        else apply_to(recorded, overrides, str(run_dir / CONFIG_FILE))
+    )
+    changes = diff_configs(recorded, exp)
+    _check_changes(run_dir, changes, force)
+    checkpoint = latest_in(run.path / CHECKPOINT_DIR / LATEST)
+    step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+    if step >= exp.train.steps:
+        raise ResumeError(
+            f"{run_dir}: already trained {step} of {exp.train.steps} steps; "
+            f"extend it with --set train.steps=N (N > {step})"
+        )
+    data = load_experiment_data(exp, data_dir, log)
+    g = build_graph(exp)
+    truncate_metrics(run.path / METRICS_FILE, step)
+    drop_checkpoints_after(run.path, step)
+    write_atomic(run.path / CONFIG_FILE, dump_yaml(exp))
+    resumes = [*run.meta.get("resumes", []), {"at": utc_now(), "from_step": step, "changed": changes}]
+    run.update(resumes=resumes, status="resuming", error=None, pid=os.getpid(), host=socket.gethostname())
+    log(f"resuming {run.name} from step {step}" + (f" ({_describe(changes)})" if changes else ""))
+    _train(run, exp, g, data, checkpoint, extra_hooks, should_stop)
+    return run
+
+
+class ResumeError(MnistctlError):
+    """A run that cannot be resumed as asked."""
+
+
+def _check_changes(run_dir: Path, changes: list[dict], force: bool) -> None:
+    refused = [c for c in changes if not c["key"].startswith(ALWAYS_RESUMABLE)]
+    if not force:
+        if refused:
+            raise ResumeError(
+                f"{run_dir}: the config differs from the run's: {_describe(refused)}; "
+                "resume with the same config, or --force to accept train/schedule changes"
+            )
+        return
+    breaking = [c for c in refused if not c["key"].startswith(RESUMABLE_WITH_FORCE)]
+    if breaking:
+        raise ResumeError(
+            f"{run_dir}: cannot resume with a different model, optimizer or training data: "
+            f"{_describe(breaking)}; start a new run instead"
+        )
+
+
+def _describe(changes: list[dict]) -> str:
+    return ", ".join(f"{c['key']}: {c['old']!r} -> {c['new']!r}" for c in changes)
+
+
+def _train(
+    run: Run,
+    exp: Experiment,
+    g: Graph,
+    data: Dataset,
+    checkpoint: str | None,
+    extra_hooks: Sequence[Hook],
+    should_stop: Callable[[], bool],
+) -> None:
+    """Train ``g`` inside ``run``, from scratch or from ``checkpoint``, recording how it ended."""
     try:
+        rows = read_metrics(run.path / METRICS_FILE)
         hooks: list[Hook] = [
             RunRecorder(run),
             CsvWriter(run.path / METRICS_FILE),
@@ -196,14 +321,19 @@ def run_experiment(
             CheckpointHook(Checkpoints(run.path, g), exp.train.checkpoint_every),
             *extra_hooks,
         ]
-        g.graph.finalize()  # nothing may add ops inside the loop (a classic TF1 slowdown)
         with make_session(g) as session:
-            session.run(g.init_op)
-            fit(TrainContext(exp, g, session, total_steps=exp.train.steps), data, hooks)
+            step = restore(session, g, checkpoint) if checkpoint else 0
+            if not checkpoint:
+                session.run(g.init_op)
+            g.graph.finalize()  # nothing may add ops inside the loop (a classic TF1 slowdown)
+            ctx = TrainContext(exp, g, session, total_steps=exp.train.steps, start_step=step)
+            if rows:
+                best = max(rows, key=lambda r: r["test_accuracy"])
+                ctx.best_accuracy, ctx.best_step = best["test_accuracy"], int(best["step"])
+            fit(ctx, data, hooks, should_stop)
     except MnistctlError as err:
         run.update(error=str(err))
         raise
     except Exception as err:
         run.update(status="failed", error=f"{type(err).__name__}: {err}")
         raise
-    return run

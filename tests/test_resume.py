@@ -1,0 +1,223 @@
+"""Nothing lost: resume in place, interruptions, crashes, divergence, reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+
+from .conftest import CONFIGS, ROOT
+
+TINY = str(CONFIGS / "tiny.yaml")
+# 120 steps, evaluated every 10 and checkpointed every 25: kills land between checkpoints.
+SETTINGS = ["--set", "train.steps=120", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=25"]
+RESULT_COLUMNS = (
+    "step",
+    "epoch",
+    "learning_rate",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+)
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def results(run: Path) -> list[tuple[str, ...]]:
+    """The metric values that must not depend on timing or interruptions."""
+    return [tuple(row[c] for c in RESULT_COLUMNS) for row in metrics(run)]
+
+
+def meta(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+def start_training(runs: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mnistctl", "train", TINY, "--runs-dir", str(runs), *SETTINGS, *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(runs: Path, rows: int, process: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        found = list(runs.glob("*/metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) - 1 >= rows:
+            return found[0].parent
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError("training made no progress")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_cache, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("straight")
+    assert invoke("train", TINY, "--runs-dir", runs, *SETTINGS, "--quiet").exit_code == 0
+    (run,) = runs.iterdir()
+    return run
+
+
+def test_same_seed_gives_identical_metrics(uninterrupted, tmp_path):
+    assert invoke("train", TINY, "--runs-dir", tmp_path, *SETTINGS, "--quiet").exit_code == 0
+    (again,) = tmp_path.iterdir()
+    assert results(again) == results(uninterrupted)
+
+
+def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(uninterrupted, tmp_path):
+    process = start_training(tmp_path)
+    run = wait_for_rows(tmp_path, random.Random().randint(2, 9), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    shown = json.loads(invoke("compare", run, "--format", "json").output)
+    assert shown[0]["status"] == "crashed"
+
+    result = invoke("train", "--resume", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    steps = [int(row["step"]) for row in metrics(run)]
+    assert steps == list(range(10, 121, 10))  # each evaluation exactly once
+    assert results(run) == results(uninterrupted)
+    info = meta(run)
+    assert info["status"] == "completed" and info["steps_done"] == 120
+    assert len(info["resumes"]) == 1 and info["resumes"][0]["from_step"] in (0, 25, 50, 75, 100)
+    saved = [int(p.name[6:-6]) for p in (run / "checkpoints" / "latest").glob("model-*.index")]
+    assert max(saved) == 120
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_and_prints_the_resume_command(uninterrupted, tmp_path, signum, code):
+    process = start_training(tmp_path)
+    run = wait_for_rows(tmp_path, 3, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    assert f"mnistctl train --resume {run}" in stderr
+    info = meta(run)
+    assert info["status"] == "interrupted"
+    stopped = info["steps_done"]
+    assert (run / "checkpoints" / "latest" / f"model-{stopped}.index").is_file()
+    assert invoke("train", "--resume", run, "--quiet").exit_code == 0
+    assert results(run) == results(uninterrupted)
+
+
+def test_completed_run_is_extended_with_more_steps(uninterrupted, tmp_path):
+    import shutil
+
+    run = tmp_path / uninterrupted.name
+    shutil.copytree(uninterrupted, run)
+    refused = invoke("train", "--resume", run)
+    assert refused.exit_code == 2 and "already trained 120 of 120 steps" in refused.output
+    result = invoke("train", "--resume", run, "--set", "train.steps=140", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert [int(r["step"]) for r in metrics(run)][-3:] == [120, 130, 140]
+    assert meta(run)["steps_done"] == 140
+
+
+def test_resume_refuses_config_changes_and_names_the_keys(uninterrupted):
+    result = invoke(
+        "train", "--resume", uninterrupted, "--set", "model.layers[1].units=32", "--set", "train.eval_every=5"
+    )
+    assert result.exit_code == 2
+    assert (
+        "the config differs from the run's: model.layers[1].units: 16 -> 32, train.eval_every: 10 -> 5"
+        in result.output
+    )
+    forced = invoke("train", "--resume", uninterrupted, "--set", "model.layers[1].units=32", "--force")
+    assert forced.exit_code == 2
+    assert (
+        "cannot resume with a different model, optimizer or training data: model.layers[1].units"
+        in forced.output
+    )
+
+
+def test_divergence_stops_with_status_and_advice(mnist_cache, tmp_path):
+    result = invoke(
+        "train", TINY, "--runs-dir", tmp_path, "--quiet",
+        "--set", "optimizer={name: sgd}", "--set", "schedule={name: constant, lr: 1.0e+30}",
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert "the loss became nan at step" in result.output.lower() and "lower learning rate" in result.output
+    (run,) = tmp_path.iterdir()
+    assert meta(run)["status"] == "diverged"
+
+
+def test_two_runs_in_the_same_second_get_separate_directories(tmp_path):
+    from mnistctl.config import load_config
+    from mnistctl.runs import create_run
+
+    exp = load_config(TINY)
+    first, second = create_run(tmp_path, exp), create_run(tmp_path, exp)
+    assert first.path != second.path and first.path.is_dir() and second.path.is_dir()
+    assert second.path.name.startswith(first.path.name)
+
+
+def test_unwritable_runs_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = invoke("train", TINY, "--runs-dir", blocker / "runs")
+    assert result.exit_code == 2
+    assert f"{blocker / 'runs'}: cannot create the runs directory: Not a directory" in result.output
+
+
+def test_full_disk_is_one_line_not_a_traceback(mnist_cache, tmp_path, monkeypatch):
+    import errno
+
+    from mnistctl import runs
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run.json"))
+
+    monkeypatch.setattr(runs, "write_atomic", full)
+    result = invoke("train", TINY, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: No space left on device ({tmp_path / 'run.json'})"
+
+
+def test_checkpoint_of_another_architecture_names_the_variable(uninterrupted, tmp_path):
+    import shutil
+
+    run = tmp_path / "other"
+    shutil.copytree(uninterrupted, run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("units: 16", "units: 24"))
+    result = invoke("eval", run)
+    assert result.exit_code == 2
+    assert (
+        "made for another model: layer1_dense/weights has shape [784, 16] there and [784, 24]"
+        in result.output
+    )
+
+
+def test_truncated_checkpoint_is_reported(uninterrupted, tmp_path):
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(uninterrupted, run)
+    (data,) = (run / "checkpoints" / "best").glob("*.data-*")
+    data.write_bytes(data.read_bytes()[:100])
+    result = invoke("eval", run)
+    assert result.exit_code == 2 and "damaged checkpoint" in result.output
+
+
+def test_not_a_run_directory(tmp_path):
+    (tmp_path / "x").mkdir()
+    result = invoke("train", "--resume", tmp_path / "x")
+    assert result.exit_code == 2 and "not a run directory (no run.json and config.yaml)" in result.output
