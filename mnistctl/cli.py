@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from mnistctl import __version__
 from mnistctl.errors import MnistctlError
@@ -73,8 +75,22 @@ _data_dir_option = click.option(
 # -- train --------------------------------------------------------------------------------
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 16) -> str:
+    """A tiny unicode chart of the last ``width`` values."""
+    values = [v for v in values[-width:] if v == v]  # drop NaN
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
+
+
 class ProgressView(Hook):
-    """A rich progress bar while training, or one plain line per evaluation when piped."""
+    """A live progress bar with the latest metrics and sparklines, or one line per evaluation
+    when the output is not a terminal (CI, pipes). ``quiet`` silences both."""
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console
@@ -82,31 +98,30 @@ class ProgressView(Hook):
         self.live = console.is_terminal and not quiet
         self.progress: Progress | None = None
         self.task = None
+        self.accuracies: list[float] = []
+        self.losses: list[float] = []
 
     def begin(self, ctx: TrainContext) -> None:
         if not self.live:
             return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=None),
             MofNCompleteColumn(),
-            TextColumn("lr {task.fields[lr]:.5f}"),
-            TextColumn("train {task.fields[train]}  test {task.fields[test]}  best {task.fields[best]}"),
-            TextColumn("{task.fields[speed]} img/s"),
+            TextColumn("lr {task.fields[lr]:.5f}  {task.fields[speed]} img/s"),
             TimeRemainingColumn(),
             console=self.console,
         )
-        self.progress.start()
-        fields = {
-            "lr": ctx.experiment.schedule(ctx.step),
-            "train": "-",
-            "test": "-",
-            "best": "-",
-            "speed": "-",
-        }
         self.task = self.progress.add_task(
-            ctx.experiment.name, total=ctx.total_steps, completed=ctx.step, **fields
+            ctx.experiment.name,
+            total=ctx.total_steps,
+            completed=ctx.step,
+            lr=ctx.experiment.schedule(ctx.step),
+            speed="-",
         )
+        self.metrics = Text("waiting for the first evaluation", style="dim", overflow="fold")
+        self.screen = Live(Group(self.progress, self.metrics), console=self.console, refresh_per_second=4)
+        self.screen.start()
 
     def after_step(self, ctx: TrainContext) -> None:
         if self.progress is not None and (ctx.step % 10 == 0 or ctx.step == ctx.total_steps):
@@ -114,26 +129,57 @@ class ProgressView(Hook):
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         best = f"{ctx.best_accuracy:.4f}@{ctx.best_step}"
+        self.accuracies.append(record.test_accuracy)
+        self.losses.append(record.test_loss)
         if self.progress is not None:
-            self.progress.update(
-                self.task,
-                train=f"{record.train_accuracy:.4f}",
-                test=f"{record.test_accuracy:.4f}",
-                best=best,
-                speed=f"{record.images_per_s:,.0f}",
-            )
+            self.metrics.plain = ""
+            self.metrics.style = ""
+            self.metrics.append(f"train acc {record.train_accuracy:.4f} loss {record.train_loss:.4f}   ")
+            self.metrics.append(f"test acc {record.test_accuracy:.4f} ")
+            self.metrics.append(sparkline(self.accuracies), style="green")
+            self.metrics.append(f" loss {record.test_loss:.4f} ")
+            self.metrics.append(sparkline(self.losses), style="red")
+            self.metrics.append(f"   best {best}", style="bold")
+            self.progress.update(self.task, speed=f"{record.images_per_s:,.0f}")
         elif not self.quiet:
             self.console.print(
                 f"step {record.step}/{ctx.total_steps}  lr {record.learning_rate:.5f}  "
                 f"train acc {record.train_accuracy:.4f} loss {record.train_loss:.4f}  "
                 f"test acc {record.test_accuracy:.4f} loss {record.test_loss:.4f}  "
-                f"best {best}  {record.images_per_s:,.0f} img/s",
-                soft_wrap=True,
+                f"best {best}  {record.images_per_s:,.0f} img/s"
             )
 
     def end(self, ctx: TrainContext, status: str) -> None:
         if self.progress is not None:
-            self.progress.stop()
+            self.screen.stop()
+
+
+class WatchView(Hook):
+    """Redraws RUN_DIR/dashboard.png every ``every`` evaluations (``train --watch N``).
+
+    Only numbers the run already wrote are drawn; no TensorFlow work is added. Drawing takes
+    about a second, which the training waits for.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.evaluations = 0
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        self.evaluations += 1
+        if self.evaluations % self.every == 0:
+            self._draw(ctx)
+
+    def end(self, ctx: TrainContext, status: str) -> None:
+        if status in ("completed", "interrupted"):
+            self._draw(ctx)
+
+    def _draw(self, ctx: TrainContext) -> None:
+        from mnistctl import plots
+        from mnistctl.runs import load_run
+
+        run_dir = ctx.run_dir
+        plots.save(plots.dashboard(load_run(run_dir)), run_dir / "dashboard.png")
 
 
 class _StopOnSignal:
@@ -176,6 +222,12 @@ class _StopOnSignal:
 @click.option("--force", is_flag=True, help="With --resume: accept changed train/schedule settings.")
 @_data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
+@click.option(
+    "--watch",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Redraw RUN_DIR/dashboard.png every N evaluations; keep it open in an image viewer.",
+)
 def train(
     config: Path | None,
     overrides: tuple[str, ...],
@@ -185,6 +237,7 @@ def train(
     force: bool,
     data_dir: Path | None,
     quiet: bool,
+    watch: int | None,
 ) -> None:
     """Train CONFIG (a YAML file) in a new run directory under --runs-dir, or --resume a run."""
     from mnistctl.config import load_config
@@ -199,13 +252,13 @@ def train(
         raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
     from mnistctl.train import resume_experiment, run_experiment
 
-    view = ProgressView(out, quiet)
+    hooks: list[Hook] = [ProgressView(out, quiet)] + ([WatchView(watch)] if watch else [])
     log = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
     with _StopOnSignal() as stop:
         if resume is None:
-            run = run_experiment(exp, runs_dir, name, data_dir, [view], log, stop)
+            run = run_experiment(exp, runs_dir, name, data_dir, hooks, log, stop)
         else:
-            run = resume_experiment(resume, overrides, config, force, data_dir, [view], log, stop)
+            run = resume_experiment(resume, overrides, config, force, data_dir, hooks, log, stop)
     final = run.meta.get("final") or {}
     status = run.meta.get("status")
     if final:
@@ -273,19 +326,41 @@ def _describe_layer(layer: Any) -> str:
 @main.command("eval")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--gallery", type=click.Path(path_type=Path), help="Draw the misrecognised digits to this PNG/SVG."
+)
+@click.option(
+    "--confusion", type=click.Path(path_type=Path), help="Draw the confusion matrix to this PNG/SVG."
+)
 @_data_dir_option
-def eval_(target: Path, as_json: bool, data_dir: Path | None) -> None:
+def eval_(
+    target: Path, as_json: bool, gallery: Path | None, confusion: Path | None, data_dir: Path | None
+) -> None:
     """Evaluate TARGET on the test set: a run directory (its best checkpoint) or a checkpoint."""
     from mnistctl.evaluate import evaluate_checkpoint
 
+    for path in (gallery, confusion):
+        if path is not None:
+            _check_figure_path(path)
     report = evaluate_checkpoint(target, data_dir)
+    if gallery is not None or confusion is not None:
+        import numpy as np
+
+        from mnistctl import plots
+
+        if gallery is not None:
+            figure = plots.gallery(report.images, report.labels, report.predictions, report.confidence)
+            err.print(f"gallery: {plots.save(figure, gallery)}")
+        if confusion is not None:
+            figure = plots.confusion_figure(np.array(report.confusion), report.classes)
+            err.print(f"confusion matrix: {plots.save(figure, confusion)}")
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     out.print(f"run: {report.run}\ncheckpoint: {report.checkpoint} (step {report.step})")
     out.print(
         f"test accuracy: [bold]{report.test_accuracy:.4f}[/]  loss: {report.test_loss:.4f}  "
-        f"({report.images:,} {report.dataset} test images)"
+        f"({report.count:,} {report.dataset} test images)"
     )
     table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
     table.add_column("true")
@@ -302,6 +377,46 @@ def eval_(target: Path, as_json: bool, data_dir: Path | None) -> None:
             f"{report.per_class_accuracy[i]:.4f}",
         )
     out.print(table)
+
+
+# -- plot ---------------------------------------------------------------------------------
+
+
+def _check_figure_path(path: Path) -> None:
+    if path.suffix.lower() not in (".png", ".svg", ".html"):
+        raise MnistctlError(
+            f"{path}: unsupported format {path.suffix or '(none)'}; expected one of: .png, .svg, .html"
+        )
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    help="PNG, SVG or HTML file (default: RUN_DIR/dashboard.png).",
+)
+@click.option("--compare", "overlay", is_flag=True, help="Overlay the test curves of several runs.")
+def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool) -> None:
+    """Draw the walk-through's dashboard for a run, or --compare several runs' test curves.
+
+    RUN_DIRS are run directories, or directories of runs.
+    """
+    from mnistctl.runs import find_runs
+
+    if out_file is not None:
+        _check_figure_path(out_file)
+    runs = find_runs(list(run_dirs))
+    if not runs:
+        raise MnistctlError(f"no runs found in {', '.join(map(str, run_dirs))}")
+    from mnistctl import plots
+
+    if overlay or len(runs) > 1:
+        written = plots.save(plots.compare_figure(runs), out_file or Path("comparison.png"))
+    else:
+        written = plots.save(plots.dashboard(runs[0]), out_file or runs[0].path / "dashboard.png")
+    out.print(f"wrote {written}")
 
 
 # -- compare ------------------------------------------------------------------------------

@@ -23,15 +23,20 @@ class EvalReport:
     checkpoint: str
     step: int
     dataset: str
-    images: int
+    count: int
     test_loss: float
     test_accuracy: float
     per_class_accuracy: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     classes: list[str]
+    images: np.ndarray  # the test images, labels, predictions and confidence (not in as_dict)
+    labels: np.ndarray
+    predictions: np.ndarray
+    confidence: np.ndarray
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        arrays = ("images", "labels", "predictions", "confidence")
+        return {k: v for k, v in self.__dict__.items() if k not in arrays}
 
 
 def evaluate_checkpoint(target: Path, data_dir: Path | None = None) -> EvalReport:
@@ -44,7 +49,7 @@ def evaluate_checkpoint(target: Path, data_dir: Path | None = None) -> EvalRepor
     g = build_graph(exp)
     with make_session(g) as session:
         step = restore(session, g, prefix)
-        result = evaluate(session, g, data.test_images, data.test_labels, exp.train.eval_batch_size)
+        result = evaluate(session, g, data.test_images, data.test_labels, exp.train.eval_batch_size, True)
     confusion = confusion_matrix(data.test_labels, result.predictions, len(data.classes))
     totals = confusion.sum(axis=1)
     per_class = np.divide(np.diag(confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
@@ -53,10 +58,14 @@ def evaluate_checkpoint(target: Path, data_dir: Path | None = None) -> EvalRepor
         checkpoint=prefix,
         step=step,
         dataset=exp.data.dataset,
-        images=len(data.test_images),
+        count=len(data.test_images),
         test_loss=result.loss,
         test_accuracy=result.accuracy,
         per_class_accuracy=[round(float(a), 6) for a in per_class],
         confusion=confusion.tolist(),
         classes=list(data.classes),
+        images=data.test_images,
+        labels=data.test_labels,
+        predictions=result.predictions,
+        confidence=result.probabilities.max(axis=1),
     )

@@ -52,6 +52,9 @@ class TrainContext:
     best_accuracy: float = -1.0
     best_step: int = 0
     last: EvalRecord | None = None
+    run_dir: Any = None  # the run directory (a Path), for hooks that draw from its files
+    data: Any = None  # the Dataset being trained on
+    last_test: Any = None  # the latest test-set Evaluation (predictions, probabilities)
     # Where the training steps' time goes: inside session.run vs picking batches + hooks.
     session_s: float = 0.0
     steps_s: float = 0.0

@@ -106,8 +106,24 @@ class TensorBoardWriter(Hook):
                 summary.value.add(
                     tag=f"{name}/{group}" if group in ("train", "test") else tag, simple_value=value
                 )
+        weights, biases = ctx.session.run([list(ctx.graph.weights), list(ctx.graph.biases)])
+        for var, value in zip(ctx.graph.weights + ctx.graph.biases, weights + biases, strict=True):
+            summary.value.add(tag=var.op.name, histo=self._histogram(value))
         self._writer.add_summary(summary, record.step)
         self._writer.flush()
+
+    def _histogram(self, values: np.ndarray):
+        values = np.ravel(values).astype(np.float64)
+        counts, edges = np.histogram(values, bins=30)
+        return self._tf.compat.v1.HistogramProto(
+            min=float(values.min()),
+            max=float(values.max()),
+            num=float(values.size),
+            sum=float(values.sum()),
+            sum_squares=float(np.dot(values, values)),
+            bucket_limit=[float(e) for e in edges[1:]],
+            bucket=[float(c) for c in counts],
+        )
 
     def end(self, ctx: TrainContext, status: str) -> None:
         if self._writer is not None:
@@ -118,3 +134,120 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) 
     """Counts of (true class, predicted class) pairs, as an int64 [classes, classes] array."""
     flat = np.asarray(labels, dtype=np.int64) * classes + np.asarray(predictions, dtype=np.int64)
     return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
+
+
+PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
+DISTRIBUTION_FIELDS = ("step", "kind", *(f"p{p}" for p in PERCENTILES))
+ACTIVATION_IMAGES = 1000  # test images whose hidden activations are summarised
+
+
+def percentiles(arrays: list[np.ndarray]) -> list[float]:
+    values = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(1)
+    return [float(v) for v in np.percentile(values, PERCENTILES)]
+
+
+class DistributionWriter(Hook):
+    """Percentiles of all weights and all biases at each evaluation, for the dashboard.
+
+    Batch-norm models also get the percentiles of their hidden layers' activations on a fixed
+    set of test images, which is what the walk-through shows for them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def begin(self, ctx: TrainContext) -> None:
+        if not self.path.exists():
+            self._write([])
+        self.activations = any(layer.batch_norm for layer in ctx.experiment.model.layers)
+        if ctx.start_step:  # a resume redoes the rows after its checkpoint
+            self._write([r for r in read_rows(self.path) if float(r["step"]) <= ctx.start_step], mode="w")
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        g = ctx.graph
+        weights, biases = ctx.session.run([list(g.weights), list(g.biases)])
+        rows = [
+            (record.step, "weights", *percentiles(weights)),
+            (record.step, "biases", *percentiles(biases)),
+        ]
+        if self.activations and g.hidden:
+            images = ctx.data.test_images[:ACTIVATION_IMAGES]
+            hidden = ctx.session.run(list(g.hidden), {g.images: images})
+            rows.append((record.step, "activations", *percentiles(hidden)))
+        self._write([dict(zip(DISTRIBUTION_FIELDS, row, strict=True)) for row in rows])
+
+    def _write(self, rows: list[dict], mode: str = "a") -> None:
+        new = mode == "w" or not self.path.exists()
+        with self.path.open(mode, newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=DISTRIBUTION_FIELDS, lineterminator="\n")
+            if new:
+                writer.writeheader()
+            writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_distributions(path: Path) -> dict[str, np.ndarray]:
+    """``{kind: array [evaluations, 1 + len(PERCENTILES)]}`` with the step in column 0."""
+    out: dict[str, list] = {}
+    for row in read_rows(path):
+        try:
+            values = [float(row["step"])] + [float(row[f"p{p}"]) for p in PERCENTILES]
+        except (KeyError, TypeError, ValueError):
+            continue  # a torn last line after a crash
+        out.setdefault(row["kind"], []).append(values)
+    return {kind: np.array(rows) for kind, rows in out.items()}
+
+
+class PredictionWriter(Hook):
+    """Saves the test predictions at the end and at the best evaluation, and the predictions
+    on the last training batch, so plots and galleries need no TensorFlow."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.best: tuple[int, np.ndarray] | None = None
+
+    def begin(self, ctx: TrainContext) -> None:
+        saved = read_predictions(self.path) if ctx.start_step else None
+        if saved is not None and int(saved["best_step"]) <= ctx.start_step:
+            self.best = (int(saved["best_step"]), saved["best_predictions"])
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        if improved:
+            self.best = (record.step, ctx.last_test.predictions.astype(np.uint8))
+
+    def end(self, ctx: TrainContext, status: str) -> None:
+        if ctx.last_test is None or status not in ("completed", "interrupted"):
+            return
+        from mnistctl.data import BatchOrder
+
+        data, g = ctx.data, ctx.graph
+        order = BatchOrder(len(data.train_images), ctx.experiment.train.batch_size, ctx.experiment.train.seed)
+        batch = order.indices(max(ctx.step - 1, 0))
+        train_predictions = ctx.session.run(g.predictions, {g.images: data.train_images[batch]})
+        best_step, best = self.best if self.best else (ctx.last.step, ctx.last_test.predictions)
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            step=ctx.last.step,
+            labels=data.test_labels,
+            predictions=ctx.last_test.predictions.astype(np.uint8),
+            probabilities=ctx.last_test.probabilities.astype(np.float16),
+            best_step=best_step,
+            best_predictions=best.astype(np.uint8),
+            train_indices=batch,
+            train_predictions=train_predictions.astype(np.uint8),
+        )
+        write_atomic(self.path, buffer.getvalue())
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}

@@ -67,6 +67,7 @@ class Graph:
     # live in the graph, so a checkpoint taken between evaluations carries them to a resume.
     train_window: tuple[tf.Variable, tf.Variable, tf.Variable]
     reset_window: tf.Operation
+    hidden: tuple[tf.Tensor, ...]  # each hidden layer's output (dropout is off when evaluating)
 
 
 @dataclass(frozen=True)
@@ -168,17 +169,22 @@ def build_optimizer(cfg: OptimizerConfig, learning_rate: tf.Tensor) -> v1.train.
 
 
 def build_logits(
-    images: tf.Tensor, exp: Experiment, training: tf.Tensor, global_step: tf.Variable
-) -> tf.Tensor:
-    """The layers, from uint8 pixels to the 10 logits."""
-    x = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, *IMAGE_SHAPE])
+    x: tf.Tensor, exp: Experiment, training: tf.Tensor, global_step: tf.Variable
+) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+    """The layers, from float pixels in [0, 1] shaped [N, 28, 28, 1] to the 10 logits.
+
+    Returns:
+        (logits, the output of every hidden layer).
+    """
+    hidden = []
     for i, layer in enumerate(exp.model.layers):
         ctx = LayerContext(
             exp.model.init, training, global_step, exp.model.batch_norm_decay, exp.train.seed, i
         )
         with tf.name_scope(f"layer{i}_{layer.tag}"):
             x = LAYER_BUILDERS.get(layer.tag)(x, layer, ctx)
-    return x
+        hidden.append(x)
+    return x, tuple(hidden[:-1])
 
 
 def build_graph(exp: Experiment) -> Graph:
@@ -195,7 +201,8 @@ def build_graph(exp: Experiment) -> Graph:
         training = v1.placeholder_with_default(False, [], name="training")
         global_step = v1.train.get_or_create_global_step()
 
-        logits = build_logits(images, exp, training, global_step)
+        pixels = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, *IMAGE_SHAPE])
+        logits, hidden = build_logits(pixels, exp, training, global_step)
         logits = tf.identity(logits, name="logits")
         probabilities = tf.nn.softmax(logits, name="probabilities")
         predictions = tf.argmax(logits, axis=1, output_type=tf.int32, name="predictions")
@@ -219,9 +226,26 @@ def build_graph(exp: Experiment) -> Graph:
         weights = tuple(v for v in trainable if "weights" in v.name)
         biases = tuple(v for v in trainable if "weights" not in v.name)
     return Graph(
-        graph, images, labels, learning_rate, training, logits, probabilities, predictions,
-        loss, loss_sum, correct, train_op, global_step, init_op, weights, biases, window, reset_window,
-    )  # fmt: skip
+        graph=graph,
+        images=images,
+        labels=labels,
+        learning_rate=learning_rate,
+        training=training,
+        logits=logits,
+        probabilities=probabilities,
+        predictions=predictions,
+        loss=loss,
+        loss_sum=loss_sum,
+        correct=correct,
+        train_op=train_op,
+        global_step=global_step,
+        init_op=init_op,
+        weights=weights,
+        biases=biases,
+        train_window=window,
+        reset_window=reset_window,
+        hidden=hidden,
+    )
 
 
 def _train_window() -> tuple[tuple[tf.Variable, tf.Variable, tf.Variable], tf.Operation]:

@@ -5,6 +5,8 @@ Layout of ``runs/<UTC timestamp>-<name>/``::
     config.yaml      the resolved experiment (after --set), re-loadable as a config
     run.json         status, times, seed, versions, host, git commit, dataset checksums, results
     metrics.csv      one row per evaluation
+    distributions.csv  percentiles of weights, biases (and activations) per evaluation
+    predictions.npz  test predictions at the end and at the best evaluation
     checkpoints/     latest/ and best/ TensorFlow checkpoints
     tensorboard/     TensorFlow event files
 
@@ -38,6 +40,8 @@ META_FILE = "run.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+DISTRIBUTIONS_FILE = "distributions.csv"
+PREDICTIONS_FILE = "predictions.npz"
 
 # A running process rewrites run.json at least this often; older means it died.
 HEARTBEAT_S = 30.0

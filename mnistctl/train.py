@@ -29,12 +29,21 @@ from mnistctl.data import BatchOrder, Dataset, load_dataset
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
-from mnistctl.metrics import CsvWriter, TensorBoardWriter, read_metrics, truncate_metrics
+from mnistctl.metrics import (
+    CsvWriter,
+    DistributionWriter,
+    PredictionWriter,
+    TensorBoardWriter,
+    read_metrics,
+    truncate_metrics,
+)
 from mnistctl.model import Graph, build_graph, count_parameters, make_session
 from mnistctl.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    DISTRIBUTIONS_FILE,
     METRICS_FILE,
+    PREDICTIONS_FILE,
     TENSORBOARD_DIR,
     Run,
     RunRecorder,
@@ -115,6 +124,7 @@ def fit(
     window = _Window()
     started = time.perf_counter()
     ctx.step = ctx.start_step
+    ctx.data = data
     for hook in hooks:
         hook.begin(ctx)
     status = "failed"
@@ -165,7 +175,8 @@ def _evaluate_and_report(
     ctx: TrainContext, data: Dataset, window: _Window, lr: float, started: float, hooks: Sequence[Hook]
 ) -> None:
     cfg = ctx.experiment.train
-    test = evaluate(ctx.session, ctx.graph, data.test_images, data.test_labels, cfg.eval_batch_size)
+    test = evaluate(ctx.session, ctx.graph, data.test_images, data.test_labels, cfg.eval_batch_size, True)
+    ctx.last_test = test
     loss_sum, correct, images = ctx.session.run(ctx.graph.train_window)
     ctx.session.run(ctx.graph.reset_window)
     record = EvalRecord(
@@ -318,6 +329,8 @@ def _train(
             RunRecorder(run),
             CsvWriter(run.path / METRICS_FILE),
             TensorBoardWriter(run.path / TENSORBOARD_DIR),
+            DistributionWriter(run.path / DISTRIBUTIONS_FILE),
+            PredictionWriter(run.path / PREDICTIONS_FILE),
             CheckpointHook(Checkpoints(run.path, g), exp.train.checkpoint_every),
             *extra_hooks,
         ]
@@ -326,7 +339,9 @@ def _train(
             if not checkpoint:
                 session.run(g.init_op)
             g.graph.finalize()  # nothing may add ops inside the loop (a classic TF1 slowdown)
-            ctx = TrainContext(exp, g, session, total_steps=exp.train.steps, start_step=step)
+            ctx = TrainContext(
+                exp, g, session, total_steps=exp.train.steps, start_step=step, run_dir=run.path
+            )
             if rows:
                 best = max(rows, key=lambda r: r["test_accuracy"])
                 ctx.best_accuracy, ctx.best_step = best["test_accuracy"], int(best["step"])

@@ -31,3 +31,20 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist_cache, tmp_path_factory) -> Path:
+    """One tiny run trained through the CLI (60 steps on 1,000 real digits), shared by tests
+    that only read it; tests that change a run copy it first."""
+    from click.testing import CliRunner
+
+    from mnistctl.cli import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    args = ["train", str(CONFIGS / "tiny.yaml"), "--runs-dir", str(runs), "--set", "train.steps=60"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "final test accuracy:" in result.output
+    (run,) = runs.iterdir()
+    return run

@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,16 +17,6 @@ from .conftest import CONFIGS
 
 def invoke(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def trained_run(mnist_cache, tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    result = invoke("train", CONFIGS / "tiny.yaml", "--runs-dir", runs, "--set", "train.steps=60")
-    assert result.exit_code == 0, result.output
-    assert "final test accuracy:" in result.output
-    (run,) = runs.iterdir()
-    return run
 
 
 def test_train_writes_a_self_describing_run(trained_run):
@@ -147,7 +136,13 @@ def test_crashed_run_is_not_shown_as_running(trained_run, tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["validate", "configs/conv_dropout.yaml"], ["compare", "{runs}"], ["data", "info"]],
+    [
+        ["--help"],
+        ["validate", "configs/conv_dropout.yaml"],
+        ["compare", "{runs}"],
+        ["data", "info"],
+        ["plot", "{runs}", "--out", "{runs}/../p.png"],
+    ],
 )
 def test_fast_commands_do_not_import_tensorflow(args, trained_run):
     args = [a.format(runs=trained_run.parent) for a in args]

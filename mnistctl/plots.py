@@ -1,0 +1,276 @@
+"""The walk-through's dashboard and comparisons, drawn with matplotlib from a run directory.
+
+Everything here reads files a run wrote (metrics.csv, distributions.csv, predictions.npz and
+the cached dataset); nothing imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, and no GUI toolkit is imported
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from mnistctl.compare import compare
+from mnistctl.data import load_dataset
+from mnistctl.errors import MnistctlError
+from mnistctl.metrics import read_distributions, read_metrics, read_predictions
+from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, PREDICTIONS_FILE, Run
+
+FORMATS = (".png", ".svg", ".html")
+TRAIN_COLOR, TEST_COLOR = "#1f77b4", "#d62728"
+WRONG = np.array([0.85, 0.1, 0.1])
+
+
+class PlotError(MnistctlError):
+    """A run that has nothing to plot yet, or an output we cannot write."""
+
+
+def dashboard(run: Run) -> Figure:
+    """The six panels of the walk-through for one run."""
+    rows = read_metrics(run.path / METRICS_FILE)
+    if not rows:
+        raise PlotError(f"{run.path}: no metrics yet (metrics.csv is empty)")
+    distributions = read_distributions(run.path / DISTRIBUTIONS_FILE)
+    predictions = read_predictions(run.path / PREDICTIONS_FILE)
+    exp = run.experiment()
+    data = None
+    if predictions is not None:
+        data = load_dataset(exp.data.dataset).subset(exp.data.train_size, exp.data.test_size)
+
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10.5), layout="constrained")
+    fig.suptitle(f"{run.name}  ({run.status}, {exp.description or exp.name})", fontsize=13)
+    _accuracy_panel(axes[0, 0], rows)
+    _loss_panel(axes[0, 1], rows)
+    second = "activations" if "activations" in distributions else "biases"
+    _percentile_panel(axes[1, 0], distributions.get("weights"), "weights")
+    _percentile_panel(axes[1, 1], distributions.get(second), second)
+    if predictions is None or data is None:
+        for ax in (axes[0, 2], axes[1, 2]):
+            _empty(ax, "predictions are written when training ends")
+    else:
+        batch = predictions["train_indices"]
+        _digit_grid(
+            axes[0, 2],
+            data.train_images[batch],
+            data.train_labels[batch],
+            predictions["train_predictions"],
+            f"last training batch at step {int(predictions['step'])}: misrecognised first",
+            columns=10,
+            label_all=True,
+        )
+        count = min(1000, len(data.test_images))
+        _digit_grid(
+            axes[1, 2],
+            data.test_images[:count],
+            data.test_labels[:count],
+            predictions["predictions"][:count],
+            f"{count} test digits at step {int(predictions['step'])}: misrecognised first",
+            columns=40 if count >= 400 else 20,
+            label_all=False,
+        )
+    return fig
+
+
+def _accuracy_panel(ax: Axes, rows: list[dict[str, float]]) -> None:
+    steps = np.array([r["step"] for r in rows])
+    train = np.array([r["train_accuracy"] for r in rows])
+    test = np.array([r["test_accuracy"] for r in rows])
+    ax.plot(steps, train, color=TRAIN_COLOR, lw=1.2, label="train (mini-batches)")
+    ax.plot(steps, test, color=TEST_COLOR, lw=1.6, label="test")
+    best = int(np.argmax(test))
+    ax.plot(
+        steps[best],
+        test[best],
+        "o",
+        color="black",
+        ms=6,
+        label=f"best test {test[best]:.4f} @ {int(steps[best])}",
+    )
+    ax.axhline(0.99, color="gray", ls="--", lw=0.8, label="99%")
+    tail = test[len(test) // 10 :] if len(test) > 10 else test
+    ax.set_ylim(max(0.0, min(0.9, float(tail.min()) - 0.01)), 1.0)
+    ax.set(title="accuracy", xlabel="step")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _loss_panel(ax: Axes, rows: list[dict[str, float]]) -> None:
+    steps = [r["step"] for r in rows]
+    train = np.array([r["train_loss"] for r in rows])
+    test = np.array([r["test_loss"] for r in rows])
+    ax.plot(steps, train, color=TRAIN_COLOR, lw=1.2, label="train (mini-batches)")
+    ax.plot(steps, test, color=TEST_COLOR, lw=1.6, label="test")
+    values = np.concatenate([train, test])
+    finite = values[np.isfinite(values)]
+    if finite.size:
+        ax.set_ylim(0, float(np.percentile(finite, 95)) * 1.3 + 1e-9)
+    ax.set(title="cross-entropy loss", xlabel="step")
+    ax.legend(loc="upper right", fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _percentile_panel(ax: Axes, table: np.ndarray | None, kind: str) -> None:
+    if table is None or not len(table):
+        _empty(ax, f"no {kind} recorded")
+        return
+    steps = table[:, 0]
+    p0, p10, p25, p50, p75, p90, p100 = table[:, 1:].T
+    ax.fill_between(steps, p0, p100, color="#9ecae1", label="min-max")
+    ax.fill_between(steps, p10, p90, color="#6baed6", label="10-90%")
+    ax.fill_between(steps, p25, p75, color="#3182bd", label="25-75%")
+    ax.plot(steps, p50, color="#08306b", lw=1.2, label="median")
+    ax.set(title=f"{kind}: percentiles over time", xlabel="step")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_axis_off()
+
+
+def mosaic(images: np.ndarray, wrong: np.ndarray, columns: int) -> np.ndarray:
+    """RGB mosaic of digits, white ink on black, misrecognised ones on red."""
+    count = len(images)
+    rows = -(-count // columns)
+    out = np.ones((rows * 30, columns * 30, 3))
+    for i, (image, bad) in enumerate(zip(images, wrong, strict=True)):
+        r, c = divmod(i, columns)
+        ink = image.astype(np.float64)[..., None] / 255.0
+        background = WRONG if bad else np.zeros(3)
+        out[r * 30 + 1 : r * 30 + 29, c * 30 + 1 : c * 30 + 29] = ink + (1 - ink) * background
+    return out
+
+
+def order_wrong_first(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """Indices with the misrecognised digits first, each group in its original order."""
+    wrong = labels != predictions
+    return np.concatenate([np.flatnonzero(wrong), np.flatnonzero(~wrong)])
+
+
+def _digit_grid(
+    ax: Axes,
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    title: str,
+    columns: int,
+    label_all: bool,
+) -> None:
+    order = order_wrong_first(labels, predictions)
+    images, labels, predictions = images[order], labels[order], predictions[order]
+    wrong = labels != predictions
+    ax.imshow(mosaic(images, wrong, columns), interpolation="nearest")
+    size = 7 if label_all else 5
+    for i in range(len(images)):
+        if label_all or wrong[i]:
+            r, c = divmod(i, columns)
+            text = f"{predictions[i]}" if not wrong[i] else f"{labels[i]}→{predictions[i]}"
+            ax.text(c * 30 + 28, r * 30 + 28, text, color="yellow", fontsize=size, ha="right", va="bottom")
+    ax.set_title(f"{title} ({int(wrong.sum())} wrong)", fontsize=10)
+    ax.set_axis_off()
+
+
+def compare_figure(runs: list[Run]) -> Figure:
+    """Test accuracy and test loss of several runs, overlaid; the legend names what differs."""
+    columns, rows = compare(runs)
+    differing = columns[columns.index("parameters") + 1 :]
+    differing = [c for c in differing if c not in ("name", "description")]
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
+    for run, row in zip(runs, rows, strict=True):
+        metrics = read_metrics(run.path / METRICS_FILE)
+        if not metrics:
+            continue
+        keys = ", ".join(f"{c.split('.')[-1]}={_short(row.get(c))}" for c in differing)
+        label = run.name + (f" ({keys})" if keys else "")
+        steps = [m["step"] for m in metrics]
+        acc.plot(steps, [m["test_accuracy"] for m in metrics], lw=1.3, label=label)
+        loss.plot(steps, [m["test_loss"] for m in metrics], lw=1.3, label=label)
+    acc.axhline(0.99, color="gray", ls="--", lw=0.8)
+    values = [m["test_accuracy"] for r in runs for m in read_metrics(r.path / METRICS_FILE)]
+    if values:
+        tail = np.percentile(values, 10)
+        acc.set_ylim(max(0.0, min(0.9, tail - 0.01)), 1.0)
+    acc.set(title="test accuracy", xlabel="step")
+    loss.set(title="test cross-entropy loss", xlabel="step")
+    for ax in (acc, loss):
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def gallery(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, confidence: np.ndarray
+) -> Figure:
+    """The misrecognised digits, each with its true label, the prediction and its probability."""
+    wrong = np.flatnonzero(labels != predictions)
+    shown = wrong[:200]
+    columns = 20
+    rows = max(1, -(-len(shown) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 1.05 + 0.6), squeeze=False)
+    fig.suptitle(f"{len(wrong)} misrecognised test digits (true → predicted, confidence)", fontsize=12)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, i in zip(axes.ravel(), shown, strict=False):
+        ax.imshow(images[i], cmap="gray_r", interpolation="nearest")
+        ax.set_title(f"{labels[i]}→{predictions[i]} {confidence[i]:.0%}", fontsize=7, color="#b00")
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
+    """The confusion matrix as a heat map, counts in the cells."""
+    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    shown = np.log1p(confusion)
+    ax.imshow(shown, cmap="Blues")
+    for (r, c), n in np.ndenumerate(confusion):
+        if n:
+            ax.text(c, r, str(n), ha="center", va="center", fontsize=8, color="white" if r == c else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes[0]) > 1 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    accuracy = np.trace(confusion) / max(confusion.sum(), 1)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (accuracy {accuracy:.4f})")
+    return fig
+
+
+def save(fig: Figure, out: Path) -> Path:
+    """Write a figure as PNG, SVG or a self-contained HTML page (by the file's suffix)."""
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        raise PlotError(
+            f"{out}: unsupported format {suffix or '(none)'}; expected one of: {', '.join(FORMATS)}"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".html":
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=100)
+            encoded = base64.b64encode(buffer.getvalue()).decode()
+            title = html.escape(fig.get_suptitle() or "mnistctl", quote=True)
+            out.write_text(
+                f"<!doctype html><meta charset=utf-8><title>{title}</title>"
+                f'<body style="margin:0;background:#fff"><img style="max-width:100%" '
+                f'alt="{title}" src="data:image/png;base64,{encoded}"></body>\n',
+                encoding="utf-8",
+            )
+        else:
+            fig.savefig(out, dpi=100)
+    except OSError as err:
+        raise PlotError(f"{out}: cannot write: {err.strerror}") from None
+    finally:
+        plt.close(fig)
+    return out

@@ -1,0 +1,122 @@
+"""The dashboard, comparisons, galleries, recorded distributions and TensorBoard events."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import matplotlib.image
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main, sparkline
+
+from .conftest import CONFIGS
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_distributions_are_recorded_per_evaluation(trained_run):
+    rows = list(csv.DictReader((trained_run / "distributions.csv").open()))
+    assert [(r["step"], r["kind"]) for r in rows] == [
+        (s, k) for s in ("20", "40", "60") for k in ("weights", "biases")
+    ]
+    for row in rows:
+        values = [float(row[f"p{p}"]) for p in (0, 10, 25, 50, 75, 90, 100)]
+        assert values == sorted(values)
+
+
+def test_predictions_are_recorded_for_the_gallery(trained_run):
+    with np.load(trained_run / "predictions.npz") as saved:
+        assert saved["predictions"].shape == (500,) and saved["probabilities"].shape == (500, 10)
+        assert int(saved["step"]) == 60 and saved["train_predictions"].shape == (50,)
+        accuracy = float((saved["predictions"] == saved["labels"]).mean())
+    final = list(csv.DictReader((trained_run / "metrics.csv").open()))[-1]
+    assert accuracy == pytest.approx(float(final["test_accuracy"]))
+
+
+def test_dashboard_png_has_six_panels_of_real_data(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = invoke("plot", run)
+    assert result.exit_code == 0, result.output
+    image = matplotlib.image.imread(run / "dashboard.png")
+    assert image.shape[:2] == (1050, 1800)
+    assert image[..., :3].std() > 0.1  # not a blank canvas
+    from mnistctl import plots
+    from mnistctl.runs import load_run
+
+    figure = plots.dashboard(load_run(run))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles[:2] == ["accuracy", "cross-entropy loss"]
+    assert "weights: percentiles over time" in titles and "biases: percentiles over time" in titles
+    assert any("misrecognised first" in t and "test digits" in t for t in titles)
+    assert any("last training batch" in t for t in titles)
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".html"])
+def test_other_formats(trained_run, tmp_path, suffix):
+    out = tmp_path / f"dash{suffix}"
+    assert invoke("plot", trained_run, "--out", out).exit_code == 0
+    text = out.read_text()
+    assert ("<svg" in text) if suffix == ".svg" else ("data:image/png;base64," in text)
+
+
+def test_compare_overlays_runs(trained_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    out = tmp_path / "cmp.png"
+    result = invoke("plot", trained_run, other, "--compare", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert matplotlib.image.imread(out).shape[1] == 1500
+
+
+def test_bad_output_format_is_one_line(trained_run, tmp_path):
+    result = invoke("plot", trained_run, "--out", tmp_path / "x.jpg")
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        == f"error: {tmp_path / 'x.jpg'}: unsupported format .jpg; expected one of: .png, .svg, .html"
+    )
+
+
+def test_eval_draws_gallery_and_confusion(trained_run, tmp_path):
+    result = invoke("eval", trained_run, "--gallery", tmp_path / "g.png", "--confusion", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    assert matplotlib.image.imread(tmp_path / "g.png").std() > 0.05
+    assert matplotlib.image.imread(tmp_path / "c.png").std() > 0.05
+
+
+def test_tensorboard_reader_finds_scalars_and_histograms(trained_run):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(trained_run / "tensorboard"), size_guidance={"histograms": 0}
+    )
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    for scalar in ("accuracy/train", "accuracy/test", "loss/train", "loss/test", "learning_rate"):
+        assert scalar in tags["scalars"]
+    assert [e.step for e in accumulator.Scalars("accuracy/test")] == [20, 40, 60]
+    assert "layer0_conv/weights" in tags["histograms"] and "layer2_dense/biases" in tags["histograms"]
+    assert tags["graph"]
+
+
+def test_batch_norm_models_record_activations(mnist_cache, tmp_path):
+    result = invoke(
+        "train", CONFIGS / "tiny.yaml", "--runs-dir", tmp_path, "--quiet",
+        "--set", "model.layers[0].batch_norm=true", "--set", "train.steps=20",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.iterdir()
+    kinds = {row["kind"] for row in csv.DictReader((run / "distributions.csv").open())}
+    assert kinds == {"weights", "biases", "activations"}
+
+
+def test_sparkline():
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([1, 1, 1]) == "▁▁▁"
+    assert sparkline([]) == ""
