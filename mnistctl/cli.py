@@ -379,6 +379,55 @@ def eval_(
     out.print(table)
 
 
+# -- reproduce ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("configs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--seeds", type=click.IntRange(1, 20), default=3, show_default=True, help="Seeds 0..N-1 per config."
+)
+@click.option(
+    "--runs-dir", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True
+)
+@click.option("--docs", "docs_dir", type=click.Path(path_type=Path), default=Path("docs"), show_default=True)
+@_set_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def reproduce(
+    configs: tuple[Path, ...],
+    seeds: int,
+    runs_dir: Path,
+    docs_dir: Path,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Train the walk-through's configs (default: all of them) with several seeds and write
+    docs/RESULTS.md and docs/results.csv. Finished (config, seed) runs are skipped next time."""
+    from mnistctl.config import load_config
+    from mnistctl.reproduce import WALKTHROUGH
+    from mnistctl.reproduce import reproduce as run_reproduction
+
+    paths = list(configs) or [Path("configs") / f"{name}.yaml" for name in WALKTHROUGH]
+    for path in paths:  # every config is checked before the first (long) run starts
+        load_config(path, overrides)
+    log = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+    with _StopOnSignal() as stop:
+        rows = run_reproduction(
+            paths, seeds, runs_dir, docs_dir, overrides, [ProgressView(out, True)], log, stop
+        )
+    table = Table(title=f"{len(rows)} finished runs (see {docs_dir / 'RESULTS.md'})", title_justify="left")
+    for column in ("config", "seed", "max_test_accuracy", "final_test_accuracy", "wall_s"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(row[c] for c in ("config", "seed", "max_test_accuracy", "final_test_accuracy", "wall_s"))
+        )
+    out.print(table)
+    if stop():
+        err.print("[yellow]interrupted[/]: run the same command again to continue")
+        sys.exit(128 + (stop.signum or signal.SIGINT))
+
+
 # -- plot ---------------------------------------------------------------------------------
 
 

@@ -32,6 +32,11 @@ EXPECTED_PARAMETERS = {
     "conv": (25 * 4 + 4) + (16 * 4 * 8 + 8) + (16 * 8 * 12 + 12) + (588 * 200 + 200) + (200 * 10 + 10),
     # conv 6x6x1x6, 5x5x6x12, 4x4x12x24, dense 7*7*24 -> 200 -> 10
     "conv_dropout": (36 * 6 + 6) + (25 * 6 * 12 + 12) + (16 * 12 * 24 + 24) + (1176 * 200 + 200) + 2010,
+    # batch norm replaces each hidden bias by an offset and adds a moving mean and variance
+    "batchnorm_five_layers_relu": (784 * 200 + 200 * 100 + 100 * 60 + 60 * 30 + 30 * 10) + 10 + 3 * 390,
+    "batchnorm_conv": (36 * 24 + 25 * 24 * 48 + 16 * 48 * 64 + 3136 * 200 + 200 * 10)
+    + 10
+    + 3 * (24 + 48 + 64 + 200),
     "tiny": (9 * 4 + 4) + (14 * 14 * 4 * 16 + 16) + (16 * 10 + 10),
 }
 

@@ -1,0 +1,73 @@
+"""`mnistctl reproduce` end to end on a tiny budget; the full runs are the benchmark."""
+
+from __future__ import annotations
+
+import csv
+
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+from mnistctl.reproduce import PUBLISHED, WALKTHROUGH, aggregate
+
+from .conftest import CONFIGS
+
+BUDGET = ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "data.train_size=500"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_reproduce_fills_the_table_and_skips_finished_runs(mnist_cache, tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    args = ["reproduce", CONFIGS / "softmax.yaml", CONFIGS / "tiny.yaml", "--seeds", "2", "--runs-dir", runs,
+            "--docs", docs, "--quiet", *BUDGET]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    ledger = list(csv.DictReader((docs / "reproduce-runs.csv").open()))
+    assert sorted((r["config"], r["seed"]) for r in ledger) == [
+        ("softmax", "0"),
+        ("softmax", "1"),
+        ("tiny", "0"),
+        ("tiny", "1"),
+    ]
+    assert len(list(runs.iterdir())) == 4
+    table = list(csv.DictReader((docs / "results.csv").open()))
+    assert [r["config"] for r in table] == ["softmax", "tiny"]  # the walk-through's order first
+    assert table[0]["seeds"] == "2" and "±" in table[0]["max_test_accuracy"]
+    assert table[0]["published"] == PUBLISHED["softmax"][1]
+    text = (docs / "RESULTS.md").read_text()
+    assert "| `softmax` |" in text and "Machine:" in text
+
+    again = invoke(*args)  # everything is in the ledger: nothing is trained again
+    assert again.exit_code == 0
+    assert len(list(runs.iterdir())) == 4
+
+    changed = invoke(*args, "--set", "train.steps=30")  # a different config is a new row set
+    assert changed.exit_code == 0
+    assert len(list(runs.iterdir())) == 8
+    table = list(csv.DictReader((docs / "results.csv").open()))
+    assert table[0]["steps"] == "30"  # the table shows the current version of each config
+
+
+def test_bad_config_is_refused_before_any_training(tmp_path):
+    result = invoke(
+        "reproduce", CONFIGS / "tiny.yaml", tmp_path / "missing.yaml", "--runs-dir", tmp_path / "runs"
+    )
+    assert result.exit_code == 2 and "no such config file" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_walkthrough_config_is_shipped():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} >= set(WALKTHROUGH)
+
+
+def test_aggregate_marks_partial_99_and_one_seed():
+    row = {"config": "conv", "config_sha": "a", "steps": "10", "max_test_accuracy": "0.9900",
+           "final_test_accuracy": "0.9890", "first_99_step": "900", "wall_s": "400", "images_per_s": "100",
+           "cpu": "x", "cores": "2", "tensorflow": "2"}  # fmt: skip
+    (summary,) = aggregate([row])
+    assert summary["seeds"] == 1 and summary["max_test_accuracy"] == "0.9900"
+    assert summary["gap_points"] == "+0.10"
+    (summary,) = aggregate([row, {**row, "first_99_step": "", "max_test_accuracy": "0.9800"}])
+    assert summary["first_99_step"] == "900 (1/2 seeds)"
