@@ -31,6 +31,7 @@ class EvalRecord:
     test_accuracy: float
     elapsed_s: float
     images_per_s: float
+    peak_rss_mb: float  # the process's peak memory so far: flat over a long run, or a leak
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)

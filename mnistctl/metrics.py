@@ -56,9 +56,11 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             try:
-                rows.append({k: float(row[k]) for k in FIELDS})
-            except (TypeError, ValueError, KeyError):
+                rows.append({k: float(row[k]) if row.get(k) not in (None, "") else math.nan for k in FIELDS})
+            except (TypeError, ValueError):
                 continue
+            if math.isnan(rows[-1]["step"]) or math.isnan(rows[-1]["test_accuracy"]):
+                rows.pop()  # a torn line
     return rows
 
 
@@ -91,11 +93,10 @@ class TensorBoardWriter(Hook):
 
         self._tf = tf
         self._writer = tf.compat.v1.summary.FileWriter(str(self.logdir), graph=ctx.graph.graph)
-        if ctx.start_step:
-            # A START session log tells TensorBoard to forget events from step start+1 on,
-            # which the resumed run is about to write again.
-            log = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
-            self._writer.add_session_log(log, ctx.start_step + 1)
+        # A START session log tells TensorBoard to forget earlier events from step start+1 on,
+        # which a resumed run (even one resumed from step 0) is about to write again.
+        log = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
+        self._writer.add_session_log(log, ctx.start_step + 1)
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         summary = self._tf.compat.v1.Summary()

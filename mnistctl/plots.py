@@ -186,13 +186,12 @@ def compare_figure(runs: list[Run]) -> Figure:
     columns, rows = compare(runs)
     differing = columns[columns.index("parameters") + 1 :]
     differing = [c for c in differing if c not in ("name", "description")]
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
     for run, row in zip(runs, rows, strict=True):
         metrics = read_metrics(run.path / METRICS_FILE)
         if not metrics:
             continue
-        keys = ", ".join(f"{c.split('.')[-1]}={_short(row.get(c))}" for c in differing)
-        label = run.name + (f" ({keys})" if keys else "")
+        label = run.name + _differences(row, differing)
         steps = [m["step"] for m in metrics]
         acc.plot(steps, [m["test_accuracy"] for m in metrics], lw=1.3, label=label)
         loss.plot(steps, [m["test_loss"] for m in metrics], lw=1.3, label=label)
@@ -205,8 +204,17 @@ def compare_figure(runs: list[Run]) -> Figure:
     loss.set(title="test cross-entropy loss", xlabel="step")
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
-    acc.legend(fontsize=8, loc="lower right")
+    fig.legend(*acc.get_legend_handles_labels(), loc="outside lower center", fontsize=9, ncols=1)
     return fig
+
+
+def _differences(row: dict, keys: list[str], most: int = 4) -> str:
+    """``" (dropout=0.25, schedule.name=exponential)"``: what sets this run apart."""
+    parts = [f"{'.'.join(k.split('.')[-2:])}={_short(row[k])}" for k in keys if row.get(k) is not None]
+    if not parts:
+        return ""
+    more = f", +{len(parts) - most} more" if len(parts) > most else ""
+    return f"  ({', '.join(parts[:most])}{more})"
 
 
 def _short(value: object) -> str:

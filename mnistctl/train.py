@@ -49,6 +49,7 @@ from mnistctl.runs import (
     RunRecorder,
     create_run,
     load_run,
+    peak_rss_mb,
     utc_now,
 )
 
@@ -189,6 +190,7 @@ def _evaluate_and_report(
         test_accuracy=test.accuracy,
         elapsed_s=time.perf_counter() - started,
         images_per_s=window.images / window.seconds if window.seconds else 0.0,
+        peak_rss_mb=peak_rss_mb(),
     )
     improved = test.accuracy > ctx.best_accuracy
     if improved:

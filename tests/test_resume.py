@@ -100,6 +100,11 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(unint
     assert len(info["resumes"]) == 1 and info["resumes"][0]["from_step"] in (0, 25, 50, 75, 100)
     saved = [int(p.name[6:-6]) for p in (run / "checkpoints" / "latest").glob("model-*.index")]
     assert max(saved) == 120
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(run / "tensorboard"))
+    events.Reload()  # TensorBoard drops the events a resume redid: each step once
+    assert [e.step for e in events.Scalars("accuracy/test")] == list(range(10, 121, 10))
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
