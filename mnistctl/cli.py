@@ -468,6 +468,88 @@ def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool) -> No
     out.print(f"wrote {written}")
 
 
+# -- export, predict, serve ----------------------------------------------------------------
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the SavedModel."
+)
+@click.option("--force", is_flag=True, help="Replace an existing export.")
+def export(target: Path, out_dir: Path, force: bool) -> None:
+    """Export TARGET (a run directory's best checkpoint, or a checkpoint) as a TensorFlow SavedModel
+    (tag serve, signature serving_default): the format TensorFlow Serving loads."""
+    from mnistctl.export import export_saved_model
+
+    info = export_saved_model(target, out_dir, overwrite=force)
+    out.print(f"exported {info['run_name']} step {info['step']} to {out_dir}")
+    out.print(
+        "input: images float32 [N, 28, 28, 1] in [0, 1]; outputs: probabilities [N, 10], classes [N]; "
+        f"try: saved_model_cli show --dir {out_dir} --all"
+    )
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
+    """Classify your own digit pictures (PNG, JPEG, ...) with SOURCE, a run directory or an export.
+
+    Each picture is turned into an MNIST-style input first: grayscale, dark-on-light inverted,
+    cropped to the ink, scaled into 20x20 and centred by its centre of mass in 28x28.
+    """
+    import numpy as np
+
+    from mnistctl.images import ImageError, preprocess
+
+    inputs = []
+    for path in images:  # every file is checked before the model is loaded
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ImageError(f"{path}: cannot read: {error.strerror}") from None
+        inputs.append(preprocess(data, str(path)))
+    from mnistctl.export import Predictor
+
+    predictor = Predictor(source)
+    probabilities = predictor.predict(np.stack(inputs))
+    classes = predictor.info.get("classes") or [str(i) for i in range(10)]
+    results = [
+        {"file": str(p), "class": int(np.argmax(row)), "label": classes[int(np.argmax(row))],
+         "probabilities": [round(float(x), 6) for x in row]}
+        for p, row in zip(images, probabilities, strict=True)
+    ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        top = max(r["probabilities"])
+        ranked = sorted(range(10), key=lambda i: -r["probabilities"][i])[1:3]
+        others = ", ".join(f"{classes[i]} {r['probabilities'][i]:.1%}" for i in ranked)
+        out.print(f"{r['file']}: [bold]{r['label']}[/] ({top:.1%}; then {others})")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+def serve(source: Path, host: str, port: int) -> None:
+    """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
+    image upload, and a page where you draw a digit."""
+    from mnistctl.export import Predictor
+    from mnistctl.serve import serve as run_server
+
+    predictor = Predictor(source)
+    out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")
+    out.print(
+        f'  POST http://{host}:{port}/v1/models/mnist:predict  {{"instances": [28x28x1 floats in 0..1, ...]}}'
+    )
+    out.print(f"  POST http://{host}:{port}/predict  (body: a PNG or JPEG, Content-Type: image/png)")
+    run_server(predictor, host, port)
+
+
 # -- compare ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,180 @@
+"""From checkpoint to production: a SavedModel for TensorFlow Serving, and a loaded predictor.
+
+The exported graph is an inference graph built from the run's config: input ``images``
+float32 ``[N, 28, 28, 1]`` in [0, 1]; outputs ``probabilities`` ``[N, 10]`` and ``classes``
+``[N]``; dropout off and batch norm on its moving averages. Its variables come from the run's
+best checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnistctl._tf import tf
+from mnistctl.checkpoints import CheckpointError, resolve
+from mnistctl.config import IMAGE_SHAPE, Experiment
+from mnistctl.errors import MnistctlError
+from mnistctl.model import build_logits
+from mnistctl.runs import load_run
+
+v1 = tf.compat.v1
+SIGNATURE = "serving_default"
+TAG = "serve"
+INFO_FILE = "mnistctl.json"  # what was exported, next to the SavedModel files
+
+
+class ExportError(MnistctlError):
+    """An export target or source that cannot be used."""
+
+
+@dataclass(frozen=True)
+class InferenceGraph:
+    graph: tf.Graph
+    images: tf.Tensor  # float32 [N, 28, 28, 1] in [0, 1]
+    probabilities: tf.Tensor
+    classes: tf.Tensor
+
+
+def build_inference_graph(exp: Experiment) -> InferenceGraph:
+    """The model alone, in inference mode, with the training graph's variable names."""
+    graph = tf.Graph()
+    with graph.as_default():
+        images = v1.placeholder(tf.float32, [None, *IMAGE_SHAPE], name="images")
+        global_step = v1.train.get_or_create_global_step()
+        logits, _ = build_logits(images, exp, tf.constant(False), global_step)
+        probabilities = tf.nn.softmax(logits, name="probabilities")
+        classes = tf.argmax(logits, axis=1, name="classes")
+    return InferenceGraph(graph, images, probabilities, classes)
+
+
+def _restore(session: v1.Session, g: InferenceGraph, prefix: str) -> None:
+    with g.graph.as_default():
+        variables = v1.global_variables()
+        saver = v1.train.Saver(variables)
+    try:
+        saver.restore(session, prefix)
+    except (tf.errors.OpError, ValueError) as err:
+        raise CheckpointError(f"{prefix}: cannot restore the model ({str(err).splitlines()[0]})") from None
+
+
+def export_saved_model(target: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write a SavedModel of ``target``'s best checkpoint (or the named one) to ``out``.
+
+    Returns:
+        What was exported (also written to ``out/mnistctl.json``).
+    """
+    run_dir, prefix = resolve(target)
+    run = load_run(run_dir)
+    exp = run.experiment()
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"{out}: already exists (use --force to replace it)")
+        if not (out / "saved_model.pb").is_file():
+            raise ExportError(f"{out}: exists and is not a SavedModel; refusing to replace it")
+    g = build_inference_graph(exp)
+    # Build in a temporary directory beside the target and rename: never half an export.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with v1.Session(graph=g.graph) as session:
+            _restore(session, g, prefix)
+            builder = v1.saved_model.Builder(str(staging / "model"))
+            signature = v1.saved_model.predict_signature_def(
+                inputs={"images": g.images}, outputs={"probabilities": g.probabilities, "classes": g.classes}
+            )
+            builder.add_meta_graph_and_variables(session, [TAG], signature_def_map={SIGNATURE: signature})
+            builder.save()
+        info = {
+            "run": str(run_dir),
+            "run_name": run.name,
+            "checkpoint": prefix,
+            "step": int(prefix.rsplit("-", 1)[1]),
+            "config": exp.name,
+            "dataset": exp.data.dataset,
+            "best_test_accuracy": run.meta.get("best_test_accuracy"),
+            "classes": _class_names(exp),
+            "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
+        }
+        (staging / "model" / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        (staging / "model").rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def _class_names(exp: Experiment) -> list[str]:
+    from mnistctl.data import get_spec
+
+    return list(get_spec(exp.data.dataset).classes)
+
+
+class Predictor:
+    """A model loaded once, from a run directory or an exported SavedModel, for many calls.
+
+    ``predict`` is safe to call from several threads: a Session runs concurrent calls.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        if (source / "saved_model.pb").is_file():
+            self._load_saved_model(source)
+        else:
+            self._load_run(source)
+        self._lock = threading.Lock()  # guards only the counters below
+        self.requests = 0
+
+    def _load_saved_model(self, path: Path) -> None:
+        graph = tf.Graph()
+        self.session = v1.Session(graph=graph)
+        try:
+            meta = v1.saved_model.loader.load(self.session, [TAG], str(path))
+        except (tf.errors.OpError, RuntimeError, OSError, ValueError) as err:
+            raise ExportError(f"{path}: cannot load the SavedModel ({str(err).splitlines()[0]})") from None
+        signature = meta.signature_def[SIGNATURE]
+        self.images = graph.get_tensor_by_name(signature.inputs["images"].name)
+        self.probabilities = graph.get_tensor_by_name(signature.outputs["probabilities"].name)
+        info_path = path / INFO_FILE
+        self.info = json.loads(info_path.read_text()) if info_path.is_file() else {"run": None}
+        self.info["source"] = "saved_model"
+
+    def _load_run(self, target: Path) -> None:
+        run_dir, prefix = resolve(target)
+        run = load_run(run_dir)
+        exp = run.experiment()
+        g = build_inference_graph(exp)
+        self.session = v1.Session(graph=g.graph)
+        _restore(self.session, g, prefix)
+        g.graph.finalize()
+        self.images, self.probabilities = g.images, g.probabilities
+        self.info = {
+            "run": str(run_dir),
+            "run_name": run.name,
+            "checkpoint": prefix,
+            "step": int(prefix.rsplit("-", 1)[1]),
+            "config": exp.name,
+            "dataset": exp.data.dataset,
+            "best_test_accuracy": run.meta.get("best_test_accuracy"),
+            "classes": _class_names(exp),
+            "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
+            "source": "checkpoint",
+        }
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, 10]`` for float images ``[N, 28, 28, 1]`` (or ``[N, 28, 28]``) in [0, 1]."""
+        images = np.asarray(images, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)
+        with self._lock:
+            self.requests += 1
+        return self.session.run(self.probabilities, {self.images: images})
+
+    def close(self) -> None:
+        self.session.close()

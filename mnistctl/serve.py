@@ -1,0 +1,154 @@
+"""The HTTP server: TensorFlow Serving's REST predict API, image upload, and a drawing page.
+
+Built on FastAPI (Starlette) and served by uvicorn. The model is loaded once; each request's
+``session.run`` happens in Starlette's thread pool, so slow requests never block the event loop
+and concurrent ones run side by side. Every bad request gets a 4xx JSON ``{"error": ...}`` that
+names the problem, as TensorFlow Serving does, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from mnistctl.images import ImageError, preprocess
+
+MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
+MAX_IMAGE_BYTES = 2 << 20
+MAX_INSTANCES = 256
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def create_app(predictor: Any) -> FastAPI:
+    """The ASGI app around a loaded :class:`mnistctl.export.Predictor`."""
+    app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None)
+    page = resources.files("mnistctl").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "requests": predictor.requests}
+
+    @app.get("/metadata")
+    async def metadata() -> dict[str, Any]:
+        return predictor.info
+
+    @app.post("/v1/models/mnist:predict")
+    async def predict_tf_serving(request: Request) -> dict[str, Any]:
+        body = await _read_body(request, MAX_JSON_BYTES, ("application/json",))
+        images = parse_instances(body)
+        probabilities = await run_in_threadpool(predictor.predict, images)
+        return {
+            "predictions": [
+                {"probabilities": [float(p) for p in row], "classes": int(np.argmax(row))}
+                for row in probabilities
+            ]
+        }
+
+    @app.post("/predict")
+    async def predict_image(request: Request) -> dict[str, Any]:
+        body = await _read_body(request, MAX_IMAGE_BYTES, IMAGE_TYPES)
+        try:
+            image = await run_in_threadpool(preprocess, body, "upload")
+        except ImageError as err:
+            raise BadRequest(str(err)) from None
+        (probabilities,) = await run_in_threadpool(predictor.predict, image[None])
+        top = int(np.argmax(probabilities))
+        classes = predictor.info.get("classes") or [str(i) for i in range(10)]
+        return {
+            "class": top,
+            "label": classes[top],
+            "probabilities": [round(float(p), 6) for p in probabilities],
+            "image": np.round(image, 3).tolist(),
+        }
+
+    return app
+
+
+async def _read_body(request: Request, limit: int, types: tuple[str, ...]) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in types:
+        raise BadRequest(
+            f"content type {content_type or '(none)'!r} not accepted; send one of: {', '.join(types)}", 415
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"request body of {int(declared):,} bytes is over the limit of {limit:,}", 413)
+    body = b""
+    async for chunk in request.stream():  # counted as it arrives: a lying Content-Length is no way around
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"request body is over the limit of {limit:,} bytes", 413)
+    return body
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not a number mnistctl accepts")
+
+
+def parse_instances(body: bytes) -> np.ndarray:
+    """TF Serving's row format ``{"instances": [...]}`` (or columnar ``{"inputs": ...}``) ->
+    float32 images [N, 28, 28, 1] in [0, 1]; BadRequest naming the first problem."""
+    try:
+        payload = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(f"malformed JSON: {err}") from None
+    if not isinstance(payload, dict) or not ({"instances", "inputs"} & set(payload)):
+        raise BadRequest('expected a JSON object with "instances" (a list of images) or "inputs"')
+    if "instances" in payload:
+        instances = payload["instances"]
+        if not isinstance(instances, list):
+            raise BadRequest('"instances" must be a list of images')
+        instances = [i["images"] if isinstance(i, dict) and "images" in i else i for i in instances]
+        where = "instances"
+    else:
+        inputs = payload["inputs"]
+        instances = inputs["images"] if isinstance(inputs, dict) and "images" in inputs else inputs
+        if not isinstance(instances, list):
+            raise BadRequest('"inputs" must be a list of images')
+        where = "inputs"
+    if not instances:
+        raise BadRequest(f'"{where}" is empty')
+    if len(instances) > MAX_INSTANCES:
+        raise BadRequest(f"{len(instances)} instances; at most {MAX_INSTANCES} per request", 413)
+    images = np.empty((len(instances), 28, 28, 1), dtype=np.float32)
+    for i, instance in enumerate(instances):
+        try:
+            array = np.asarray(instance, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise BadRequest(f"{where}[{i}]: expected numbers in nested lists of shape [28, 28, 1]") from None
+        if array.shape not in ((28, 28, 1), (28, 28), (784,)):
+            raise BadRequest(f"{where}[{i}]: expected shape [28, 28, 1], got {list(array.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise BadRequest(f"{where}[{i}]: contains NaN or infinity")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            raise BadRequest(f"{where}[{i}]: pixel values must be in [0, 1], got {low:g}..{high:g}")
+        images[i] = array.reshape(28, 28, 1)
+    return images
+
+
+def serve(predictor: Any, host: str, port: int) -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,305 @@
+"""From checkpoint to production: export (checked by saved_model_cli), predict, and the server."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mnistctl.cli import main
+from mnistctl.data import load_dataset
+from mnistctl.images import ImageError, preprocess
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def as_png(array: np.ndarray, invert: bool = True, scale: int = 4) -> bytes:
+    """An MNIST digit as a user would draw it: dark ink on white, larger, as PNG."""
+    image = Image.fromarray(255 - array if invert else array).resize((28 * scale, 28 * scale), Image.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model"
+    result = invoke("export", trained_run, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist_cache):
+    mnist = load_dataset("mnist")
+    return mnist.test_images[:500], mnist.test_labels[:500]
+
+
+def test_saved_model_cli_agrees_with_eval(trained_run, exported, test_digits, tmp_path):
+    from mnistctl.evaluate import evaluate_checkpoint
+
+    images, _ = test_digits
+    np.save(tmp_path / "x.npy", (images.astype(np.float32) / np.float32(255.0))[..., None])
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    command = [
+        str(cli),
+        "run",
+        "--dir",
+        str(exported),
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+    ]
+    command += ["--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    classes = np.load(tmp_path / "out" / "classes.npy")
+    probabilities = np.load(tmp_path / "out" / "probabilities.npy")
+    report = evaluate_checkpoint(trained_run)
+    assert classes.shape == (500,) and probabilities.shape == (500, 10)
+    assert np.array_equal(classes, report.predictions)
+    info = json.loads((exported / "mnistctl.json").read_text())
+    assert info["step"] == report.step and info["input"]["shape"] == [None, 28, 28, 1]
+
+
+def test_export_refuses_to_overwrite_without_force(trained_run, exported):
+    result = invoke("export", trained_run, "--out", exported)
+    assert result.exit_code == 2 and "already exists (use --force to replace it)" in result.output
+    assert invoke("export", trained_run, "--out", exported, "--force").exit_code == 0
+
+
+def test_preprocessing_matches_mnist_conventions(test_digits):
+    images, _ = test_digits
+    digit = preprocess(as_png(images[0]))
+    assert digit.shape == (28, 28) and digit.dtype == np.float32
+    assert digit.min() >= 0.0 and digit.max() <= 1.0
+    rows, cols = np.nonzero(digit > 0.2)
+    assert rows.max() - rows.min() < 21 and cols.max() - cols.min() < 21  # fits the 20x20 box
+    cy, cx = (np.indices(digit.shape) * digit).sum(axis=(1, 2)) / digit.sum()
+    assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # centred by mass
+    # white on black, drawn on a transparent canvas or as dark ink on paper: the same digit
+    light = preprocess(as_png(images[0], invert=False))
+    assert np.abs(light - digit).mean() < 0.02
+
+
+def test_predict_on_pictures_agrees_with_the_model_on_the_originals(trained_run, test_digits, tmp_path):
+    from mnistctl.export import Predictor
+
+    images, _ = test_digits
+    files = []
+    for i in range(20):
+        files.append(tmp_path / f"digit{i}.png")
+        files[-1].write_bytes(as_png(images[i]))
+    result = invoke("predict", trained_run, *files, "--json")
+    assert result.exit_code == 0, result.output
+    predicted = [r["class"] for r in json.loads(result.output)]
+    originals = Predictor(trained_run).predict(images[:20].astype(np.float32) / 255.0).argmax(axis=1)
+    assert sum(int(a == b) for a, b in zip(predicted, originals, strict=True)) >= 16
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"not an image at all", "not an image Pillow can read"),
+        (None, "no digit found (the image is blank)"),
+        ("huge", "too large"),
+    ],
+)
+def test_bad_pictures(tmp_path, data, message):
+    if data is None:
+        buffer = io.BytesIO()
+        Image.new("L", (50, 50), 255).save(buffer, format="PNG")
+        data = buffer.getvalue()
+    elif data == "huge":
+        buffer = io.BytesIO()
+        Image.new("1", (5000, 5000)).save(buffer, format="PNG")
+        data = buffer.getvalue()
+    with pytest.raises(ImageError, match=re.escape(message)):
+        preprocess(data, "x.png")
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    result = invoke("predict", tmp_path / "nowhere", path)  # the image is checked before the model
+    assert result.exit_code == 2 and message in result.output
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    import uvicorn
+
+    from mnistctl.export import Predictor
+    from mnistctl.serve import create_app
+
+    predictor = Predictor(exported)
+    port = free_port()
+    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", predictor
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def request(url: str, body: bytes | None = None, content_type: str = "application/json") -> tuple[int, dict]:
+    headers = {"Content-Type": content_type} if body is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers), timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_tf_serving_rest_format(server, test_digits):
+    url, predictor = server
+    images, _ = test_digits
+    batch = (images[:5].astype(np.float32) / 255.0)[..., None]
+    status, body = request(
+        f"{url}/v1/models/mnist:predict", json.dumps({"instances": batch.tolist()}).encode()
+    )
+    assert status == 200
+    expected = predictor.predict(batch)
+    assert [p["classes"] for p in body["predictions"]] == list(expected.argmax(axis=1))
+    assert np.allclose([p["probabilities"] for p in body["predictions"]], expected, atol=1e-6)
+    named = {"instances": [{"images": batch[0].tolist()}]}  # TF Serving's named-input rows
+    status, body = request(f"{url}/v1/models/mnist:predict", json.dumps(named).encode())
+    assert status == 200 and body["predictions"][0]["classes"] == int(expected[0].argmax())
+
+
+def test_image_upload_health_and_metadata(server, test_digits):
+    url, _ = server
+    images, _ = test_digits
+    status, body = request(f"{url}/predict", as_png(images[0]), "image/png")
+    assert status == 200 and 0 <= body["class"] <= 9 and len(body["probabilities"]) == 10
+    assert np.array(body["image"]).shape == (28, 28)
+    assert request(f"{url}/healthz")[1]["status"] == "ok"
+    meta = request(f"{url}/metadata")[1]
+    assert meta["input"]["shape"] == [None, 28, 28, 1] and meta["source"] == "saved_model"
+    with urllib.request.urlopen(f"{url}/", timeout=10) as page:
+        assert b"<canvas" in page.read()
+
+
+BAD = [
+    (b"{not json", "application/json", 400, "malformed JSON"),
+    (b'{"instances": [NaN]}', "application/json", 400, "NaN is not a number"),
+    (
+        b'{"instances": [[1, 2]]}',
+        "application/json",
+        400,
+        "instances[0]: expected shape [28, 28, 1], got [2]",
+    ),
+    (b'{"instances": [["a"]]}', "application/json", 400, "instances[0]: expected numbers"),
+    (json.dumps({"instances": [[[[2.0]] * 28] * 28]}).encode(), "application/json", 400, "must be in [0, 1]"),
+    (json.dumps({"instances": [[[[0.0]] * 28] * 28] * 300}).encode(), "application/json", 413, "at most 256"),
+    (b'{"instances": []}', "application/json", 400, '"instances" is empty'),
+    (b'{"images": []}', "application/json", 400, 'expected a JSON object with "instances"'),
+    (b"{}", "text/plain", 415, "content type 'text/plain' not accepted"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "message"), BAD, ids=[b[3][:30] for b in BAD])
+def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(
+    server, body, content_type, status, message
+):
+    url, _ = server
+    got, answer = request(f"{url}/v1/models/mnist:predict", body, content_type)
+    assert got == status and message in answer["error"]
+    assert request(f"{url}/healthz")[0] == 200
+
+
+def test_oversized_body_is_refused_before_it_is_read(server):
+    import http.client
+
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.putrequest("POST", "/v1/models/mnist:predict")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(9 << 20))
+    connection.endheaders()  # the 9 MiB body is never sent: the answer comes first
+    response = connection.getresponse()
+    assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
+    connection.close()
+    assert request(f"{url}/healthz")[0] == 200
+
+
+def test_corrupt_image_upload(server):
+    url, _ = server
+    status, body = request(f"{url}/predict", b"\x89PNG\r\n\x1a\n broken", "image/png")
+    assert status == 400 and "upload:" in body["error"]
+
+
+def test_concurrent_requests(server, test_digits):
+    url, _ = server
+    images, _ = test_digits
+    body = json.dumps({"instances": [(images[0].astype(np.float32) / 255)[..., None].tolist()]}).encode()
+    results = []
+
+    def client():
+        for _ in range(10):
+            results.append(request(f"{url}/v1/models/mnist:predict", body)[0])
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 80
+
+
+def test_drawing_page_in_a_real_browser(server):
+    """Draw a stroke on the canvas in headless Chromium and see a prediction appear."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (make check installs Debian's chromium where it can)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, _ = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+        )  # fmt: skip
+        page = browser.new_page()
+        page.goto(url + "/")
+        box = page.locator("#pad").bounding_box()
+        page.mouse.move(box["x"] + 140, box["y"] + 50)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 140, box["y"] + 150, steps=10)  # a vertical stroke: a 1
+        page.mouse.move(box["x"] + 140, box["y"] + 240, steps=10)
+        page.mouse.up()
+        page.wait_for_function("document.querySelector('#digit').textContent.length > 0", timeout=20000)
+        shown = page.locator("#digit").text_content()
+        bars = page.locator(".bar").count()
+        browser.close()
+    assert shown in [str(d) for d in range(10)] and bars == 10
