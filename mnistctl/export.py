@@ -118,6 +118,13 @@ def _class_names(exp: Experiment) -> list[str]:
     return list(get_spec(exp.data.dataset).classes)
 
 
+def _serving_session(graph: tf.Graph) -> v1.Session:
+    # One image is too little work to split across cores: each call runs on one thread, and
+    # concurrent calls (the server's thread pool) use the cores side by side instead.
+    config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+    return v1.Session(graph=graph, config=config)
+
+
 class Predictor:
     """A model loaded once, from a run directory or an exported SavedModel, for many calls.
 
@@ -135,7 +142,7 @@ class Predictor:
 
     def _load_saved_model(self, path: Path) -> None:
         graph = tf.Graph()
-        self.session = v1.Session(graph=graph)
+        self.session = _serving_session(graph)
         try:
             meta = v1.saved_model.loader.load(self.session, [TAG], str(path))
         except (tf.errors.OpError, RuntimeError, OSError, ValueError) as err:
@@ -152,7 +159,7 @@ class Predictor:
         run = load_run(run_dir)
         exp = run.experiment()
         g = build_inference_graph(exp)
-        self.session = v1.Session(graph=g.graph)
+        self.session = _serving_session(g.graph)
         _restore(self.session, g, prefix)
         g.graph.finalize()
         self.images, self.probabilities = g.images, g.probabilities

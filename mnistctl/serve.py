@@ -149,6 +149,14 @@ def parse_instances(body: bytes) -> np.ndarray:
 
 def serve(predictor: Any, host: str, port: int) -> None:
     """Run the server until interrupted."""
+    import gc
+
     import uvicorn
 
-    uvicorn.run(create_app(predictor), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(predictor)
+    # TensorFlow leaves millions of Python objects behind; a full garbage collection walks them
+    # all (~0.2 s here), a pause every request waiting at that moment would see. Freezing them
+    # out of the collector's view keeps collections small. Measured: p99 latency 267 -> see docs.
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,129 @@
+"""Load test of `mnistctl serve` on loopback: N concurrent clients for T seconds.
+
+Starts the server on 127.0.0.1 (a free port) for a run directory or an export, sends
+single-image TF-Serving-format requests from N client threads with keep-alive connections for T
+seconds, and reports requests/s, latency percentiles and errors. Loopback only, bounded in time.
+
+    python benchmarks/load_test.py RUN_DIR|EXPORT_DIR [--clients 32] [--seconds 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited: {process.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("server did not become healthy")
+
+
+def client(port: int, body: bytes, stop_at: float, latencies: list, errors: list) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    while time.monotonic() < stop_at:
+        started = time.perf_counter()
+        try:
+            connection.request("POST", "/v1/models/mnist:predict", body, headers)
+            response = connection.getresponse()
+            payload = response.read()
+            ok = response.status == 200 and b"predictions" in payload
+        except (OSError, http.client.HTTPException):
+            ok = False
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        (latencies if ok else errors).append(time.perf_counter() - started)
+    connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 300:
+        parser.error("--clients must be 1-256 and --seconds 0-300")
+
+    port = free_port()
+    mnistctl = Path(sys.executable).with_name("mnistctl")
+    server = subprocess.Popen(
+        [str(mnistctl), "serve", str(args.source), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_healthy(port, server)
+        rng = np.random.default_rng(0)
+        image = rng.random((28, 28, 1)).round(3).tolist()
+        body = json.dumps({"instances": [image]}).encode()
+        client(port, body, time.monotonic() + 2, [], [])  # warm-up
+        latencies: list[float] = []
+        errors: list[float] = []
+        stop_at = time.monotonic() + args.seconds
+        threads = [
+            threading.Thread(target=client, args=(port, body, stop_at, latencies, errors))
+            for _ in range(args.clients)
+        ]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ms = np.array(latencies) * 1000
+    result = {
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(latencies),
+        "errors": len(errors),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p90_ms": round(float(np.percentile(ms, 90)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "max_ms": round(float(ms.max()), 2) if len(ms) else None,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['clients']} clients for {result['seconds']} s: {result['requests']} requests "
+            f"({result['requests_per_s']}/s), {result['errors']} errors; latency p50 {result['p50_ms']} ms, "
+            f"p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
