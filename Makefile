@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train check lint format test clean
+.PHONY: setup train check lint format test browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,17 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup
+# The drawing page is tested in a real headless browser: Debian's chromium, driven by Playwright.
+# Installed here where possible (root with apt-get); elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	      || echo "note: could not install chromium; the browser test will be skipped"; \
+	  else echo "note: chromium is not installed; the browser test will be skipped"; fi; }
+
+test: setup browser
 	$(BIN)/pytest
 
 check: lint test
