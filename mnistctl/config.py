@@ -163,18 +163,38 @@ class AdamConfig(OptimizerConfig):
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random distortions of each training image, done in the graph (off at test time).
+
+    Attributes:
+        rotate: largest rotation, in degrees either way.
+        shift: largest shift, in pixels, in each direction.
+        zoom: largest relative change of scale (0.1: between 90% and 110%).
+    """
+
+    rotate: float = field(default=10.0, metadata={"ge": 0, "le": 180})
+    shift: float = field(default=2.0, metadata={"ge": 0, "le": 14})
+    zoom: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    """Which images to train and test on.
+    """Which images to train, select and test on.
 
     Attributes:
         dataset: ``mnist`` (handwritten digits) or ``fashion`` (Fashion-MNIST).
         train_size: use only the first N training images (null: all 60,000).
         test_size: use only the first N test images (null: all 10,000).
+        validation: hold out the last N training images; the best checkpoint is then chosen
+            by validation accuracy, never by peeking at the test set (null: no validation).
+        augment: random rotation, shift and zoom of training images (null: none).
     """
 
     dataset: Literal["mnist", "fashion"] = "mnist"
     train_size: Optional[int] = field(default=None, metadata={"ge": 1, "le": 60000})
     test_size: Optional[int] = field(default=None, metadata={"ge": 1, "le": 10000})
+    validation: Optional[int] = field(default=None, metadata={"ge": 1, "le": 30000})
+    augment: Optional[AugmentConfig] = None
 
 
 @dataclass(frozen=True)
@@ -596,8 +616,13 @@ def _check_experiment(exp: Experiment) -> None:
                 f"shrinks the image to nothing (output {'x'.join(map(str, s.output))})",
             )
     _check_memory(exp, shapes)
-    if exp.data.train_size is not None and exp.train.batch_size > exp.data.train_size:
-        raise _Invalid("train.batch_size", f"is larger than data.train_size ({exp.data.train_size})")
+    train_images = exp.data.train_size or 60000
+    if exp.data.validation is not None:
+        if exp.data.validation >= train_images:
+            raise _Invalid("data.validation", f"leaves no training images (of {train_images})")
+        train_images -= exp.data.validation
+    if exp.train.batch_size > train_images:
+        raise _Invalid("train.batch_size", f"is larger than the {train_images} training images")
 
 
 def _check_memory(exp: Experiment, shapes: list[LayerShape]) -> None:

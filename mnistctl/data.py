@@ -422,17 +422,27 @@ class Dataset:
     test_labels: np.ndarray
     checksums: dict[str, str]
     classes: tuple[str, ...]
+    validation_images: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
 
-    def subset(self, train_size: int | None, test_size: int | None) -> Dataset:
-        """The first ``train_size`` training and ``test_size`` test images."""
+    def subset(self, train_size: int | None, test_size: int | None, validation: int | None = None) -> Dataset:
+        """The first ``train_size`` training and ``test_size`` test images; of the training
+        images, the last ``validation`` are held out for model selection."""
+        train_x, train_y = self.train_images[:train_size], self.train_labels[:train_size]
+        val_x = val_y = None
+        if validation:
+            train_x, val_x = train_x[:-validation], train_x[-validation:]
+            train_y, val_y = train_y[:-validation], train_y[-validation:]
         return Dataset(
             self.name,
-            self.train_images[:train_size],
-            self.train_labels[:train_size],
+            train_x,
+            train_y,
             self.test_images[:test_size],
             self.test_labels[:test_size],
             self.checksums,
             self.classes,
+            val_x,
+            val_y,
         )
 
 

@@ -29,6 +29,8 @@ class EvalRecord:
     train_accuracy: float
     test_loss: float
     test_accuracy: float
+    validation_loss: float  # NaN without data.validation
+    validation_accuracy: float
     elapsed_s: float
     images_per_s: float
     peak_rss_mb: float  # the process's peak memory so far: flat over a long run, or a leak
@@ -50,7 +52,7 @@ class TrainContext:
     total_steps: int
     start_step: int = 0
     step: int = 0
-    best_accuracy: float = -1.0
+    best_accuracy: float = -1.0  # of the selection metric: validation if held out, else test
     best_step: int = 0
     last: EvalRecord | None = None
     run_dir: Any = None  # the run directory (a Path), for hooks that draw from its files
@@ -71,7 +73,8 @@ class Hook:
         """After every step; ``ctx.step`` steps are done. Must be cheap."""
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        """After each evaluation; ``improved`` when the test accuracy is the best so far."""
+        """After each evaluation; ``improved`` when the selection accuracy (validation when
+        there is a validation set, else test) is the best so far."""
 
     def end(self, ctx: TrainContext, status: str) -> None:
         """Once, with ``completed``, ``interrupted``, ``diverged`` or ``failed``."""

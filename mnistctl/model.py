@@ -14,6 +14,7 @@ from mnistctl._tf import tf
 from mnistctl.config import (
     IMAGE_SHAPE,
     AdamConfig,
+    AugmentConfig,
     ConvLayer,
     DenseLayer,
     Experiment,
@@ -168,6 +169,37 @@ def build_optimizer(cfg: OptimizerConfig, learning_rate: tf.Tensor) -> v1.train.
     return OPTIMIZER_BUILDERS.get(cfg.tag)(cfg, learning_rate)
 
 
+def augment_images(x: tf.Tensor, cfg: AugmentConfig, seed: int, global_step: tf.Variable) -> tf.Tensor:
+    """Rotate, zoom and shift each image by its own random amount, in one projective warp.
+
+    The amounts are stateless random numbers keyed by (seed, step), like the dropout masks, so
+    a resumed run augments exactly as an uninterrupted one would.
+    """
+    n = tf.shape(x)[0]
+    step = tf.cast(global_step, tf.int32)
+    u = tf.random.stateless_uniform(
+        [n, 4], seed=tf.stack([tf.constant(seed * 1000 + 999), step]), minval=-1, maxval=1
+    )
+    angle = u[:, 0] * (cfg.rotate * 3.141592653589793 / 180)
+    scale = 1.0 + u[:, 1] * cfg.zoom
+    shift_x, shift_y = u[:, 2] * cfg.shift, u[:, 3] * cfg.shift
+    # The warp maps each output pixel (x, y) back to the input pixel it samples.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    centre = (IMAGE_SHAPE[0] - 1) / 2
+    a2 = centre - cos * centre - sin * centre - shift_x
+    b2 = centre + sin * centre - cos * centre - shift_y
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack([cos, sin, a2, -sin, cos, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x,
+        transforms=transforms,
+        output_shape=tf.constant(IMAGE_SHAPE[:2], tf.int32),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
 def build_logits(
     x: tf.Tensor, exp: Experiment, training: tf.Tensor, global_step: tf.Variable
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
@@ -202,6 +234,9 @@ def build_graph(exp: Experiment) -> Graph:
         global_step = v1.train.get_or_create_global_step()
 
         pixels = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, *IMAGE_SHAPE])
+        if exp.data.augment is not None:
+            augmented = augment_images(pixels, exp.data.augment, exp.train.seed, global_step)
+            pixels = tf.cond(training, lambda: augmented, lambda: pixels)
         logits, hidden = build_logits(pixels, exp, training, global_step)
         logits = tf.identity(logits, name="logits")
         probabilities = tf.nn.softmax(logits, name="probabilities")

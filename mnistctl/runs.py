@@ -250,8 +250,9 @@ class RunRecorder(Hook):
         self.run.update(
             steps_done=ctx.step,
             peak_rss_mb=peak_rss_mb(),
-            best_test_accuracy=ctx.best_accuracy,
             best_step=ctx.best_step,
+            best_test_accuracy=record.test_accuracy if improved else self.run.meta.get("best_test_accuracy"),
+            selected_by="validation" if ctx.experiment.data.validation else "test",
             final=record.as_row(),
         )
 

@@ -178,6 +178,11 @@ def _evaluate_and_report(
     cfg = ctx.experiment.train
     test = evaluate(ctx.session, ctx.graph, data.test_images, data.test_labels, cfg.eval_batch_size, True)
     ctx.last_test = test
+    validation = None
+    if data.validation_images is not None:
+        validation = evaluate(
+            ctx.session, ctx.graph, data.validation_images, data.validation_labels, cfg.eval_batch_size
+        )
     loss_sum, correct, images = ctx.session.run(ctx.graph.train_window)
     ctx.session.run(ctx.graph.reset_window)
     record = EvalRecord(
@@ -188,13 +193,16 @@ def _evaluate_and_report(
         train_accuracy=int(correct) / max(int(images), 1),
         test_loss=test.loss,
         test_accuracy=test.accuracy,
+        validation_loss=validation.loss if validation else math.nan,
+        validation_accuracy=validation.accuracy if validation else math.nan,
         elapsed_s=time.perf_counter() - started,
         images_per_s=window.images / window.seconds if window.seconds else 0.0,
         peak_rss_mb=peak_rss_mb(),
     )
-    improved = test.accuracy > ctx.best_accuracy
+    selected = validation.accuracy if validation else test.accuracy  # never the test set when we can help it
+    improved = selected > ctx.best_accuracy
     if improved:
-        ctx.best_accuracy, ctx.best_step = test.accuracy, ctx.step
+        ctx.best_accuracy, ctx.best_step = selected, ctx.step
     ctx.last = record
     for hook in hooks:
         hook.after_eval(ctx, record, improved)
@@ -202,7 +210,12 @@ def _evaluate_and_report(
 
 def load_experiment_data(exp: Experiment, data_dir: Path | None, log: Callable[[str], None]) -> Dataset:
     data = load_dataset(exp.data.dataset, data_dir=data_dir, log=log)
-    return data.subset(exp.data.train_size, exp.data.test_size)
+    return data.subset(exp.data.train_size, exp.data.test_size, exp.data.validation)
+
+
+def selection_key(exp: Experiment) -> str:
+    """The metrics.csv column that chooses the best checkpoint."""
+    return "validation_accuracy" if exp.data.validation else "test_accuracy"
 
 
 def run_experiment(
@@ -345,8 +358,9 @@ def _train(
                 exp, g, session, total_steps=exp.train.steps, start_step=step, run_dir=run.path
             )
             if rows:
-                best = max(rows, key=lambda r: r["test_accuracy"])
-                ctx.best_accuracy, ctx.best_step = best["test_accuracy"], int(best["step"])
+                key = selection_key(exp)
+                best = max(rows, key=lambda r: r[key])
+                ctx.best_accuracy, ctx.best_step = best[key], int(best["step"])
             fit(ctx, data, hooks, should_stop)
     except MnistctlError as err:
         run.update(error=str(err))

@@ -226,3 +226,26 @@ def test_not_a_run_directory(tmp_path):
     (tmp_path / "x").mkdir()
     result = invoke("train", "--resume", tmp_path / "x")
     assert result.exit_code == 2 and "not a run directory (no run.json and config.yaml)" in result.output
+
+
+def test_validation_split_chooses_the_checkpoint_and_augmentation_is_reproducible(mnist_cache, tmp_path):
+    settings = [
+        "--set",
+        "data.validation=200",
+        "--set",
+        "data.augment={rotate: 10, shift: 2, zoom: 0.1}",
+        "--quiet",
+    ]
+    for name in ("a", "b"):
+        result = invoke("train", TINY, "--runs-dir", tmp_path / name, *SETTINGS, *settings)
+        assert result.exit_code == 0, result.output
+    (a,) = (tmp_path / "a").iterdir()
+    (b,) = (tmp_path / "b").iterdir()
+    assert results(a) == results(b)
+    rows = metrics(a)
+    assert all(0 < float(r["validation_accuracy"]) <= 1 for r in rows)
+    best = max(rows, key=lambda r: float(r["validation_accuracy"]))  # first of equals, as training does
+    info = meta(a)
+    assert info["selected_by"] == "validation" and info["best_step"] == int(best["step"])
+    assert info["best_test_accuracy"] == pytest.approx(float(best["test_accuracy"]))
+    assert info["dataset"]["train_images"] == 800
