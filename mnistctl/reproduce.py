@@ -10,16 +10,16 @@ was interrupted is resumed from its checkpoint if its run directory is still the
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as dt
 import hashlib
 import io
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnistctl.config import Experiment, dump_yaml, load_config
+from mnistctl.config import Experiment, flatten, load_config, to_dict
 from mnistctl.files import write_atomic
 from mnistctl.hooks import Hook
 from mnistctl.metrics import read_metrics
@@ -60,9 +60,13 @@ class Job:
 
 def config_sha(exp: Experiment) -> str:
     """Identifies a resolved config apart from its seed, so the seeds of one config are pooled
-    and a changed config is never mixed into old results."""
-    unseeded = dataclasses.replace(exp, train=dataclasses.replace(exp.train, seed=0))
-    return hashlib.sha256(dump_yaml(unseeded).encode()).hexdigest()[:12]
+    and a changed config is never mixed into old results.
+
+    Unset (null) keys are left out, so adding a new optional setting to the schema does not
+    change the identity of configs that do not use it.
+    """
+    items = {k: v for k, v in flatten(to_dict(exp)).items() if v is not None and k != "train.seed"}
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def read_ledger(path: Path) -> list[dict[str, str]]:
