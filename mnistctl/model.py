@@ -24,8 +24,10 @@ from mnistctl.config import (
     SgdConfig,
 )
 from mnistctl.registry import Registry
+from mnistctl.schedules import Constant, Exponential
 
 v1 = tf.compat.v1
+tf_errors = tf.errors
 
 ACTIVATIONS: Registry[Callable[[tf.Tensor], tf.Tensor]] = Registry("activation")
 ACTIVATIONS.register("relu")(tf.nn.relu)
@@ -38,14 +40,28 @@ ACTIVATIONS.register("softmax")(tf.identity)
 
 LAYER_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("layer type")
 OPTIMIZER_BUILDERS: Registry[Callable[..., v1.train.Optimizer]] = Registry("optimizer")
+# The learning-rate schedules again, as graph ops of the global step, so a training step needs
+# no rate fed from Python. tests/test_model.py checks they equal schedules.py's at many steps.
+SCHEDULE_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("schedule")
+
+
+@SCHEDULE_BUILDERS.register("constant")
+def build_constant(cfg: Constant, step: tf.Tensor) -> tf.Tensor:
+    return tf.constant(cfg.lr, tf.float32)
+
+
+@SCHEDULE_BUILDERS.register("exponential")
+def build_exponential(cfg: Exponential, step: tf.Tensor) -> tf.Tensor:
+    decayed = cfg.lr0 * tf.exp(-tf.cast(step, tf.float64) / cfg.decay_steps)
+    return tf.cast(cfg.lr_min + decayed, tf.float32)
 
 
 @dataclass(frozen=True)
 class Graph:
     """Everything the loop, evaluation and export touch, in one TF1 graph.
 
-    Feed ``images`` (uint8 [N, 28, 28]) and ``labels`` (uint8 [N]); ``learning_rate`` and
-    ``training`` are fed while training only (``training`` defaults to False).
+    Feed ``images`` (uint8 [N, 28, 28]) and ``labels`` (uint8 [N]), and ``training`` (default
+    False) as True for a training step; the learning rate follows the global step in the graph.
     """
 
     graph: tf.Graph
@@ -64,9 +80,9 @@ class Graph:
     init_op: tf.Operation
     weights: tuple[tf.Variable, ...]
     biases: tuple[tf.Variable, ...]
-    # (summed loss, right answers, images) of the training batches since the last reset. They
-    # live in the graph, so a checkpoint taken between evaluations carries them to a resume.
-    train_window: tuple[tf.Variable, tf.Variable, tf.Variable]
+    # [summed loss, right answers, images] of the training batches since the last reset. It
+    # lives in the graph, so a checkpoint taken between evaluations carries it to a resume.
+    train_window: tf.Variable
     reset_window: tf.Operation
     hidden: tuple[tf.Tensor, ...]  # each hidden layer's output (dropout is off when evaluating)
 
@@ -229,7 +245,6 @@ def build_graph(exp: Experiment) -> Graph:
         v1.set_random_seed(exp.train.seed)
         images = v1.placeholder(tf.uint8, [None, *IMAGE_SHAPE[:2]], name="images")
         labels = v1.placeholder(tf.uint8, [None], name="labels")
-        learning_rate = v1.placeholder_with_default(0.0, [], name="learning_rate")
         training = v1.placeholder_with_default(False, [], name="training")
         global_step = v1.train.get_or_create_global_step()
 
@@ -247,15 +262,18 @@ def build_graph(exp: Experiment) -> Graph:
         loss_sum = tf.reduce_sum(per_image, name="loss_sum")
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, targets), tf.int32), name="correct")
 
+        learning_rate = tf.identity(
+            SCHEDULE_BUILDERS.get(exp.schedule.tag)(exp.schedule, global_step), "learning_rate"
+        )
+        # A non-finite loss fails the step inside TensorFlow: no per-step fetch is needed to notice.
+        checked = tf.debugging.check_numerics(loss, "the loss is not a finite number")
         optimizer = build_optimizer(exp.optimizer, learning_rate)
         # Batch-norm moving averages must update with every training step.
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-            minimize = optimizer.minimize(loss * exp.train.loss_scale, global_step=global_step)
+            minimize = optimizer.minimize(checked * exp.train.loss_scale, global_step=global_step)
         window, reset_window = _train_window()
-        updates = [window[0].assign_add(tf.cast(loss_sum, tf.float64))]
-        updates += [window[1].assign_add(tf.cast(correct, tf.int64))]
-        updates += [window[2].assign_add(tf.cast(tf.shape(labels)[0], tf.int64))]
-        train_op = tf.group(minimize, *updates, name="train_op")
+        sums = tf.stack([loss_sum, tf.cast(correct, tf.float32), tf.cast(tf.shape(labels)[0], tf.float32)])
+        train_op = tf.group(minimize, window.assign_add(tf.cast(sums, tf.float64)), name="train_op")
         init_op = v1.global_variables_initializer()
         trainable = v1.trainable_variables()
         weights = tuple(v for v in trainable if "weights" in v.name)
@@ -283,14 +301,10 @@ def build_graph(exp: Experiment) -> Graph:
     )
 
 
-def _train_window() -> tuple[tuple[tf.Variable, tf.Variable, tf.Variable], tf.Operation]:
+def _train_window() -> tuple[tf.Variable, tf.Operation]:
     with tf.name_scope("train_window"):
-        window = (
-            tf.Variable(tf.constant(0, tf.float64), trainable=False, name="loss_sum"),
-            tf.Variable(tf.constant(0, tf.int64), trainable=False, name="correct"),
-            tf.Variable(tf.constant(0, tf.int64), trainable=False, name="images"),
-        )
-        reset = tf.group(*(v.assign(tf.zeros_like(v)) for v in window), name="reset")
+        window = tf.Variable(tf.zeros([3], tf.float64), trainable=False, name="sums")
+        reset = window.assign(tf.zeros([3], tf.float64)).op
     return window, reset
 
 

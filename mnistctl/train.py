@@ -37,7 +37,7 @@ from mnistctl.metrics import (
     read_metrics,
     truncate_metrics,
 )
-from mnistctl.model import Graph, build_graph, count_parameters, make_session
+from mnistctl.model import Graph, build_graph, count_parameters, make_session, tf_errors
 from mnistctl.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -121,7 +121,6 @@ def fit(
     cfg = exp.train
     order = BatchOrder(len(data.train_images), cfg.batch_size, cfg.seed)
     x, y = data.train_images, data.train_labels
-    fetches = [g.train_op, g.loss]
     window = _Window()
     started = time.perf_counter()
     ctx.step = ctx.start_step
@@ -133,17 +132,18 @@ def fit(
         for step in range(ctx.start_step, ctx.total_steps):
             t0 = time.perf_counter()
             idx = order.indices(step)
-            lr = exp.schedule(step)
-            feed = {g.images: x[idx], g.labels: y[idx], g.learning_rate: lr, g.training: True}
             t1 = time.perf_counter()
-            _, loss = session.run(fetches, feed)  # the one sync point per step
-            ctx.session_s += time.perf_counter() - t1
-            if not math.isfinite(loss):
+            try:  # the one sync point per step; nothing is fetched
+                session.run(g.train_op, {g.images: x[idx], g.labels: y[idx], g.training: True})
+            except tf_errors.InvalidArgumentError as err:
+                if "the loss is not a finite number" not in str(err):
+                    raise
                 status = "diverged"
                 raise Diverged(
-                    f"the loss became {loss} at step {step + 1}; the run stopped and keeps its last "
-                    f"good checkpoint. Try a lower learning rate (--set schedule...)"
-                )
+                    f"the loss became NaN or infinite at step {step + 1}; the run stopped and keeps its "
+                    "last good checkpoint. Try a lower learning rate (--set schedule...)"
+                ) from None
+            ctx.session_s += time.perf_counter() - t1
             window.images += len(idx)
             ctx.step = step + 1
             step_s = time.perf_counter() - t0
@@ -151,7 +151,7 @@ def fit(
             # Evaluate before the step hooks, so a checkpoint taken at an evaluation step holds
             # an empty training window and a resume from it repeats no row.
             if ctx.step % cfg.eval_every == 0 or ctx.step == ctx.total_steps:
-                _evaluate_and_report(ctx, data, window, lr, started, hooks)
+                _evaluate_and_report(ctx, data, window, exp.schedule(step), started, hooks)
                 window = _Window()
             t2 = time.perf_counter()
             for hook in hooks:

@@ -73,3 +73,15 @@ def test_same_seed_same_weights_and_losses():
     second, _, w2 = run_steps(exp)
     assert first == second
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)
+
+
+@pytest.mark.parametrize("name", ["softmax", "five_layers_relu_lrdecay", "batchnorm_conv"])
+def test_graph_schedule_equals_the_python_one(name):
+    exp = load_config(CONFIGS / f"{name}.yaml")
+    g = tf_model.build_graph(exp)
+    rate = g.graph.get_tensor_by_name("learning_rate:0")
+    with tf_model.make_session(g) as session:
+        session.run(g.init_op)
+        for step in (0, 1, 999, 2000, 7777, 10000):
+            session.run(g.global_step.assign(step))
+            assert session.run(rate) == pytest.approx(exp.schedule(step), rel=1e-6)

@@ -159,7 +159,10 @@ def test_divergence_stops_with_status_and_advice(mnist_cache, tmp_path):
         "--set", "optimizer={name: sgd}", "--set", "schedule={name: constant, lr: 1.0e+30}",
     )  # fmt: skip
     assert result.exit_code == 3
-    assert "the loss became nan at step" in result.output.lower() and "lower learning rate" in result.output
+    assert (
+        "the loss became NaN or infinite at step 2;" in result.output
+        and "lower learning rate" in result.output
+    )
     (run,) = tmp_path.iterdir()
     assert meta(run)["status"] == "diverged"
 

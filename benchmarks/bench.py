@@ -1,0 +1,379 @@
+"""Training throughput of mnistctl against the usual alternatives, side by side, on one machine.
+
+    python benchmarks/bench.py                  # full run: writes docs/BENCHMARKS.md (training
+                                                # section) and benchmarks/results.csv
+    python benchmarks/bench.py --quick          # a smoke run with few steps (for tests)
+
+Each measurement runs in a fresh process (so peak memory is per variant), after a warm-up;
+variants are interleaved over the repetitions and the median is reported. The models are the
+same everywhere: conv_dropout (conv 6x6x6 s1, 5x5x12 s2, 4x4x24 s2, dense 200, dropout 0.25)
+and five_layers_relu (dense 200-100-60-30-10), Adam, batch 100, on the real MNIST.
+
+Variants: mnistctl's own loop (`mnistctl.train.fit`); a minimal hand-written tf.compat.v1
+loop fed by feed_dict; the same fed by tf.data; Keras 3 `model.fit`; PyTorch, if installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {
+    "conv_dropout": ROOT / "configs" / "conv_dropout.yaml",
+    "five_layers_relu": ROOT / "configs" / "five_layers_relu.yaml",
+}
+VARIANTS = ("mnistctl", "tf1_feed_dict", "tf1_tf_data", "keras_fit", "pytorch")
+BATCH = 100
+
+
+# -- what each variant runs (in its own process) -------------------------------------------
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mnistctl.data import load_dataset
+
+    d = load_dataset("mnist")
+    return d.train_images, d.train_labels, d.test_images, d.test_labels
+
+
+def run_mnistctl(model: str, steps: int, warmup: int) -> float:
+    """mnistctl's real training loop, hooks and all (no evaluation inside the timed steps)."""
+    from mnistctl.config import load_config
+    from mnistctl.data import load_dataset
+    from mnistctl.hooks import TrainContext
+    from mnistctl.model import build_graph, make_session
+    from mnistctl.train import fit
+
+    total = warmup + steps
+    exp = load_config(
+        MODELS[model], [f"train.steps={total}", f"train.eval_every={total}", "data.test_size=1000"]
+    )
+    data = load_dataset("mnist").subset(None, 1000)
+    g = build_graph(exp)
+    g.graph.finalize()
+    with make_session(g) as session:
+        session.run(g.init_op)
+        warm = TrainContext(exp, g, session, total_steps=warmup)
+        fit(warm, data, [])
+        ctx = TrainContext(exp, g, session, total_steps=total, start_step=warmup)
+        fit(ctx, data, [])
+    return steps * BATCH / ctx.steps_s
+
+
+def _tf1_model(tf, x, model: str, training):
+    """The identical model, written out by hand in tf.compat.v1."""
+    v1 = tf.compat.v1
+
+    def weight(shape):
+        return tf.Variable(v1.truncated_normal(shape, stddev=0.1))
+
+    def bias(n, value=0.1):
+        return tf.Variable(tf.fill([n], value))
+
+    if model == "conv_dropout":
+        y = tf.nn.relu(tf.nn.conv2d(x, weight([6, 6, 1, 6]), 1, "SAME") + bias(6))
+        y = tf.nn.relu(tf.nn.conv2d(y, weight([5, 5, 6, 12]), 2, "SAME") + bias(12))
+        y = tf.nn.relu(tf.nn.conv2d(y, weight([4, 4, 12, 24]), 2, "SAME") + bias(24))
+        y = tf.reshape(y, [-1, 7 * 7 * 24])
+        y = tf.nn.relu(tf.matmul(y, weight([1176, 200])) + bias(200))
+        y = tf.nn.dropout(y, rate=tf.where(training, 0.25, 0.0))
+        return tf.matmul(y, weight([200, 10])) + bias(10, 0.0)
+    y = tf.reshape(x, [-1, 784])
+    for fan_in, fan_out in ((784, 200), (200, 100), (100, 60), (60, 30)):
+        y = tf.nn.relu(tf.matmul(y, weight([fan_in, fan_out])) + bias(fan_out))
+    return tf.matmul(y, weight([30, 10])) + bias(10, 0.0)
+
+
+def run_tf1(model: str, steps: int, warmup: int, pipeline: str) -> float:
+    from mnistctl._tf import tf
+
+    v1 = tf.compat.v1
+    train_x, train_y, _, _ = load_mnist()
+    graph = tf.Graph()
+    with graph.as_default():
+        training = v1.placeholder_with_default(False, [])
+        if pipeline == "feed_dict":
+            images = v1.placeholder(tf.float32, [None, 28, 28, 1])
+            labels = v1.placeholder(tf.int64, [None])
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices((train_x, train_y.astype(np.int64)))
+            dataset = dataset.shuffle(60000, seed=0).repeat().batch(BATCH)
+            dataset = dataset.map(lambda a, b: (tf.cast(a, tf.float32)[..., None] / 255.0, b)).prefetch(4)
+            images, labels = v1.data.make_one_shot_iterator(dataset).get_next()
+        logits = _tf1_model(tf, images, model, training)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+        train_op = v1.train.AdamOptimizer(0.003).minimize(loss)
+        init = v1.global_variables_initializer()
+    rng = np.random.default_rng(0)
+    x = train_x.astype(np.float32)[..., None] / 255.0
+    y = train_y.astype(np.int64)
+    with v1.Session(graph=graph) as session:
+        session.run(init)
+
+        def step() -> None:
+            if pipeline == "feed_dict":
+                idx = rng.integers(0, len(x), BATCH)
+                session.run(train_op, {images: x[idx], labels: y[idx], training: True})
+            else:
+                session.run(train_op, {training: True})
+
+        for _ in range(warmup):
+            step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return steps * BATCH / (time.perf_counter() - started)
+
+
+def run_keras(model: str, steps: int, warmup: int) -> float:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    from keras import layers
+
+    train_x, train_y, _, _ = load_mnist()
+    x = train_x.astype(np.float32)[..., None] / 255.0
+    init = keras.initializers.TruncatedNormal(stddev=0.1)
+    bias = keras.initializers.Constant(0.1)
+    if model == "conv_dropout":
+        stack = [
+            layers.Conv2D(6, 6, 1, "same", activation="relu", kernel_initializer=init, bias_initializer=bias),
+            layers.Conv2D(
+                12, 5, 2, "same", activation="relu", kernel_initializer=init, bias_initializer=bias
+            ),
+            layers.Conv2D(
+                24, 4, 2, "same", activation="relu", kernel_initializer=init, bias_initializer=bias
+            ),
+            layers.Flatten(),
+            layers.Dense(200, activation="relu", kernel_initializer=init, bias_initializer=bias),
+            layers.Dropout(0.25),
+        ]
+    else:
+        stack = [layers.Flatten()] + [
+            layers.Dense(n, activation="relu", kernel_initializer=init, bias_initializer=bias)
+            for n in (200, 100, 60, 30)
+        ]
+    net = keras.Sequential([keras.Input((28, 28, 1)), *stack, layers.Dense(10, kernel_initializer=init)])
+    net.compile(
+        optimizer=keras.optimizers.Adam(0.003),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    count = (warmup + steps) * BATCH
+    net.fit(x[: warmup * BATCH], train_y[: warmup * BATCH], batch_size=BATCH, epochs=1, verbose=0)
+    reps = -(-count // len(x))
+    xs, ys = np.concatenate([x] * reps)[: steps * BATCH], np.concatenate([train_y] * reps)[: steps * BATCH]
+    started = time.perf_counter()
+    net.fit(xs, ys, batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
+    return steps * BATCH / (time.perf_counter() - started)
+
+
+def run_pytorch(model: str, steps: int, warmup: int) -> float:
+    import torch
+    from torch import nn
+
+    train_x, train_y, _, _ = load_mnist()
+    x = torch.from_numpy(train_x.astype(np.float32)[:, None] / 255.0)
+    y = torch.from_numpy(train_y.astype(np.int64))
+    if model == "conv_dropout":
+        net = nn.Sequential(
+            nn.Conv2d(1, 6, 6, 1, padding="same"), nn.ReLU(),
+            nn.Conv2d(6, 12, 5, 2, padding=2), nn.ReLU(),
+            nn.Conv2d(12, 24, 4, 2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(1176, 200), nn.ReLU(), nn.Dropout(0.25), nn.Linear(200, 10),
+        )  # fmt: skip
+    else:
+        sizes = (784, 200, 100, 60, 30)
+        dense = [m for a, b in itertools.pairwise(sizes) for m in (nn.Linear(a, b), nn.ReLU())]
+        net = nn.Sequential(nn.Flatten(), *dense, nn.Linear(30, 10))
+    optimizer = torch.optim.Adam(net.parameters(), 0.003)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(0, len(x), (BATCH,), generator=generator)
+        optimizer.zero_grad()
+        loss_fn(net(x[idx]), y[idx]).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * BATCH / (time.perf_counter() - started)
+
+
+def worker(variant: str, model: str, steps: int, warmup: int) -> None:
+    """One measurement; prints one JSON line."""
+    runners = {
+        "mnistctl": lambda: run_mnistctl(model, steps, warmup),
+        "tf1_feed_dict": lambda: run_tf1(model, steps, warmup, "feed_dict"),
+        "tf1_tf_data": lambda: run_tf1(model, steps, warmup, "tf_data"),
+        "keras_fit": lambda: run_keras(model, steps, warmup),
+        "pytorch": lambda: run_pytorch(model, steps, warmup),
+    }
+    images_per_s = runners[variant]()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"variant": variant, "model": model, "images_per_s": images_per_s, "peak_rss_mb": rss}))
+
+
+# -- the side-by-side run -------------------------------------------------------------------
+
+
+def measure(variant: str, model: str, steps: int, warmup: int) -> dict | None:
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        model,
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if result.returncode != 0:
+        print(f"  {variant} {model}: failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def matmul_gflops() -> float:
+    """The machine's float32 matmul ceiling: a 4096x4096 product in TensorFlow, best of 5."""
+    code = (
+        "import time\nfrom mnistctl._tf import tf\nv1=tf.compat.v1\n"
+        "a=tf.random.normal([4096,4096]);c=tf.reduce_sum(tf.matmul(a,a))\ns=v1.Session();s.run(c)\nbest=1e9\n"
+        "for _ in range(5):\n t=time.perf_counter();s.run(c);best=min(best,time.perf_counter()-t)\n"
+        "print(2*4096**3/best/1e9)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def train_flops_per_image(model: str) -> float:
+    """Forward multiply-adds x 2 (FLOPs) x 3 (forward, and backward for inputs and weights)."""
+    from mnistctl.config import ConvLayer, infer_shapes, load_config
+
+    exp = load_config(MODELS[model])
+    shapes = infer_shapes(exp.model)
+    macs = 0
+    previous = (28, 28, 1)
+    for layer, shape in zip(exp.model.layers, shapes, strict=True):
+        if isinstance(layer, ConvLayer):
+            macs += shape.output[0] * shape.output[1] * layer.filters * layer.kernel**2 * previous[-1]
+        else:
+            macs += int(np.prod(previous)) * layer.units
+        previous = shape.output
+    return macs * 2 * 3
+
+
+def available(variant: str) -> bool:
+    if variant != "pytorch":
+        return True
+    return (
+        subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, check=False).returncode
+        == 0
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="mnistctl vs the alternatives: training images/s")
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="few steps, one repetition, no docs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.csv")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], args.worker[1], args.steps, args.warmup)
+        return
+
+    steps = (
+        {"conv_dropout": 20, "five_layers_relu": 50}
+        if args.quick
+        else {"conv_dropout": 600, "five_layers_relu": 3000}
+    )
+    warmup = 5 if args.quick else 100
+    repeats = 1 if args.quick else args.repeats
+    variants = [v for v in VARIANTS if available(v)]
+    results: dict[tuple[str, str], list[dict]] = {}
+    for rep in range(repeats):  # interleaved: each repetition runs every variant once
+        for model in MODELS:
+            for variant in variants:
+                measured = measure(variant, model, steps[model], warmup)
+                if measured:
+                    results.setdefault((variant, model), []).append(measured)
+                    print(
+                        f"rep {rep + 1}: {model:16s} {variant:14s} {measured['images_per_s']:9,.0f} img/s",
+                        flush=True,
+                    )
+    ceiling = matmul_gflops()
+    rows = []
+    for model in MODELS:
+        base = statistics.median(
+            r["images_per_s"] for r in results.get(("mnistctl", model), [{"images_per_s": 0}])
+        )
+        for variant in variants:
+            runs = results.get((variant, model))
+            if not runs:
+                continue
+            median = statistics.median(r["images_per_s"] for r in runs)
+            rows.append(
+                {
+                    "model": model,
+                    "variant": variant,
+                    "images_per_s": round(median),
+                    "runs": ";".join(f"{r['images_per_s']:.0f}" for r in runs),
+                    "ratio_mnistctl_to_this": round(base / median, 2) if median else "",
+                    "percent_of_matmul_ceiling": round(
+                        100 * median * train_flops_per_image(model) / (ceiling * 1e9), 1
+                    ),
+                    "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs)),
+                }
+            )
+    machine = {
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "matmul_gflops": round(ceiling),
+        "python": platform.python_version(),
+    }
+    print(json.dumps(machine))
+    for row in rows:
+        print(row)
+    if not args.quick:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        (ROOT / "benchmarks" / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
