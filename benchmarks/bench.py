@@ -49,8 +49,8 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return d.train_images, d.train_labels, d.test_images, d.test_labels
 
 
-def run_mnistctl(model: str, steps: int, warmup: int) -> float:
-    """mnistctl's real training loop, hooks and all (no evaluation inside the timed steps)."""
+def run_mnistctl(model: str, steps: int, warmup: int, batch: int = BATCH) -> float:
+    """mnistctl's real training loop (no evaluation inside the timed steps)."""
     from mnistctl.config import load_config
     from mnistctl.data import load_dataset
     from mnistctl.hooks import TrainContext
@@ -70,7 +70,7 @@ def run_mnistctl(model: str, steps: int, warmup: int) -> float:
         fit(warm, data, [])
         ctx = TrainContext(exp, g, session, total_steps=total, start_step=warmup)
         fit(ctx, data, [])
-    return steps * BATCH / ctx.steps_s
+    return steps * batch / ctx.steps_s
 
 
 def _tf1_model(tf, x, model: str, training):
@@ -215,10 +215,10 @@ def run_pytorch(model: str, steps: int, warmup: int) -> float:
     return steps * BATCH / (time.perf_counter() - started)
 
 
-def worker(variant: str, model: str, steps: int, warmup: int) -> None:
+def worker(variant: str, model: str, steps: int, warmup: int, batch: int = BATCH) -> None:
     """One measurement; prints one JSON line."""
     runners = {
-        "mnistctl": lambda: run_mnistctl(model, steps, warmup),
+        "mnistctl": lambda: run_mnistctl(model, steps, warmup, batch),
         "tf1_feed_dict": lambda: run_tf1(model, steps, warmup, "feed_dict"),
         "tf1_tf_data": lambda: run_tf1(model, steps, warmup, "tf_data"),
         "keras_fit": lambda: run_keras(model, steps, warmup),
@@ -282,6 +282,19 @@ def train_flops_per_image(model: str) -> float:
     return macs * 2 * 3
 
 
+def batch_sweep() -> list[dict]:
+    """mnistctl's conv_dropout training throughput against the batch size (about 60k images each)."""
+    rows = []
+    for batch in (32, 64, 128, 256, 512, 1024):
+        steps = max(20, 60000 // batch)
+        measured = measure("mnistctl", "conv_dropout", steps, max(5, steps // 10), batch)
+        if measured:
+            rows.append({"batch_size": batch, "images_per_s": round(measured["images_per_s"]),
+                         "peak_rss_mb": round(measured["peak_rss_mb"])})  # fmt: skip
+            print(f"batch {batch:5d}: {measured['images_per_s']:9,.0f} img/s", flush=True)
+    return rows
+
+
 def available(variant: str) -> bool:
     if variant != "pytorch":
         return True
@@ -296,12 +309,13 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="few steps, one repetition, no docs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.csv")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.steps, args.warmup)
+        worker(args.worker[0], args.worker[1], args.steps, args.warmup, args.batch)
         return
 
     steps = (
@@ -357,6 +371,11 @@ def main() -> None:
     for row in rows:
         print(row)
     if not args.quick:
+        sweep = batch_sweep()
+        with (ROOT / "benchmarks" / "batch_sizes.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(sweep[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(sweep)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
