@@ -362,7 +362,7 @@ def main() -> None:
                 }
             )
     machine = {
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "matmul_gflops": round(ceiling),
         "python": platform.python_version(),
@@ -382,16 +382,6 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(rows)
         (ROOT / "benchmarks" / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

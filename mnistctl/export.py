@@ -23,7 +23,7 @@ from mnistctl.checkpoints import CheckpointError, resolve
 from mnistctl.config import IMAGE_SHAPE, Experiment
 from mnistctl.errors import MnistctlError
 from mnistctl.model import build_logits
-from mnistctl.runs import load_run
+from mnistctl.runs import Run, load_run
 
 v1 = tf.compat.v1
 SIGNATURE = "serving_default"
@@ -92,17 +92,7 @@ def export_saved_model(target: Path, out: Path, overwrite: bool = False) -> dict
             )
             builder.add_meta_graph_and_variables(session, [TAG], signature_def_map={SIGNATURE: signature})
             builder.save()
-        info = {
-            "run": str(run_dir),
-            "run_name": run.name,
-            "checkpoint": prefix,
-            "step": int(prefix.rsplit("-", 1)[1]),
-            "config": exp.name,
-            "dataset": exp.data.dataset,
-            "best_test_accuracy": run.meta.get("best_test_accuracy"),
-            "classes": _class_names(exp),
-            "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
-        }
+        info = describe(run, exp, prefix)
         (staging / "model" / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -110,6 +100,21 @@ def export_saved_model(target: Path, out: Path, overwrite: bool = False) -> dict
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def describe(run: Run, exp: Experiment, prefix: str) -> dict[str, Any]:
+    """What a served or exported model is: shown by /metadata and saved as mnistctl.json."""
+    return {
+        "run": str(run.path),
+        "run_name": run.name,
+        "checkpoint": prefix,
+        "step": int(prefix.rsplit("-", 1)[1]),
+        "config": exp.name,
+        "dataset": exp.data.dataset,
+        "best_test_accuracy": run.meta.get("best_test_accuracy"),
+        "classes": _class_names(exp),
+        "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
+    }
 
 
 def _class_names(exp: Experiment) -> list[str]:
@@ -163,18 +168,7 @@ class Predictor:
         _restore(self.session, g, prefix)
         g.graph.finalize()
         self.images, self.probabilities = g.images, g.probabilities
-        self.info = {
-            "run": str(run_dir),
-            "run_name": run.name,
-            "checkpoint": prefix,
-            "step": int(prefix.rsplit("-", 1)[1]),
-            "config": exp.name,
-            "dataset": exp.data.dataset,
-            "best_test_accuracy": run.meta.get("best_test_accuracy"),
-            "classes": _class_names(exp),
-            "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
-            "source": "checkpoint",
-        }
+        self.info = describe(run, exp, prefix) | {"source": "checkpoint"}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``[N, 10]`` for float images ``[N, 28, 28, 1]`` (or ``[N, 28, 28]``) in [0, 1]."""

@@ -163,7 +163,7 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None) -> Run:
             "numpy": _version("numpy"),
             "tensorflow": _version("tensorflow"),
         },
-        machine={"platform": platform.platform(), "processor": _cpu_model(), "cores": os.cpu_count()},
+        machine={"platform": platform.platform(), "processor": cpu_model(), "cores": os.cpu_count()},
         command=" ".join(sys.argv),
     )
     return run
@@ -181,7 +181,8 @@ def _version(module: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, for records of where a number was measured."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
