@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistctl.runs import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "conv_dropout": ROOT / "configs" / "conv_dropout.yaml",
