@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from mnistctl.cli import main
 from mnistctl.config import (
     ConfigError,
     ConvLayer,
@@ -255,6 +257,9 @@ def test_bad_config_gives_one_exact_line(write_config, old, new, message):
     text = str(caught.value)
     assert "\n" not in text
     assert text.startswith(f"{path}: {message}")
+    result = CliRunner().invoke(main, ["validate", str(path)])  # the same through the CLI
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {path}: {message}") and result.output.count("\n") == 1
 
 
 def test_good_base_config_is_valid(write_config):
