@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train check lint format test browser clean
+.PHONY: setup train check lint format test system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,23 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The drawing page is tested in a real headless browser: Debian's chromium, driven by Playwright.
-# Installed here where possible (root with apt-get); elsewhere that one test skips and says why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the browser test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	      || echo "note: could not install chromium; the browser test will be skipped"; \
-	  else echo "note: chromium is not installed; the browser test will be skipped"; fi; }
+# Two tests need Debian packages: the drawing page runs in a real headless browser (chromium,
+# driven by Playwright) and Fashion-MNIST comes from dataset-fashion-mnist. Installed here where
+# possible (root with apt-get); elsewhere those tests skip and say why.
 
-test: setup browser
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages for the tests:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+	      || echo "note: could not install$$missing; the tests that need them will be skipped"; \
+	  else echo "note:$$missing not installed; the tests that need them will be skipped"; fi; \
+	fi
+
+test: setup system-packages
 	$(BIN)/pytest
 
 check: lint test

@@ -391,6 +391,13 @@ def eval_(
     "--runs-dir", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True
 )
 @click.option("--docs", "docs_dir", type=click.Path(path_type=Path), default=Path("docs"), show_default=True)
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion"]),
+    default="mnist",
+    show_default=True,
+    help="fashion: train on Fashion-MNIST (default configs: conv, conv_dropout, record).",
+)
 @_set_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def reproduce(
@@ -398,6 +405,7 @@ def reproduce(
     seeds: int,
     runs_dir: Path,
     docs_dir: Path,
+    dataset: str,
     overrides: tuple[str, ...],
     quiet: bool,
 ) -> None:
@@ -407,7 +415,9 @@ def reproduce(
     from mnistctl.reproduce import WALKTHROUGH
     from mnistctl.reproduce import reproduce as run_reproduction
 
-    paths = list(configs) or [Path("configs") / f"{name}.yaml" for name in WALKTHROUGH]
+    defaults = WALKTHROUGH if dataset == "mnist" else ("conv", "conv_dropout", "record")
+    paths = list(configs) or [Path("configs") / f"{name}.yaml" for name in defaults]
+    overrides = (*overrides, f"data.dataset={dataset}")
     for path in paths:  # every config is checked before the first (long) run starts
         load_config(path, overrides)
     log = (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))

@@ -21,6 +21,17 @@ def mnist_cache() -> Path:
         pytest.skip(f"real MNIST unavailable here: {err}")
 
 
+@pytest.fixture(scope="session")
+def fashion_cache() -> Path:
+    """Fashion-MNIST, from Debian's dataset-fashion-mnist (make check installs it) or a mirror."""
+    from mnistctl.data import DataError, ensure_dataset
+
+    try:
+        return ensure_dataset("fashion")
+    except DataError as err:
+        pytest.skip(f"Fashion-MNIST unavailable here: {err}")
+
+
 @pytest.fixture
 def write_config(tmp_path: Path):
     """Write YAML text to a file in tmp_path and return its path."""

@@ -50,6 +50,17 @@ def test_reproduce_fills_the_table_and_skips_finished_runs(mnist_cache, tmp_path
     assert table[0]["steps"] == "30"  # the table shows the current version of each config
 
 
+def test_fashion_runs_get_their_own_table(fashion_cache, tmp_path):
+    args = ["reproduce", CONFIGS / "tiny.yaml", "--dataset", "fashion", "--seeds", "1", "--runs-dir",
+            tmp_path / "runs", "--docs", tmp_path / "docs", "--quiet", *BUDGET]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    (row,) = list(csv.DictReader((tmp_path / "docs" / "reproduce-runs.csv").open()))
+    assert row["config"] == "tiny@fashion"
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "## Fashion-MNIST" in text and "| `tiny@fashion` |" in text
+
+
 def test_bad_config_is_refused_before_any_training(tmp_path):
     result = invoke(
         "reproduce", CONFIGS / "tiny.yaml", tmp_path / "missing.yaml", "--runs-dir", tmp_path / "runs"
