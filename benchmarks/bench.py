@@ -384,6 +384,55 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(rows)
         (ROOT / "benchmarks" / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+        write_docs(rows, sweep, machine, repeats)
+
+
+START, END = "<!-- training:start -->", "<!-- training:end -->"
+NAMES = {
+    "mnistctl": "mnistctl (`fit`)",
+    "tf1_feed_dict": "hand-written tf.compat.v1, feed_dict",
+    "tf1_tf_data": "hand-written tf.compat.v1, tf.data",
+    "keras_fit": "Keras 3 `model.fit`",
+    "pytorch": "PyTorch",
+}
+
+
+def write_docs(rows: list[dict], sweep: list[dict], machine: dict, repeats: int) -> None:
+    """Replace the training section of docs/BENCHMARKS.md with this run's tables."""
+    lines = [
+        START,
+        "## Training: mnistctl against the alternatives",
+        "",
+        "```sh",
+        "python benchmarks/bench.py   # about 10 minutes; writes this section and benchmarks/*.csv",
+        "```",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul ceiling "
+        f"{machine['matmul_gflops']} GFLOP/s (4096x4096, TensorFlow). Training images/s at batch 100, "
+        f"median of {repeats} interleaved repetitions, each in a fresh process after a warm-up. "
+        "*mnistctl ÷ this* above 1 means mnistctl is faster.",
+        "",
+        "| model | variant | images/s | mnistctl ÷ this | % of matmul ceiling | peak memory | all runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {NAMES[row['variant']]} | {row['images_per_s']:,} "
+            f"| {row['ratio_mnistctl_to_this']} | {row['percent_of_matmul_ceiling']}% | {row['peak_rss_mb']} MB "
+            f"| {row['runs']} |"
+        )
+    lines += ["", "mnistctl's conv_dropout training throughput against the batch size:", ""]
+    lines += ["| batch size | images/s | peak memory |", "|---|---|---|"]
+    lines += [f"| {r['batch_size']} | {r['images_per_s']:,} | {r['peak_rss_mb']} MB |" for r in sweep]
+    lines += ["", END]
+    path = ROOT / "docs" / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + "\n".join(lines) + text[text.index(END) + len(END) :]
+    else:
+        head, sep, tail = text.partition("\n## ")
+        text = head.rstrip() + "\n\n" + "\n".join(lines) + "\n\n" + (sep.lstrip("\n") + tail if sep else "")
+    path.write_text(text)
 
 
 if __name__ == "__main__":
