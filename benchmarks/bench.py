@@ -418,8 +418,8 @@ def write_docs(rows: list[dict], sweep: list[dict], machine: dict, repeats: int)
     for row in rows:
         lines.append(
             f"| {row['model']} | {NAMES[row['variant']]} | {row['images_per_s']:,} "
-            f"| {row['ratio_mnistctl_to_this']} | {row['percent_of_matmul_ceiling']}% | {row['peak_rss_mb']} MB "
-            f"| {row['runs']} |"
+            f"| {row['ratio_mnistctl_to_this']} | {row['percent_of_matmul_ceiling']}% "
+            f"| {row['peak_rss_mb']} MB | {row['runs']} |"
         )
     lines += ["", "mnistctl's conv_dropout training throughput against the batch size:", ""]
     lines += ["| batch size | images/s | peak memory |", "|---|---|---|"]
