@@ -650,8 +650,10 @@ def info(dataset: str, as_json: bool) -> None:
         table = Table(
             title=f"{report['title']} ({report['dataset']}) in {report['cache']}", title_justify="left"
         )
-        for column in ("file", "status", "count", "bytes", "sha256 (uncompressed)"):
-            table.add_column(column)
+        table.add_column("file", no_wrap=True)
+        for column in ("status", "count", "bytes"):
+            table.add_column(column, overflow="fold")
+        table.add_column("sha256 (uncompressed)", overflow="fold", min_width=16)
         for f in report["files"]:
             status = f["status"]
             style = "green" if status == "verified" else "red"
