@@ -60,9 +60,9 @@ def run_mnistctl(model: str, steps: int, warmup: int, batch: int = BATCH) -> flo
     from mnistctl.train import fit
 
     total = warmup + steps
-    exp = load_config(
-        MODELS[model], [f"train.steps={total}", f"train.eval_every={total}", "data.test_size=1000"]
-    )
+    settings = [f"train.steps={total}", f"train.eval_every={total}", "data.test_size=1000"]
+    exp = load_config(MODELS[model], [*settings, f"train.batch_size={batch}"])
+    assert exp.train.batch_size == batch
     data = load_dataset("mnist").subset(None, 1000)
     g = build_graph(exp)
     g.graph.finalize()
@@ -234,7 +234,7 @@ def worker(variant: str, model: str, steps: int, warmup: int, batch: int = BATCH
 # -- the side-by-side run -------------------------------------------------------------------
 
 
-def measure(variant: str, model: str, steps: int, warmup: int) -> dict | None:
+def measure(variant: str, model: str, steps: int, warmup: int, batch: int = BATCH) -> dict | None:
     command = [
         sys.executable,
         __file__,
@@ -246,6 +246,7 @@ def measure(variant: str, model: str, steps: int, warmup: int) -> dict | None:
         "--warmup",
         str(warmup),
     ]
+    command += ["--batch", str(batch)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if result.returncode != 0:
         print(f"  {variant} {model}: failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -314,10 +315,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="few steps, one repetition, no docs")
+    parser.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the batch-size sweep; the docs use the saved results.csv",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.csv")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], args.worker[1], args.steps, args.warmup, args.batch)
+        return
+    if args.sweep_only:
+        sweep_and_document(args.out, args.repeats)
         return
 
     steps = (
@@ -373,18 +382,29 @@ def main() -> None:
     for row in rows:
         print(row)
     if not args.quick:
-        sweep = batch_sweep()
-        with (ROOT / "benchmarks" / "batch_sizes.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(sweep[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(sweep)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as f:
+        with args.out.open("w", newline="") as f:  # saved before the (long) batch sweep
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
         (ROOT / "benchmarks" / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
-        write_docs(rows, sweep, machine, repeats)
+        sweep_and_document(args.out, repeats)
+
+
+def sweep_and_document(results: Path, repeats: int) -> None:
+    """Run the batch-size sweep, then write docs/BENCHMARKS.md from the saved results."""
+    sweep = batch_sweep()
+    with (ROOT / "benchmarks" / "batch_sizes.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(sweep[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sweep)
+    with results.open(newline="") as f:
+        rows = [
+            {k: int(v) if k in ("images_per_s", "peak_rss_mb") else v for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]
+    machine = json.loads((ROOT / "benchmarks" / "machine.json").read_text())
+    write_docs(rows, sweep, machine, repeats)
 
 
 START, END = "<!-- training:start -->", "<!-- training:end -->"
