@@ -385,7 +385,10 @@ def eval_(
 @main.command()
 @click.argument("configs", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
-    "--seeds", type=click.IntRange(1, 20), default=3, show_default=True, help="Seeds 0..N-1 per config."
+    "--seeds",
+    type=click.IntRange(1, 20),
+    default=None,
+    help="Seeds 0..N-1 for every config. Default: 3, but 1 for a config whose first run took over 5 minutes.",
 )
 @click.option(
     "--runs-dir", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True
@@ -402,7 +405,7 @@ def eval_(
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def reproduce(
     configs: tuple[Path, ...],
-    seeds: int,
+    seeds: int | None,
     runs_dir: Path,
     docs_dir: Path,
     dataset: str,

@@ -38,6 +38,7 @@ def test_reproduce_fills_the_table_and_skips_finished_runs(mnist_cache, tmp_path
     assert table[0]["published"] == PUBLISHED["softmax"][1]
     text = (docs / "RESULTS.md").read_text()
     assert "| `softmax` |" in text and "Machine:" in text
+    assert text.index("## Past the walk-through") < text.index("| `tiny` |")  # not a walk-through row
 
     again = invoke(*args)  # everything is in the ledger: nothing is trained again
     assert again.exit_code == 0
@@ -48,6 +49,17 @@ def test_reproduce_fills_the_table_and_skips_finished_runs(mnist_cache, tmp_path
     assert len(list(runs.iterdir())) == 8
     table = list(csv.DictReader((docs / "results.csv").open()))
     assert table[0]["steps"] == "30"  # the table shows the current version of each config
+
+
+def test_slow_configs_get_one_seed_unless_seeds_are_asked_for(mnist_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr("mnistctl.reproduce.ONE_SEED_AFTER_S", 0.0)  # every run counts as slow
+    args = ["reproduce", CONFIGS / "tiny.yaml", "--runs-dir", tmp_path / "runs", "--docs", tmp_path / "docs",
+            "--quiet", *BUDGET]  # fmt: skip
+    assert invoke(*args).exit_code == 0
+    ledger = tmp_path / "docs" / "reproduce-runs.csv"
+    assert [r["seed"] for r in csv.DictReader(ledger.open())] == ["0"]
+    assert invoke(*args, "--seeds", "2").exit_code == 0  # asked for: seed 1 is trained too
+    assert [r["seed"] for r in csv.DictReader(ledger.open())] == ["0", "1"]
 
 
 def test_fashion_runs_get_their_own_table(fashion_cache, tmp_path):
