@@ -304,10 +304,25 @@ def _markdown(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> s
             "|---|---|---|---|---|---|---|---|---|",
             *(_markdown_row(row) for row in others),
         ]
-    machines = sorted({f"{r['cpu']}, {r['cores']} cores, TensorFlow {r['tensorflow']}" for r in ledger})
-    lines += ["", "Machine: " + "; ".join(machines) + " (CPU only).", ""]
+    lines += ["", _machines(table, ledger), ""]
     lines += [
-        "Reproduce it: `mnistctl reproduce` (all configs, 3 seeds; resumable, skips finished runs).",
+        "Reproduce it (resumable: finished runs are skipped): `mnistctl reproduce` (the walk-through's",
+        "configs), `mnistctl reproduce configs/record.yaml --seeds 3`, `mnistctl reproduce --dataset fashion`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _machines(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> str:
+    """Which machine measured which configs (rows of one config may come from several)."""
+    shown = {(row["config"]) for row in table}
+    used: dict[str, list[str]] = {}
+    for r in ledger:
+        machine = f"{r['cpu']}, {r['cores']} cores, TensorFlow {r['tensorflow']}"
+        names = used.setdefault(machine, [])
+        if r["config"] in shown and f"`{r['config']}`" not in names:
+            names.append(f"`{r['config']}`")
+    used = {m: names for m, names in used.items() if names}
+    if len(used) == 1:
+        return f"Machine: {next(iter(used))} (CPU only)."
+    return "Machines (CPU only): " + "; ".join(f"{m}: {', '.join(n)}" for m, n in used.items()) + "."

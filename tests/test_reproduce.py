@@ -7,7 +7,7 @@ import csv
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.reproduce import PUBLISHED, WALKTHROUGH, aggregate
+from mnistctl.reproduce import PUBLISHED, WALKTHROUGH, _machines, aggregate
 
 from .conftest import CONFIGS
 
@@ -94,3 +94,13 @@ def test_aggregate_marks_partial_99_and_one_seed():
     assert summary["gap_points"] == "+0.10"
     (summary,) = aggregate([row, {**row, "first_99_step": "", "max_test_accuracy": "0.9800"}])
     assert summary["first_99_step"] == "900 (1/2 seeds)"
+
+
+def test_machines_line_says_which_machine_measured_what():
+    row = {"config": "conv", "config_sha": "a", "steps": "10", "max_test_accuracy": "0.99",
+           "final_test_accuracy": "0.99", "first_99_step": "", "wall_s": "1", "images_per_s": "1",
+           "cpu": "A", "cores": "2", "tensorflow": "2"}  # fmt: skip
+    other = {**row, "config": "record", "cpu": "B"}
+    assert _machines(aggregate([row]), [row]) == "Machine: A, 2 cores, TensorFlow 2 (CPU only)."
+    line = _machines(aggregate([row, other]), [row, other])
+    assert "A, 2 cores, TensorFlow 2: `conv`" in line and "B, 2 cores, TensorFlow 2: `record`" in line
