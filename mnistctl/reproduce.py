@@ -306,8 +306,9 @@ def _markdown(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> s
         ]
     lines += ["", _machines(table, ledger), ""]
     lines += [
-        "Reproduce it (resumable: finished runs are skipped): `mnistctl reproduce` (the walk-through's",
-        "configs), `mnistctl reproduce configs/record.yaml --seeds 3`, `mnistctl reproduce --dataset fashion`.",
+        "Reproduce it (resumable: finished runs are skipped): `mnistctl reproduce` (the",
+        "walk-through's configs), `mnistctl reproduce configs/record.yaml --seeds 3`,",
+        "`mnistctl reproduce --dataset fashion`.",
         "",
     ]
     return "\n".join(lines)
