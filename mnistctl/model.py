@@ -85,6 +85,7 @@ class Graph:
     train_window: tf.Variable
     reset_window: tf.Operation
     hidden: tuple[tf.Tensor, ...]  # each hidden layer's output (dropout is off when evaluating)
+    precision: str = "float32"  # how sessions compute it (train.precision)
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ def build_graph(exp: Experiment) -> Graph:
         train_window=window,
         reset_window=reset_window,
         hidden=hidden,
+        precision=exp.train.precision,
     )
 
 
@@ -316,7 +318,16 @@ def count_parameters(g: Graph) -> int:
 
 
 def make_session(g: Graph) -> v1.Session:
-    """A session on the graph; TensorFlow's default thread pools use every core."""
+    """A session on the graph; TensorFlow's default thread pools use every core.
+
+    With ``train.precision: bfloat16`` Grappler's oneDNN auto-mixed-precision pass rewrites the
+    convolutions, matrix products and their gradients to bfloat16 (variables, the loss and the
+    optimizer stay float32; bfloat16 has float32's exponent range, so no loss scaling).
+    """
+    from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # after mnistctl._tf
+
     config = v1.ConfigProto()
     config.allow_soft_placement = True
+    if g.precision == "bfloat16":
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = RewriterConfig.ON
     return v1.Session(graph=g.graph, config=config)

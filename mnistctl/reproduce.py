@@ -41,6 +41,9 @@ PUBLISHED: dict[str, tuple[float, str]] = {
 WALKTHROUGH = tuple(PUBLISHED)
 ONE_SEED_AFTER_S = 300.0  # a config whose first run takes longer gets only that one seed
 
+# Keys added to the schema after the ledger began, with their defaults.
+ADDED_LATER: dict[str, object] = {"train.precision": "float32"}
+
 LEDGER = "reproduce-runs.csv"
 LEDGER_FIELDS = (
     "config", "seed", "config_sha", "steps", "max_test_accuracy", "max_step", "final_test_accuracy",
@@ -62,10 +65,14 @@ def config_sha(exp: Experiment) -> str:
     """Identifies a resolved config apart from its seed, so the seeds of one config are pooled
     and a changed config is never mixed into old results.
 
-    Unset (null) keys are left out, so adding a new optional setting to the schema does not
-    change the identity of configs that do not use it.
+    Unset (null) keys, and keys added to the schema later while at their default, are left out,
+    so a schema addition does not change the identity of configs that do not use it.
     """
-    items = {k: v for k, v in flatten(to_dict(exp)).items() if v is not None and k != "train.seed"}
+    items = {
+        k: v
+        for k, v in flatten(to_dict(exp)).items()
+        if v is not None and k != "train.seed" and ADDED_LATER.get(k, ...) != v
+    }
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -192,6 +192,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX); Linux only."""
+    try:
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def load_run(path: Path) -> Run:
     """Open an existing run directory; RunError if it is not one."""
     if not path.exists():

@@ -47,6 +47,7 @@ from mnistctl.runs import (
     TENSORBOARD_DIR,
     Run,
     RunRecorder,
+    cpu_has_bfloat16,
     create_run,
     load_run,
     peak_rss_mb,
@@ -213,6 +214,14 @@ def load_experiment_data(exp: Experiment, data_dir: Path | None, log: Callable[[
     return data.subset(exp.data.train_size, exp.data.test_size, exp.data.validation)
 
 
+def _check_precision(exp: Experiment, log: Callable[[str], None]) -> None:
+    if exp.train.precision == "bfloat16" and not cpu_has_bfloat16():
+        log(
+            "warning: train.precision is bfloat16 but this CPU has neither AVX512_BF16 nor AMX; "
+            "it will be emulated and slower than float32"
+        )
+
+
 def selection_key(exp: Experiment) -> str:
     """The metrics.csv column that chooses the best checkpoint."""
     return "validation_accuracy" if exp.data.validation else "test_accuracy"
@@ -233,6 +242,7 @@ def run_experiment(
     dataset leaves nothing behind. Returns the run; its ``run.json`` says how it ended.
     """
     data = load_experiment_data(exp, data_dir, log)
+    _check_precision(exp, log)
     g = build_graph(exp)
     run = create_run(runs_dir, exp, name)
     run.update(
@@ -292,6 +302,7 @@ def resume_experiment(
             f"extend it with --set train.steps=N (N > {step})"
         )
     data = load_experiment_data(exp, data_dir, log)
+    _check_precision(exp, log)
     g = build_graph(exp)
     truncate_metrics(run.path / METRICS_FILE, step)
     drop_checkpoints_after(run.path, step)

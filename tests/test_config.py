@@ -117,6 +117,11 @@ train: {steps: 100, batch_size: 100}
 
 # (what to change in GOOD, the expected message after "<file>: ")
 BAD_CASES = [
+    (
+        "batch_size: 100}",
+        "batch_size: 100, precision: float16}",
+        "train.precision: unknown precision 'float16'; expected one of: float32, bfloat16",
+    ),
     ("stride: 2}", "stride: 0}", "model.layers[1].stride: expected an integer >= 1, got 0"),
     ("stride: 2}", "stride: 2.5}", "model.layers[1].stride: expected an integer >= 1, got 2.5"),
     ("stride: 2}", "stride: '2'}", "model.layers[1].stride: expected an integer >= 1, got '2'"),
