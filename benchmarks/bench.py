@@ -30,14 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistctl.runs import cpu_model
+from mnistctl.runs import cpu_has_bfloat16, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "conv_dropout": ROOT / "configs" / "conv_dropout.yaml",
     "five_layers_relu": ROOT / "configs" / "five_layers_relu.yaml",
 }
-VARIANTS = ("mnistctl", "tf1_feed_dict", "tf1_tf_data", "keras_fit", "pytorch")
+VARIANTS = (
+    "mnistctl",
+    "tf1_feed_dict",
+    "tf1_tf_data",
+    "keras_fit",
+    "pytorch",
+    "mnistctl_bf16",
+    "keras_fit_bf16",
+)
+BF16_VARIANTS = ("mnistctl_bf16", "keras_fit_bf16")  # only on CPUs with AVX512_BF16 or AMX
 BATCH = 100
 
 
@@ -51,7 +60,9 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return d.train_images, d.train_labels, d.test_images, d.test_labels
 
 
-def run_mnistctl(model: str, steps: int, warmup: int, batch: int = BATCH) -> float:
+def run_mnistctl(
+    model: str, steps: int, warmup: int, batch: int = BATCH, precision: str = "float32"
+) -> float:
     """mnistctl's real training loop (no evaluation inside the timed steps)."""
     from mnistctl.config import load_config
     from mnistctl.data import load_dataset
@@ -61,7 +72,7 @@ def run_mnistctl(model: str, steps: int, warmup: int, batch: int = BATCH) -> flo
 
     total = warmup + steps
     settings = [f"train.steps={total}", f"train.eval_every={total}", "data.test_size=1000"]
-    exp = load_config(MODELS[model], [*settings, f"train.batch_size={batch}"])
+    exp = load_config(MODELS[model], [*settings, f"train.batch_size={batch}", f"train.precision={precision}"])
     assert exp.train.batch_size == batch
     data = load_dataset("mnist").subset(None, 1000)
     g = build_graph(exp)
@@ -140,10 +151,13 @@ def run_tf1(model: str, steps: int, warmup: int, pipeline: str) -> float:
         return steps * BATCH / (time.perf_counter() - started)
 
 
-def run_keras(model: str, steps: int, warmup: int) -> float:
+def run_keras(model: str, steps: int, warmup: int, precision: str = "float32") -> float:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     from keras import layers
+
+    if precision == "bfloat16":  # Keras's own mixed precision: bfloat16 compute, float32 variables
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
     train_x, train_y, _, _ = load_mnist()
     x = train_x.astype(np.float32)[..., None] / 255.0
@@ -167,7 +181,8 @@ def run_keras(model: str, steps: int, warmup: int) -> float:
             layers.Dense(n, activation="relu", kernel_initializer=init, bias_initializer=bias)
             for n in (200, 100, 60, 30)
         ]
-    net = keras.Sequential([keras.Input((28, 28, 1)), *stack, layers.Dense(10, kernel_initializer=init)])
+    logits = layers.Dense(10, kernel_initializer=init, dtype="float32")  # float32 logits for the loss
+    net = keras.Sequential([keras.Input((28, 28, 1)), *stack, logits])
     net.compile(
         optimizer=keras.optimizers.Adam(0.003),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -221,9 +236,11 @@ def worker(variant: str, model: str, steps: int, warmup: int, batch: int = BATCH
     """One measurement; prints one JSON line."""
     runners = {
         "mnistctl": lambda: run_mnistctl(model, steps, warmup, batch),
+        "mnistctl_bf16": lambda: run_mnistctl(model, steps, warmup, batch, "bfloat16"),
         "tf1_feed_dict": lambda: run_tf1(model, steps, warmup, "feed_dict"),
         "tf1_tf_data": lambda: run_tf1(model, steps, warmup, "tf_data"),
         "keras_fit": lambda: run_keras(model, steps, warmup),
+        "keras_fit_bf16": lambda: run_keras(model, steps, warmup, "bfloat16"),
         "pytorch": lambda: run_pytorch(model, steps, warmup),
     }
     images_per_s = runners[variant]()
@@ -299,6 +316,8 @@ def batch_sweep() -> list[dict]:
 
 
 def available(variant: str) -> bool:
+    if variant in BF16_VARIANTS:
+        return cpu_has_bfloat16()
     if variant != "pytorch":
         return True
     return (
@@ -351,13 +370,14 @@ def main() -> None:
     ceiling = matmul_gflops()
     rows = []
     for model in MODELS:
-        base = statistics.median(
-            r["images_per_s"] for r in results.get(("mnistctl", model), [{"images_per_s": 0}])
-        )
         for variant in variants:
             runs = results.get((variant, model))
             if not runs:
                 continue
+            own = "mnistctl_bf16" if variant in BF16_VARIANTS else "mnistctl"  # same precision
+            base = statistics.median(
+                r["images_per_s"] for r in results.get((own, model), [{"images_per_s": 0}])
+            )
             median = statistics.median(r["images_per_s"] for r in runs)
             rows.append(
                 {
@@ -414,6 +434,8 @@ NAMES = {
     "tf1_tf_data": "hand-written tf.compat.v1, tf.data",
     "keras_fit": "Keras 3 `model.fit`",
     "pytorch": "PyTorch",
+    "mnistctl_bf16": "mnistctl, `train.precision: bfloat16`",
+    "keras_fit_bf16": "Keras 3 `model.fit`, `mixed_bfloat16` policy",
 }
 
 
@@ -430,7 +452,8 @@ def write_docs(rows: list[dict], sweep: list[dict], machine: dict, repeats: int)
         f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul ceiling "
         f"{machine['matmul_gflops']} GFLOP/s (4096x4096, TensorFlow). Training images/s at batch 100, "
         f"median of {repeats} interleaved repetitions, each in a fresh process after a warm-up. "
-        "*mnistctl ÷ this* above 1 means mnistctl is faster.",
+        "*mnistctl ÷ this* above 1 means mnistctl is faster (bfloat16 rows: against mnistctl in "
+        "bfloat16). The bfloat16 rows appear only on CPUs with AVX512_BF16 or AMX.",
         "",
         "| model | variant | images/s | mnistctl ÷ this | % of matmul ceiling | peak memory | all runs |",
         "|---|---|---|---|---|---|---|",

@@ -11,6 +11,15 @@ from mnistctl.reproduce import PUBLISHED, WALKTHROUGH, _machines, aggregate
 
 from .conftest import CONFIGS
 
+
+def ledger_row(**changes: str) -> dict[str, str]:
+    """One row of docs/reproduce-runs.csv, as aggregate reads it."""
+    row = {"config": "conv", "config_sha": "a", "steps": "10", "max_test_accuracy": "0.99",
+           "final_test_accuracy": "0.99", "first_99_step": "", "wall_s": "400", "images_per_s": "100",
+           "cpu": "x", "cores": "2", "tensorflow": "2"}  # fmt: skip
+    return {**row, **changes}
+
+
 BUDGET = ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "data.train_size=500"]
 
 
@@ -86,9 +95,7 @@ def test_every_walkthrough_config_is_shipped():
 
 
 def test_aggregate_marks_partial_99_and_one_seed():
-    row = {"config": "conv", "config_sha": "a", "steps": "10", "max_test_accuracy": "0.9900",
-           "final_test_accuracy": "0.9890", "first_99_step": "900", "wall_s": "400", "images_per_s": "100",
-           "cpu": "x", "cores": "2", "tensorflow": "2"}  # fmt: skip
+    row = ledger_row(max_test_accuracy="0.9900", final_test_accuracy="0.9890", first_99_step="900")
     (summary,) = aggregate([row])
     assert summary["seeds"] == 1 and summary["max_test_accuracy"] == "0.9900"
     assert summary["gap_points"] == "+0.10"
@@ -97,10 +104,24 @@ def test_aggregate_marks_partial_99_and_one_seed():
 
 
 def test_machines_line_says_which_machine_measured_what():
-    row = {"config": "conv", "config_sha": "a", "steps": "10", "max_test_accuracy": "0.99",
-           "final_test_accuracy": "0.99", "first_99_step": "", "wall_s": "1", "images_per_s": "1",
-           "cpu": "A", "cores": "2", "tensorflow": "2"}  # fmt: skip
+    row = ledger_row(cpu="A")
     other = {**row, "config": "record", "cpu": "B"}
     assert _machines(aggregate([row]), [row]) == "Machine: A, 2 cores, TensorFlow 2 (CPU only)."
     line = _machines(aggregate([row, other]), [row, other])
     assert "A, 2 cores, TensorFlow 2: `conv`" in line and "B, 2 cores, TensorFlow 2: `record`" in line
+
+
+def test_labels_keep_datasets_and_precisions_apart():
+    from mnistctl.config import load_config
+    from mnistctl.reproduce import label
+
+    assert label(load_config(CONFIGS / "conv.yaml")) == "conv"
+    assert label(load_config(CONFIGS / "conv.yaml", ["data.dataset=fashion"])) == "conv@fashion"
+    assert label(load_config(CONFIGS / "conv.yaml", ["train.precision=bfloat16"])) == "conv+bf16"
+    names = ["record", "conv+bf16", "conv_dropout", "conv"]
+    assert [r["config"] for r in aggregate([ledger_row(config=n) for n in names])] == [
+        "conv",
+        "conv+bf16",
+        "conv_dropout",
+        "record",
+    ]
