@@ -202,44 +202,49 @@ def _mean_std(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def aggregate(ledger: list[dict[str, str]]) -> list[dict[str, object]]:
-    """One row per config (latest config version only), in the walk-through's order."""
+def aggregate(ledger: list[dict[str, str]], current: bool = True) -> list[dict[str, object]]:
+    """One row per config, in the walk-through's order: its latest version (the ledger is in
+    finishing order, so the last sha of a config is current), or with ``current=False`` one
+    row per earlier version, so results of a config since changed stay visible."""
     latest: dict[str, str] = {}
-    for row in ledger:  # the ledger is in finishing order: the last sha of a config is current
+    for row in ledger:
         latest[row["config"]] = row["config_sha"]
+    versions = dict.fromkeys((r["config"], r["config_sha"]) for r in ledger)
+    wanted = [(n, sha) for n, sha in versions if (latest[n] == sha) == current]
+    return [
+        _summarize(name, sha, [r for r in ledger if (r["config"], r["config_sha"]) == (name, sha)])
+        for name, sha in sorted(wanted, key=lambda version: _order(version[0]))
+    ]
 
-    def order(name: str) -> tuple:
-        base, _, dataset = name.partition("@")
-        base = base.removesuffix("+bf16")
-        return (dataset, WALKTHROUGH.index(base) if base in WALKTHROUGH else len(WALKTHROUGH), name)
 
-    names = sorted(latest, key=order)
-    table = []
-    for name in names:
-        rows = [r for r in ledger if r["config"] == name and r["config_sha"] == latest[name]]
-        reached = [int(r["first_99_step"]) for r in rows if r["first_99_step"]]
-        published = PUBLISHED.get(name)
-        maxima = [float(r["max_test_accuracy"]) for r in rows]
-        table.append(
-            {
-                "config": name,
-                "published": published[1] if published else "",
-                "seeds": len(rows),
-                "max_test_accuracy": _mean_std(maxima),
-                "final_test_accuracy": _mean_std([float(r["final_test_accuracy"]) for r in rows]),
-                "gap_points": f"{(statistics.mean(maxima) - published[0]) * 100:+.2f}" if published else "",
-                "first_99_step": _mean_std([float(s) for s in reached], 0)
-                + (f" ({len(reached)}/{len(rows)} seeds)" if reached and len(reached) < len(rows) else "")
-                if reached
-                else "not reached",
-                "steps": rows[0]["steps"],
-                "wall_s": f"{statistics.mean(float(r['wall_s']) for r in rows):.0f}",
-                "images_per_s": f"{statistics.mean(float(r['images_per_s']) for r in rows):,.0f}",
-                "machine": f"{rows[0]['cpu']}, {rows[0]['cores']} cores",
-                "tensorflow": rows[0]["tensorflow"],
-            }
-        )
-    return table
+def _order(name: str) -> tuple:
+    base, _, dataset = name.partition("@")
+    base = base.removesuffix("+bf16")
+    return (dataset, WALKTHROUGH.index(base) if base in WALKTHROUGH else len(WALKTHROUGH), name)
+
+
+def _summarize(name: str, sha: str, rows: list[dict[str, str]]) -> dict[str, object]:
+    reached = [int(r["first_99_step"]) for r in rows if r["first_99_step"]]
+    published = PUBLISHED.get(name)
+    maxima = [float(r["max_test_accuracy"]) for r in rows]
+    return {
+        "config": name,
+        "published": published[1] if published else "",
+        "seeds": len(rows),
+        "max_test_accuracy": _mean_std(maxima),
+        "final_test_accuracy": _mean_std([float(r["final_test_accuracy"]) for r in rows]),
+        "gap_points": f"{(statistics.mean(maxima) - published[0]) * 100:+.2f}" if published else "",
+        "first_99_step": _mean_std([float(s) for s in reached], 0)
+        + (f" ({len(reached)}/{len(rows)} seeds)" if reached and len(reached) < len(rows) else "")
+        if reached
+        else "not reached",
+        "steps": rows[0]["steps"],
+        "wall_s": f"{statistics.mean(float(r['wall_s']) for r in rows):.0f}",
+        "images_per_s": f"{statistics.mean(float(r['images_per_s']) for r in rows):,.0f}",
+        "machine": f"{rows[0]['cpu']}, {rows[0]['cores']} cores",
+        "tensorflow": rows[0]["tensorflow"],
+        "config_sha": sha,
+    }
 
 
 def write_tables(docs_dir: Path) -> None:
@@ -253,18 +258,21 @@ def write_tables(docs_dir: Path) -> None:
     writer.writeheader()
     writer.writerows(table)
     write_atomic(docs_dir / "results.csv", out.getvalue())
-    write_atomic(docs_dir / "RESULTS.md", _markdown(table, ledger))
+    write_atomic(docs_dir / "RESULTS.md", _markdown(table, aggregate(ledger, current=False), ledger))
 
 
-def _markdown_row(row: dict[str, object]) -> str:
+def _markdown_row(row: dict[str, object], label: str = "") -> str:
+    label = label or f"`{row['config']}`"
     return (
-        f"| `{row['config']}` | {row['published'] or '-'} | {row['max_test_accuracy']} "
+        f"| {label} | {row['published'] or '-'} | {row['max_test_accuracy']} "
         f"| {row['final_test_accuracy']} | {row['gap_points'] or '-'} | {row['first_99_step']} "
         f"| {row['seeds']} | {row['wall_s']} s | {row['images_per_s']} |"
     )
 
 
-def _markdown(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> str:
+def _markdown(
+    table: list[dict[str, object]], earlier: list[dict[str, object]], ledger: list[dict[str, str]]
+) -> str:
     header = (
         "| config | published (max) | ours: max test accuracy | ours: final test accuracy | gap (points) "
         "| first ≥ 99% at step | seeds | wall time per run | images/s |"
@@ -315,7 +323,22 @@ def _markdown(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> s
             "|---|---|---|---|---|---|---|---|---|",
             *(_markdown_row(row) for row in others),
         ]
-    lines += ["", _machines(table, ledger), ""]
+    if earlier:
+        lines += [
+            "",
+            "## Earlier versions",
+            "",
+            "Configs that have changed since these runs, kept so that no measured result disappears",
+            "(the sha identifies the resolved config; each run directory's `config.yaml` holds it whole).",
+            "",
+            header,
+            "|---|---|---|---|---|---|---|---|---|",
+            *(
+                _markdown_row(row, f"`{row['config']}` ({row['config_sha']}, {row['steps']} steps)")
+                for row in earlier
+            ),
+        ]
+    lines += ["", _machines([*table, *earlier], ledger), ""]
     lines += [
         "Reproduce it (resumable: finished runs are skipped): `mnistctl reproduce` (the",
         "walk-through's configs), `mnistctl reproduce configs/record.yaml --seeds 3`,",

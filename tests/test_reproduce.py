@@ -58,6 +58,9 @@ def test_reproduce_fills_the_table_and_skips_finished_runs(mnist_cache, tmp_path
     assert len(list(runs.iterdir())) == 8
     table = list(csv.DictReader((docs / "results.csv").open()))
     assert table[0]["steps"] == "30"  # the table shows the current version of each config
+    earlier = (docs / "RESULTS.md").read_text().split("## Earlier versions")[1]
+    assert f"| `softmax` ({table[0]['config_sha']}" not in earlier  # the current one is not earlier
+    assert "| `softmax` (" in earlier and ", 20 steps) |" in earlier  # the old one stays visible
 
 
 def test_slow_configs_get_one_seed_unless_seeds_are_asked_for(mnist_cache, tmp_path, monkeypatch):
