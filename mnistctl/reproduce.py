@@ -163,10 +163,10 @@ def reproduce(
 
 
 def label(exp: Experiment) -> str:
-    """A config's name in the tables: ``conv``; ``conv@fashion`` on another dataset;
-    ``conv+bf16`` in bfloat16."""
-    name = exp.name if exp.data.dataset == "mnist" else f"{exp.name}@{exp.data.dataset}"
-    return name + ("+bf16" if exp.train.precision == "bfloat16" else "")
+    """A config's name in the tables: ``conv``; ``conv+bf16`` in bfloat16; ``conv@fashion`` on
+    another dataset (the dataset always last)."""
+    name = exp.name + ("+bf16" if exp.train.precision == "bfloat16" else "")
+    return name if exp.data.dataset == "mnist" else f"{name}@{exp.data.dataset}"
 
 
 def _seeded(path: Path, seeds: int, overrides: Sequence[str]) -> list[tuple[int, Experiment]]:
@@ -350,14 +350,13 @@ def _markdown(
 
 def _machines(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> str:
     """Which machine measured which configs (rows of one config may come from several)."""
-    shown = {(row["config"]) for row in table}
+    shown = {row["config"] for row in table}
     used: dict[str, list[str]] = {}
     for r in ledger:
-        machine = f"{r['cpu']}, {r['cores']} cores, TensorFlow {r['tensorflow']}"
-        names = used.setdefault(machine, [])
+        names = used.setdefault(f"{r['cpu']}, {r['cores']} cores, TensorFlow {r['tensorflow']}", [])
         if r["config"] in shown and f"`{r['config']}`" not in names:
             names.append(f"`{r['config']}`")
-    used = {m: names for m, names in used.items() if names}
+    used = {machine: names for machine, names in used.items() if names}
     if len(used) == 1:
         return f"Machine: {next(iter(used))} (CPU only)."
     return "Machines (CPU only): " + "; ".join(f"{m}: {', '.join(n)}" for m, n in used.items()) + "."

@@ -181,25 +181,29 @@ def _version(module: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name, for records of where a number was measured."""
+CPUINFO = Path("/proc/cpuinfo")  # Linux only; elsewhere the lookups below fall back
+
+
+def _cpuinfo(key: str) -> str | None:
+    """The first value of ``key`` in CPUINFO, or None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in CPUINFO.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for records of where a number was measured."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_has_bfloat16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX); Linux only."""
-    try:
-        flags = next(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-        ).split()
-    except (OSError, StopIteration):
-        return False
+    flags = (_cpuinfo("flags") or "").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

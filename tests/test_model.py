@@ -102,3 +102,26 @@ def test_bfloat16_precision_rewrites_the_graph_and_stays_deterministic():
     if cpu_has_bfloat16():  # elsewhere TensorFlow may leave the graph in float32
         assert first != full  # bfloat16 rounding shows: the rewrite took effect
     assert abs(first[-1] - full[-1]) < 0.1 * full[0]
+
+
+def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
+    from mnistctl import runs
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n")
+    monkeypatch.setattr(runs, "CPUINFO", info)
+    assert runs.cpu_model() == "Some CPU" and runs.cpu_has_bfloat16()
+    info.write_text("model name\t: Other\nflags\t\t: fpu avx2 avx512f\n")
+    assert not runs.cpu_has_bfloat16()
+    monkeypatch.setattr(runs, "CPUINFO", tmp_path / "missing")
+    assert runs.cpu_model() and not runs.cpu_has_bfloat16()
+
+
+def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
+    from mnistctl import train
+
+    said = []
+    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: False)
+    train._check_precision(load_config(CONFIGS / "tiny.yaml", ["train.precision=bfloat16"]), said.append)
+    train._check_precision(load_config(CONFIGS / "tiny.yaml"), said.append)
+    assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]

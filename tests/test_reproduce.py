@@ -121,6 +121,8 @@ def test_labels_keep_datasets_and_precisions_apart():
     assert label(load_config(CONFIGS / "conv.yaml")) == "conv"
     assert label(load_config(CONFIGS / "conv.yaml", ["data.dataset=fashion"])) == "conv@fashion"
     assert label(load_config(CONFIGS / "conv.yaml", ["train.precision=bfloat16"])) == "conv+bf16"
+    both = load_config(CONFIGS / "conv.yaml", ["train.precision=bfloat16", "data.dataset=fashion"])
+    assert label(both) == "conv+bf16@fashion"
     names = ["record", "conv+bf16", "conv_dropout", "conv"]
     assert [r["config"] for r in aggregate([ledger_row(config=n) for n in names])] == [
         "conv",
