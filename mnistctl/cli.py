@@ -301,8 +301,9 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     for i, (layer, shape) in enumerate(zip(exp.model.layers, shapes, strict=True)):
         table.add_row(str(i), _describe_layer(layer), "x".join(map(str, shape.output)), f"{shape.params:,}")
     out.print(table)
+    averaged = f" (evaluated as moving averages, decay {exp.model.ema_decay})" if exp.model.ema_decay else ""
     out.print(
-        f"{sum(s.params for s in shapes):,} parameters; optimizer {exp.optimizer.tag}, schedule "
+        f"{sum(s.params for s in shapes):,} parameters{averaged}; optimizer {exp.optimizer.tag}, schedule "
         f"{exp.schedule.tag}, {exp.train.steps} steps of {exp.train.batch_size} on {exp.data.dataset}: valid"
     )
 

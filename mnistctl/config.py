@@ -121,11 +121,15 @@ class ModelConfig:
         layers: the layers, input to output.
         init: how weights and biases start.
         batch_norm_decay: decay of the moving averages batch norm uses at test time.
+        ema_decay: keep an exponential moving average of the trainable weights with this decay
+            and use it wherever the model is evaluated: the evaluations during training (hence
+            the best checkpoint), ``eval``, ``export`` and ``serve`` (null: the weights as trained).
     """
 
     layers: tuple[LayerConfig, ...] = ()
     init: InitConfig = InitConfig()
     batch_norm_decay: float = field(default=0.999, metadata={"gt": 0, "lt": 1})
+    ema_decay: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from mnistctl.checkpoints import resolve, restore
 from mnistctl.metrics import confusion_matrix
-from mnistctl.model import build_graph, make_session
+from mnistctl.model import averaged_weights, build_graph, make_session
 from mnistctl.runs import load_run
 from mnistctl.train import evaluate, load_experiment_data
 
@@ -49,7 +49,8 @@ def evaluate_checkpoint(target: Path, data_dir: Path | None = None) -> EvalRepor
     g = build_graph(exp)
     with make_session(g) as session:
         step = restore(session, g, prefix)
-        result = evaluate(session, g, data.test_images, data.test_labels, exp.train.eval_batch_size, True)
+        with averaged_weights(session, g):
+            result = evaluate(session, g, data.test_images, data.test_labels, exp.train.eval_batch_size, True)
     confusion = confusion_matrix(data.test_labels, result.predictions, len(data.classes))
     totals = confusion.sum(axis=1)
     per_class = np.divide(np.diag(confusion), totals, out=np.zeros(len(totals)), where=totals > 0)

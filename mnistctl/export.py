@@ -22,7 +22,7 @@ from mnistctl._tf import tf
 from mnistctl.checkpoints import CheckpointError, resolve
 from mnistctl.config import IMAGE_SHAPE, Experiment
 from mnistctl.errors import MnistctlError
-from mnistctl.model import build_logits
+from mnistctl.model import build_logits, checkpoint_names
 from mnistctl.runs import Run, load_run
 
 v1 = tf.compat.v1
@@ -41,6 +41,7 @@ class InferenceGraph:
     images: tf.Tensor  # float32 [N, 28, 28, 1] in [0, 1]
     probabilities: tf.Tensor
     classes: tf.Tensor
+    averaged: bool  # restore the weights' moving averages (model.ema_decay) instead of the weights
 
 
 def build_inference_graph(exp: Experiment) -> InferenceGraph:
@@ -52,13 +53,12 @@ def build_inference_graph(exp: Experiment) -> InferenceGraph:
         logits, _ = build_logits(images, exp, tf.constant(False), global_step)
         probabilities = tf.nn.softmax(logits, name="probabilities")
         classes = tf.argmax(logits, axis=1, name="classes")
-    return InferenceGraph(graph, images, probabilities, classes)
+    return InferenceGraph(graph, images, probabilities, classes, exp.model.ema_decay is not None)
 
 
 def _restore(session: v1.Session, g: InferenceGraph, prefix: str) -> None:
     with g.graph.as_default():
-        variables = v1.global_variables()
-        saver = v1.train.Saver(variables)
+        saver = v1.train.Saver(checkpoint_names(v1.global_variables(), g.averaged))
     try:
         saver.restore(session, prefix)
     except (tf.errors.OpError, ValueError) as err:

@@ -7,7 +7,8 @@ training loop, evaluation and export need.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mnistctl._tf import tf
@@ -86,6 +87,9 @@ class Graph:
     reset_window: tf.Operation
     hidden: tuple[tf.Tensor, ...]  # each hidden layer's output (dropout is off when evaluating)
     precision: str = "float32"  # how sessions compute it (train.precision)
+    # With model.ema_decay: exchanges the trainable weights and their moving averages (running
+    # it twice restores them). Use it through ``averaged_weights``.
+    swap_averages: tf.Operation | None = None
 
 
 @dataclass(frozen=True)
@@ -272,10 +276,13 @@ def build_graph(exp: Experiment) -> Graph:
         # Batch-norm moving averages must update with every training step.
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
             minimize = optimizer.minimize(checked * exp.train.loss_scale, global_step=global_step)
+        swap_averages = None
+        if exp.model.ema_decay is not None:
+            minimize, swap_averages = _weight_averages(exp.model.ema_decay, minimize, global_step)
         window, reset_window = _train_window()
         sums = tf.stack([loss_sum, tf.cast(correct, tf.float32), tf.cast(tf.shape(labels)[0], tf.float32)])
         train_op = tf.group(minimize, window.assign_add(tf.cast(sums, tf.float64)), name="train_op")
-        init_op = v1.global_variables_initializer()
+        init_op = tf.group(v1.global_variables_initializer(), v1.local_variables_initializer())
         trainable = v1.trainable_variables()
         weights = tuple(v for v in trainable if "weights" in v.name)
         biases = tuple(v for v in trainable if "weights" not in v.name)
@@ -300,7 +307,73 @@ def build_graph(exp: Experiment) -> Graph:
         reset_window=reset_window,
         hidden=hidden,
         precision=exp.train.precision,
+        swap_averages=swap_averages,
     )
+
+
+AVERAGE = "average"  # checkpoint name of a weight's moving average: "<weight's name>/average"
+
+
+def _weight_averages(
+    decay: float, minimize: tf.Operation, global_step: tf.Variable
+) -> tuple[tf.Operation, tf.Operation]:
+    """Follow each trainable weight with its exponential moving average, updated after every step.
+
+    The average starts fast (decay ``min(decay, (1 + step) / (10 + step))``, as batch norm's),
+    lives in the checkpoints beside the weights, so resuming continues it, and is what the
+    model is evaluated with.
+
+    Returns:
+        (the training step followed by the averages' update, the op that swaps them in and out).
+    """
+    weights = v1.trainable_variables()
+    ema = v1.train.ExponentialMovingAverage(decay, num_updates=global_step, name=AVERAGE)
+    with tf.control_dependencies([minimize]):
+        update = ema.apply(weights)
+    with tf.name_scope("swap_averages"):
+        swap = _swap(weights, [ema.average(w) for w in weights])
+    return update, swap
+
+
+def _swap(a: Sequence[tf.Variable], b: Sequence[tf.Variable]) -> tf.Operation:
+    """One op exchanging the values of two lists of variables, through spare local variables
+    (local: never checkpointed)."""
+    spares = [
+        v1.Variable(
+            tf.zeros(v.shape, v.dtype),
+            trainable=False,
+            collections=[v1.GraphKeys.LOCAL_VARIABLES],
+            name="spare",
+        )
+        for v in a
+    ]
+    copied = [s.assign(v) for s, v in zip(spares, a, strict=True)]
+    with tf.control_dependencies(copied):
+        loaded = [v.assign(w) for v, w in zip(a, b, strict=True)]
+    with tf.control_dependencies(loaded):
+        return tf.group([w.assign(s) for w, s in zip(b, spares, strict=True)])
+
+
+@contextmanager
+def averaged_weights(session: v1.Session, g: Graph) -> Iterator[None]:
+    """Inside, the model computes with its weights' moving averages (when it keeps them)."""
+    if g.swap_averages is None:
+        yield
+        return
+    session.run(g.swap_averages)
+    try:
+        yield
+    finally:
+        session.run(g.swap_averages)
+
+
+def checkpoint_names(variables: Sequence[tf.Variable], averaged: bool) -> dict[str, tf.Variable]:
+    """Name in a training checkpoint -> variable, for an inference graph with the same layers.
+
+    With ``averaged`` (model.ema_decay set) every trainable weight is read from its average.
+    """
+    trainable = {v.op.name for v in v1.trainable_variables()}
+    return {v.op.name + (f"/{AVERAGE}" if averaged and v.op.name in trainable else ""): v for v in variables}
 
 
 def _train_window() -> tuple[tf.Variable, tf.Operation]:

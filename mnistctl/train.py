@@ -37,7 +37,14 @@ from mnistctl.metrics import (
     read_metrics,
     truncate_metrics,
 )
-from mnistctl.model import Graph, build_graph, count_parameters, make_session, tf_errors
+from mnistctl.model import (
+    Graph,
+    averaged_weights,
+    build_graph,
+    count_parameters,
+    make_session,
+    tf_errors,
+)
 from mnistctl.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -177,13 +184,14 @@ def _evaluate_and_report(
     ctx: TrainContext, data: Dataset, window: _Window, lr: float, started: float, hooks: Sequence[Hook]
 ) -> None:
     cfg = ctx.experiment.train
-    test = evaluate(ctx.session, ctx.graph, data.test_images, data.test_labels, cfg.eval_batch_size, True)
+    with averaged_weights(ctx.session, ctx.graph):
+        test = evaluate(ctx.session, ctx.graph, data.test_images, data.test_labels, cfg.eval_batch_size, True)
+        validation = None
+        if data.validation_images is not None:
+            validation = evaluate(
+                ctx.session, ctx.graph, data.validation_images, data.validation_labels, cfg.eval_batch_size
+            )
     ctx.last_test = test
-    validation = None
-    if data.validation_images is not None:
-        validation = evaluate(
-            ctx.session, ctx.graph, data.validation_images, data.validation_labels, cfg.eval_batch_size
-        )
     loss_sum, correct, images = ctx.session.run(ctx.graph.train_window)
     ctx.session.run(ctx.graph.reset_window)
     record = EvalRecord(

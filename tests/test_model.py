@@ -125,3 +125,43 @@ def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
     train._check_precision(load_config(CONFIGS / "tiny.yaml", ["train.precision=bfloat16"]), said.append)
     train._check_precision(load_config(CONFIGS / "tiny.yaml"), said.append)
     assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]
+
+
+def test_weight_averages_follow_the_weights_and_swap_in_and_out():
+    """model.ema_decay: after step k the average moves toward the new weights with decay
+    min(ema_decay, (1 + k) / (10 + k)); inside ``averaged_weights`` the model computes with the
+    averages, and afterwards with exactly the trained weights again."""
+    exp = load_config(CONFIGS / "tiny.yaml", ["model.ema_decay=0.3"])
+    g = tf_model.build_graph(exp)
+    variables = [*g.weights, *g.biases]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    feed = {g.images: images, g.labels: rng.integers(0, 10, 32, dtype=np.uint8), g.training: True}
+    with tf_model.make_session(g) as session:
+        session.run(g.init_op)
+        expected = session.run(variables)
+        for step in range(1, 7):
+            session.run(g.train_op, feed)
+            trained = session.run(variables)
+            decay = min(0.3, (1 + step) / (10 + step))
+            expected = [decay * e + (1 - decay) * w for e, w in zip(expected, trained, strict=True)]
+        plain = session.run(g.probabilities, {g.images: images})
+        with tf_model.averaged_weights(session, g):
+            inside = session.run(variables)
+            averaged = session.run(g.probabilities, {g.images: images})
+        after = session.run(variables)
+    for got, want in zip(inside, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert all(np.array_equal(a, t) for a, t in zip(after, trained, strict=True))
+    assert not np.allclose(plain, averaged)
+
+
+def test_without_ema_decay_averaged_weights_changes_nothing():
+    g = tf_model.build_graph(load_config(CONFIGS / "tiny.yaml"))
+    assert g.swap_averages is None
+    with tf_model.make_session(g) as session:
+        session.run(g.init_op)
+        before = session.run(list(g.weights))
+        with tf_model.averaged_weights(session, g):
+            inside = session.run(list(g.weights))
+    assert all(np.array_equal(a, b) for a, b in zip(before, inside, strict=True))

@@ -252,3 +252,20 @@ def test_validation_split_chooses_the_checkpoint_and_augmentation_is_reproducibl
     assert info["selected_by"] == "validation" and info["best_step"] == int(best["step"])
     assert info["best_test_accuracy"] == pytest.approx(float(best["test_accuracy"]))
     assert info["dataset"]["train_images"] == 800
+
+
+def test_weight_averages_carry_over_a_resume(mnist_cache, tmp_path):
+    """The moving averages live in the checkpoint: 30 steps then 30 more evaluate like 60."""
+    ema = ["--set", "model.ema_decay=0.9", "--set", "train.eval_every=10", "--quiet"]
+    assert (
+        invoke("train", TINY, "--runs-dir", tmp_path / "straight", "--set", "train.steps=60", *ema).exit_code
+        == 0
+    )
+    assert (
+        invoke("train", TINY, "--runs-dir", tmp_path / "split", "--set", "train.steps=30", *ema).exit_code
+        == 0
+    )
+    (straight,), (split,) = (tmp_path / "straight").iterdir(), (tmp_path / "split").iterdir()
+    result = invoke("train", "--resume", split, "--set", "train.steps=60", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(results(split)) == 6 and results(split) == results(straight)

@@ -24,6 +24,8 @@ from mnistctl.cli import main
 from mnistctl.data import load_dataset
 from mnistctl.images import ImageError, preprocess
 
+from .conftest import CONFIGS
+
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -303,3 +305,36 @@ def test_drawing_page_in_a_real_browser(server):
         bars = page.locator(".bar").count()
         browser.close()
     assert shown in [str(d) for d in range(10)] and bars == 10
+
+
+def test_a_weight_averaged_run_is_evaluated_and_exported_with_its_averages(mnist_cache, tmp_path):
+    """With model.ema_decay the metrics, ``eval`` and the export all use the averages, which
+    predict differently from the trained weights in the same checkpoint."""
+    from mnistctl.evaluate import evaluate_checkpoint
+    from mnistctl.export import Predictor
+    from mnistctl.metrics import read_metrics
+
+    runs = tmp_path / "runs"
+    result = invoke("train", CONFIGS / "tiny.yaml", "--runs-dir", runs, "--set", "model.ema_decay=0.9", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = runs.iterdir()
+    best = max(read_metrics(run / "metrics.csv"), key=lambda r: r["test_accuracy"])
+    report = evaluate_checkpoint(run)
+    assert report.step == best["step"] and report.test_accuracy == best["test_accuracy"]
+    assert report.test_loss == pytest.approx(best["test_loss"], rel=1e-5)
+
+    out = tmp_path / "model"
+    assert invoke("export", run, "--out", out).exit_code == 0
+    images = (report.images.astype(np.float32) / np.float32(255.0))[..., None]
+    predictor = Predictor(out)
+    probabilities = predictor.predict(images)
+    predictor.close()
+    assert np.array_equal(probabilities.argmax(axis=1), report.predictions)
+
+    # The same checkpoint read without the averages: another model.
+    raw = tmp_path / "raw"
+    shutil.copytree(run, raw)
+    config = raw / "config.yaml"
+    config.write_text(re.sub(r"\n\s*ema_decay: 0.9", "", config.read_text()))
+    assert "ema_decay" not in config.read_text()
+    assert evaluate_checkpoint(raw).test_loss != pytest.approx(report.test_loss, rel=1e-4)
