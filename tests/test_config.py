@@ -227,7 +227,11 @@ BAD_CASES = [
         "  layers: []\n  old_layers:\n",
         "model.old_layers: unknown key; expected one of: layers, init, batch_norm_decay, ema_decay",
     ),
-    ("  layers:\n", "  ema_decay: 1.0\n  layers:\n", "model.ema_decay: expected a number > 0 and < 1, got 1.0"),
+    (
+        "  layers:\n",
+        "  ema_decay: 1.0\n  layers:\n",
+        "model.ema_decay: expected a number > 0 and < 1, got 1.0",
+    ),
     (
         "model:\n",
         "data: {dataset: cifar}\nmodel:\n",
