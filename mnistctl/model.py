@@ -372,8 +372,7 @@ def checkpoint_names(variables: Sequence[tf.Variable], averaged: bool) -> dict[s
 
     With ``averaged`` (model.ema_decay set) every trainable weight is read from its average.
     """
-    trainable = {v.op.name for v in v1.trainable_variables()}
-    return {v.op.name + (f"/{AVERAGE}" if averaged and v.op.name in trainable else ""): v for v in variables}
+    return {v.op.name + (f"/{AVERAGE}" if averaged and v.trainable else ""): v for v in variables}
 
 
 def _train_window() -> tuple[tf.Variable, tf.Operation]:
