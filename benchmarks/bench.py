@@ -9,7 +9,7 @@ variants are interleaved over the repetitions and the median is reported. The mo
 same everywhere: conv_dropout (conv 6x6x6 s1, 5x5x12 s2, 4x4x24 s2, dense 200, dropout 0.25)
 and five_layers_relu (dense 200-100-60-30-10), Adam, batch 100, on the real MNIST.
 
-Variants: mnistctl's own loop (`mnistctl.train.fit`); a minimal hand-written tf.compat.v1
+Variants: mnistctl's own loop (`mnistctl.experiment.run_experiment`); a minimal hand-written tf.compat.v1
 loop fed by feed_dict; the same fed by tf.data; Keras 3 `model.fit`; PyTorch, if installed.
 """
 
@@ -63,27 +63,32 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def run_mnistctl(
     model: str, steps: int, warmup: int, batch: int = BATCH, precision: str = "float32"
 ) -> float:
-    """mnistctl's real training loop (no evaluation inside the timed steps)."""
+    """mnistctl's real training loop, through ``run_experiment`` as ``mnistctl train`` runs it,
+    with the default hooks replaced by a timer (no evaluation inside the timed steps)."""
+    import tempfile
+
     from mnistctl.config import load_config
-    from mnistctl.data import load_dataset
-    from mnistctl.hooks import TrainContext
-    from mnistctl.model import build_graph, make_session
-    from mnistctl.train import fit
+    from mnistctl.experiment import run_experiment
+    from mnistctl.hooks import Hook
+
+    class Timer(Hook):
+        """The training steps' time after the warm-up (the loop's own account, ctx.steps_s)."""
+
+        def after_step(self, ctx) -> None:
+            if ctx.step == warmup:
+                self.warm_s = ctx.steps_s
+
+        def end(self, ctx, status) -> None:
+            self.timed_s = ctx.steps_s - self.warm_s
 
     total = warmup + steps
     settings = [f"train.steps={total}", f"train.eval_every={total}", "data.test_size=1000"]
     exp = load_config(MODELS[model], [*settings, f"train.batch_size={batch}", f"train.precision={precision}"])
     assert exp.train.batch_size == batch
-    data = load_dataset("mnist").subset(None, 1000)
-    g = build_graph(exp)
-    g.graph.finalize()
-    with make_session(g) as session:
-        session.run(g.init_op)
-        warm = TrainContext(exp, g, session, total_steps=warmup)
-        fit(warm, data, [])
-        ctx = TrainContext(exp, g, session, total_steps=total, start_step=warmup)
-        fit(ctx, data, [])
-    return steps * batch / ctx.steps_s
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as runs_dir:
+        run_experiment(exp, runs_dir=Path(runs_dir), build_hooks=lambda run, exp, g: [timer])
+    return steps * batch / timer.timed_s
 
 
 def _tf1_model(tf, x, model: str, training):
@@ -287,18 +292,9 @@ def matmul_gflops() -> float:
 
 def train_flops_per_image(model: str) -> float:
     """Forward multiply-adds x 2 (FLOPs) x 3 (forward, and backward for inputs and weights)."""
-    from mnistctl.config import ConvLayer, infer_shapes, load_config
+    from mnistctl.config import infer_shapes, load_config
 
-    exp = load_config(MODELS[model])
-    shapes = infer_shapes(exp.model)
-    macs = 0
-    previous = (28, 28, 1)
-    for layer, shape in zip(exp.model.layers, shapes, strict=True):
-        if isinstance(layer, ConvLayer):
-            macs += shape.output[0] * shape.output[1] * layer.filters * layer.kernel**2 * previous[-1]
-        else:
-            macs += int(np.prod(previous)) * layer.units
-        previous = shape.output
+    macs = sum(shape.multiply_adds for shape in infer_shapes(load_config(MODELS[model]).model))
     return macs * 2 * 3
 
 

@@ -13,7 +13,7 @@ from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
 from mnistctl.model import Graph
-from mnistctl.runs import CHECKPOINT_DIR, is_run_dir
+from mnistctl.runs import CHECKPOINT_DIR, Status, is_run_dir
 
 LATEST = "latest"
 BEST = "best"
@@ -41,12 +41,19 @@ class Checkpoints:
 
 
 class CheckpointHook(Hook):
-    """Saves ``latest`` every ``checkpoint_every`` steps and at the end, ``best`` on improvement."""
+    """Saves ``latest`` every ``checkpoint_every`` steps and at the end, ``best`` on improvement.
+
+    On a resume from step N, checkpoints after N are deleted at ``begin`` (those steps are
+    trained again), after the latest one has been restored.
+    """
 
     def __init__(self, checkpoints: Checkpoints, every: int) -> None:
         self.checkpoints = checkpoints
         self.every = every
         self._saved_step = -1
+
+    def begin(self, ctx: TrainContext) -> None:
+        drop_checkpoints_after(self.checkpoints.root.parent, ctx.start_step)
 
     def after_step(self, ctx: TrainContext) -> None:
         if ctx.step % self.every == 0:
@@ -56,8 +63,8 @@ class CheckpointHook(Hook):
         if improved:
             self.checkpoints.save(ctx.session, BEST, ctx.step)
 
-    def end(self, ctx: TrainContext, status: str) -> None:
-        if status in ("completed", "interrupted"):
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        if status.checkpointed_at_end:
             self._save_latest(ctx)
 
     def _save_latest(self, ctx: TrainContext) -> None:
@@ -73,9 +80,9 @@ def drop_checkpoints_after(run_dir: Path, step: int) -> None:
         if not directory.is_dir():
             continue
         state = tf.train.get_checkpoint_state(str(directory))
-        kept = [p for p in (state.all_model_checkpoint_paths if state else []) if _step_of(p) <= step]
+        kept = [p for p in (state.all_model_checkpoint_paths if state else []) if step_of(p) <= step]
         for path in directory.glob("model-*"):
-            if _step_of(path.name.split(".")[0]) > step:
+            if step_of(path.name.split(".")[0]) > step:
                 path.unlink()
         if kept:  # the index file TensorFlow reads, with paths relative to the directory
             names = [Path(p).name for p in kept]
@@ -87,7 +94,8 @@ def drop_checkpoints_after(run_dir: Path, step: int) -> None:
             (directory / "checkpoint").unlink(missing_ok=True)
 
 
-def _step_of(prefix: str) -> int:
+def step_of(prefix: str) -> int:
+    """The step in a checkpoint prefix (``.../model-1200`` -> 1200), or -1."""
     try:
         return int(str(prefix).rsplit("-", 1)[1])
     except (IndexError, ValueError):

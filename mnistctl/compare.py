@@ -8,13 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mnistctl.config import flatten
 from mnistctl.errors import MnistctlError
+from mnistctl.hooks import max_test_accuracy
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import CONFIG_FILE, METRICS_FILE, Run
 
@@ -24,12 +24,15 @@ RESULT_COLUMNS = (
     "steps",
     "best_test_accuracy",
     "best_step",
+    "selected_by",
+    "max_test_accuracy",
     "final_test_accuracy",
     "final_train_accuracy",
     "wall_s",
     "parameters",
 )
 FORMATS = ("table", "csv", "json", "markdown")
+TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
 
 
 def _config_items(run: Run) -> dict[str, Any]:
@@ -43,23 +46,34 @@ def _config_items(run: Run) -> dict[str, Any]:
 
 
 def summarize(run: Run) -> dict[str, Any]:
-    """One run's results, from its metrics (falling back on run.json)."""
+    """One run's results, from its metrics (falling back on run.json).
+
+    ``best_*`` is the run's best evaluation (``hooks.best_row``: by validation accuracy when
+    images were held out), the one whose checkpoint ``eval`` and ``export`` use;
+    ``max_test_accuracy`` is the walk-through's measure, the highest test accuracy seen.
+    """
     rows = read_metrics(run.path / METRICS_FILE)
-    meta = run.meta
-    best = max(rows, key=lambda r: r["test_accuracy"], default=None)
+    record = run.record
+    try:
+        best = run.best(rows)
+        selected_by = "validation" if run.experiment().data.validation else "test"
+    except MnistctlError:  # a config this version cannot read: still show what is known
+        best, selected_by = None, record.selected_by
     last = rows[-1] if rows else None
-    done = int(last["step"]) if last else meta.get("steps_done", 0)
-    total = meta.get("steps_total")
+    done = int(last["step"]) if last else record.steps_done
+    total = record.steps_total
     return {
         "run": run.name,
-        "status": run.status,
+        "status": str(run.status),
         "steps": f"{done}/{total}" if total else str(done),
-        "best_test_accuracy": best["test_accuracy"] if best else None,
-        "best_step": int(best["step"]) if best else None,
+        "best_test_accuracy": best["test_accuracy"] if best else record.best_test_accuracy,
+        "best_step": int(best["step"]) if best else record.best_step,
+        "selected_by": selected_by,
+        "max_test_accuracy": max_test_accuracy(rows),
         "final_test_accuracy": last["test_accuracy"] if last else None,
         "final_train_accuracy": last["train_accuracy"] if last else None,
-        "wall_s": round(meta["wall_s"], 1) if isinstance(meta.get("wall_s"), (int, float)) else None,
-        "parameters": meta.get("parameters"),
+        "wall_s": round(record.wall_s, 1) if record.wall_s is not None else None,
+        "parameters": record.parameters,
     }
 
 
@@ -122,7 +136,3 @@ def render(columns: list[str], rows: list[dict], fmt: str) -> str:
         lines += ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows]
         return "\n".join(lines)
     raise MnistctlError(f"--format: unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-
-
-def default_runs_dir() -> Path:
-    return Path("runs")

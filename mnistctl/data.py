@@ -32,11 +32,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
+
+if TYPE_CHECKING:
+    from mnistctl.config import Experiment
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 CONNECT_TIMEOUT_S = 3.0
@@ -473,6 +477,15 @@ def load_dataset(
         checksums={f.name: f.sha256 for f in spec.files.values()},
         classes=spec.classes,
     )
+
+
+def load_experiment_data(
+    exp: Experiment, *, data_dir: Path | None = None, log: Callable[[str], None] = lambda _: None
+) -> Dataset:
+    """The images an experiment trains, selects and tests on: its dataset, cut to its
+    ``data.train_size`` and ``data.test_size``, with its ``data.validation`` hold-out."""
+    data = load_dataset(exp.data.dataset, data_dir=data_dir, log=log)
+    return data.subset(exp.data.train_size, exp.data.test_size, exp.data.validation)
 
 
 def dataset_info(name: str, cache_dir: Path | None = None) -> dict:

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from mnistctl.checkpoints import resolve, restore
+from mnistctl.data import load_experiment_data
+from mnistctl.loop import averaged_weights, evaluate
 from mnistctl.metrics import confusion_matrix
-from mnistctl.model import averaged_weights, build_graph, make_session
+from mnistctl.model import build_graph, make_session
 from mnistctl.runs import load_run
-from mnistctl.train import evaluate, load_experiment_data
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,19 @@ def evaluate_checkpoint(target: Path, data_dir: Path | None = None) -> EvalRepor
     run_dir, prefix = resolve(target)
     run = load_run(run_dir)
     exp = run.experiment()
-    data = load_experiment_data(exp, data_dir, log=lambda _: None)
+    data = load_experiment_data(exp, data_dir=data_dir)
     g = build_graph(exp)
     with make_session(g) as session:
         step = restore(session, g, prefix)
         with averaged_weights(session, g):
-            result = evaluate(session, g, data.test_images, data.test_labels, exp.train.eval_batch_size, True)
+            result = evaluate(
+                session,
+                g,
+                data.test_images,
+                data.test_labels,
+                exp.train.eval_batch_size,
+                keep_probabilities=True,
+            )
     confusion = confusion_matrix(data.test_labels, result.predictions, len(data.classes))
     totals = confusion.sum(axis=1)
     per_class = np.divide(np.diag(confusion), totals, out=np.zeros(len(totals)), where=totals > 0)

@@ -20,7 +20,7 @@ import numpy as np
 
 from mnistctl._tf import tf
 from mnistctl.checkpoints import CheckpointError, resolve
-from mnistctl.config import IMAGE_SHAPE, Experiment
+from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
 from mnistctl.errors import MnistctlError
 from mnistctl.model import build_logits, checkpoint_names
 from mnistctl.runs import Run, load_run
@@ -111,7 +111,7 @@ def describe(run: Run, exp: Experiment, prefix: str) -> dict[str, Any]:
         "step": int(prefix.rsplit("-", 1)[1]),
         "config": exp.name,
         "dataset": exp.data.dataset,
-        "best_test_accuracy": run.meta.get("best_test_accuracy"),
+        "best_test_accuracy": run.record.best_test_accuracy,
         "classes": _class_names(exp),
         "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
     }
@@ -169,6 +169,23 @@ class Predictor:
         g.graph.finalize()
         self.images, self.probabilities = g.images, g.probabilities
         self.info = describe(run, exp, prefix) | {"source": "checkpoint"}
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, index by index (digits, or Fashion-MNIST's garments)."""
+        return self.info.get("classes") or [str(i) for i in range(NUM_CLASSES)]
+
+    def labelled(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
+        """Each row of ``predict``'s output as ``{"class", "label", "probabilities"}``."""
+        classes = self.classes
+        return [
+            {
+                "class": int(np.argmax(row)),
+                "label": classes[int(np.argmax(row))],
+                "probabilities": [round(float(p), 6) for p in row],
+            }
+            for row in probabilities
+        ]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``[N, 10]`` for float images ``[N, 28, 28, 1]`` (or ``[N, 28, 28]``) in [0, 1]."""

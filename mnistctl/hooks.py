@@ -1,17 +1,30 @@
 """What the training loop tells the outside world, and the base class of those who listen.
 
-The loop never touches files: metric writers, checkpoints, run metadata and the live view
+The loop never touches files: metric writers, checkpoints, the run record and the live view
 are hooks it calls at the start, after each step, after each evaluation and at the end.
+
+The contract every hook can rely on:
+
+- ``begin`` comes first, once, after the variables are initialised or restored. When
+  ``ctx.start_step > 0`` the run is resumed from a checkpoint at that step, and a hook that
+  keeps anything per step (rows, events, checkpoints) forgets what it kept *after* that step
+  there and then: those steps are about to be trained again. Nothing else forgets.
+- ``end`` comes last, once, for every hook whose ``begin`` was called, whatever happened
+  (a failing ``begin`` of another hook, an exception in a step, Ctrl-C).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
 
 if TYPE_CHECKING:  # only for annotations: this module must not import TensorFlow
     from mnistctl.config import Experiment
-    from mnistctl.model import Graph
+    from mnistctl.runs import Status
 
 
 @dataclass(frozen=True)
@@ -38,8 +51,44 @@ class EvalRecord:
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> EvalRecord:
+        """From a metrics.csv row or run.json's ``final``; missing numbers are NaN."""
+        values = {k: row.get(k) for k in FIELDS}
+        values = {k: math.nan if v is None or v == "" else float(v) for k, v in values.items()}
+        return cls(**{**values, "step": int(values["step"])})
+
 
 FIELDS = tuple(EvalRecord.__dataclass_fields__)
+
+Row = TypeVar("Row", EvalRecord, Mapping[str, float])
+
+
+def _value(row: EvalRecord | Mapping[str, float], metric: str) -> float:
+    return getattr(row, metric) if isinstance(row, EvalRecord) else row[metric]
+
+
+def best_row(rows: Iterable[Row], metric: str) -> Row | None:
+    """The best evaluation: the first with the highest ``metric`` (NaN never wins).
+
+    This is the one meaning of "best" in mnistctl: the loop keeps the checkpoint of this row
+    (it applies the same rule as the rows arrive: only a strictly higher value improves),
+    run.json records its step, and ``compare``, the dashboard and ``eval`` use it. ``metric``
+    is ``Experiment.selection_metric``: validation accuracy when images are held out.
+    """
+    best = None
+    for row in rows:
+        value = _value(row, metric)
+        if not math.isnan(value) and (best is None or value > _value(best, metric)):
+            best = row
+    return best
+
+
+def max_test_accuracy(rows: Iterable[EvalRecord | Mapping[str, float]]) -> float | None:
+    """The walk-through's published measure: the highest test accuracy seen during a run."""
+    values = [_value(r, "test_accuracy") for r in rows]
+    values = [v for v in values if not math.isnan(v)]
+    return max(values) if values else None
 
 
 @dataclass
@@ -47,34 +96,43 @@ class TrainContext:
     """Shared state a hook may read: the experiment, graph, session and progress."""
 
     experiment: Experiment
-    graph: Graph
+    graph: Any  # mnistctl.model.Graph
     session: Any
     total_steps: int
     start_step: int = 0
     step: int = 0
-    best_accuracy: float = -1.0  # of the selection metric: validation if held out, else test
-    best_step: int = 0
+    best: EvalRecord | None = None  # the best evaluation so far (see best_row)
     last: EvalRecord | None = None
     run_dir: Any = None  # the run directory (a Path), for hooks that draw from its files
     data: Any = None  # the Dataset being trained on
     last_test: Any = None  # the latest test-set Evaluation (predictions, probabilities)
+    last_batch: np.ndarray | None = None  # indices of the last training batch
     # Where the training steps' time goes: inside session.run vs picking batches + hooks.
     session_s: float = 0.0
     steps_s: float = 0.0
+
+    @property
+    def best_step(self) -> int:
+        return self.best.step if self.best else 0
+
+    @property
+    def best_accuracy(self) -> float:
+        """The best evaluation's value of the selection metric (NaN before the first)."""
+        return getattr(self.best, self.experiment.selection_metric) if self.best else math.nan
 
 
 class Hook:
     """Override what you need; every method is a no-op by default."""
 
     def begin(self, ctx: TrainContext) -> None:
-        """Before the first step (after variables are initialised or restored)."""
+        """Before the first step (after variables are initialised or restored); forget what
+        was kept after ``ctx.start_step``."""
 
     def after_step(self, ctx: TrainContext) -> None:
         """After every step; ``ctx.step`` steps are done. Must be cheap."""
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        """After each evaluation; ``improved`` when the selection accuracy (validation when
-        there is a validation set, else test) is the best so far."""
+        """After each evaluation; ``improved`` when it is the best so far (see ``best_row``)."""
 
-    def end(self, ctx: TrainContext, status: str) -> None:
-        """Once, with ``completed``, ``interrupted``, ``diverged`` or ``failed``."""
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        """Once, with how training ended: completed, interrupted, diverged or failed."""

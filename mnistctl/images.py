@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,3 +98,12 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
 def preprocess(data: bytes, name: str = "image") -> np.ndarray:
     """Bytes of a picture -> float32 [28, 28] in [0, 1], MNIST-style."""
     return to_mnist(load_image(data, name), name)
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """A picture file, prepared as :func:`preprocess` does; ImageError names the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read: {error.strerror}") from None
+    return preprocess(data, str(path))

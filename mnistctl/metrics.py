@@ -10,16 +10,20 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnistctl.files import write_atomic
 from mnistctl.hooks import FIELDS, EvalRecord, Hook, TrainContext
 
+if TYPE_CHECKING:
+    from mnistctl.runs import Status
+
 
 class CsvWriter(Hook):
-    """Appends one row per evaluation to ``metrics.csv``."""
+    """Appends one row per evaluation to ``metrics.csv`` (on a resume, after dropping the rows
+    past the checkpoint)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -27,6 +31,7 @@ class CsvWriter(Hook):
         self._writer: csv.DictWriter | None = None
 
     def begin(self, ctx: TrainContext) -> None:
+        truncate_metrics(self.path, ctx.start_step)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
@@ -38,7 +43,7 @@ class CsvWriter(Hook):
         self._writer.writerow({k: _fmt(v) for k, v in record.as_row().items()})
         self._file.flush()
 
-    def end(self, ctx: TrainContext, status: str) -> None:
+    def end(self, ctx: TrainContext, status: Status) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -126,7 +131,7 @@ class TensorBoardWriter(Hook):
             bucket=[float(c) for c in counts],
         )
 
-    def end(self, ctx: TrainContext, status: str) -> None:
+    def end(self, ctx: TrainContext, status: Status) -> None:
         if self._writer is not None:
             self._writer.close()
 
@@ -158,11 +163,9 @@ class DistributionWriter(Hook):
         self.path = path
 
     def begin(self, ctx: TrainContext) -> None:
-        if not self.path.exists():
-            self._write([])
-        self.activations = any(layer.batch_norm for layer in ctx.experiment.model.layers)
-        if ctx.start_step:  # a resume redoes the rows after its checkpoint
-            self._write([r for r in read_rows(self.path) if float(r["step"]) <= ctx.start_step], mode="w")
+        self.activations = any(layer.normalised for layer in ctx.experiment.model.layers)
+        kept = [r for r in read_rows(self.path) if _step(r) <= ctx.start_step]
+        self._write(kept, mode="w")
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         g = ctx.graph
@@ -184,6 +187,13 @@ class DistributionWriter(Hook):
             if new:
                 writer.writeheader()
             writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+
+
+def _step(row: dict[str, str]) -> float:
+    try:
+        return float(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf  # a torn line: never kept
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -222,14 +232,10 @@ class PredictionWriter(Hook):
         if improved:
             self.best = (record.step, ctx.last_test.predictions.astype(np.uint8))
 
-    def end(self, ctx: TrainContext, status: str) -> None:
-        if ctx.last_test is None or status not in ("completed", "interrupted"):
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        if ctx.last_test is None or ctx.last_batch is None or not status.checkpointed_at_end:
             return
-        from mnistctl.data import BatchOrder
-
-        data, g = ctx.data, ctx.graph
-        order = BatchOrder(len(data.train_images), ctx.experiment.train.batch_size, ctx.experiment.train.seed)
-        batch = order.indices(max(ctx.step - 1, 0))
+        data, g, batch = ctx.data, ctx.graph, ctx.last_batch
         train_predictions = ctx.session.run(g.predictions, {g.images: data.train_images[batch]})
         best_step, best = self.best if self.best else (ctx.last.step, ctx.last_test.predictions)
         buffer = io.BytesIO()

@@ -7,8 +7,7 @@ training loop, evaluation and export need.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mnistctl._tf import tf
@@ -21,9 +20,11 @@ from mnistctl.config import (
     Experiment,
     InitConfig,
     LayerConfig,
+    MaxPoolLayer,
     OptimizerConfig,
     SgdConfig,
 )
+from mnistctl.loop import NONFINITE_LOSS
 from mnistctl.registry import Registry
 from mnistctl.schedules import Constant, Exponential
 
@@ -176,6 +177,11 @@ def build_conv(x: tf.Tensor, layer: ConvLayer, ctx: LayerContext) -> tf.Tensor:
     return _bias_norm_activate(x, layer, ctx)
 
 
+@LAYER_BUILDERS.register("maxpool")
+def build_maxpool(x: tf.Tensor, layer: MaxPoolLayer, ctx: LayerContext) -> tf.Tensor:
+    return tf.nn.max_pool2d(x, layer.size, layer.step, layer.padding.upper())
+
+
 @OPTIMIZER_BUILDERS.register("sgd")
 def build_sgd(cfg: SgdConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:
     return v1.train.GradientDescentOptimizer(learning_rate)
@@ -271,7 +277,7 @@ def build_graph(exp: Experiment) -> Graph:
             SCHEDULE_BUILDERS.get(exp.schedule.tag)(exp.schedule, global_step), "learning_rate"
         )
         # A non-finite loss fails the step inside TensorFlow: no per-step fetch is needed to notice.
-        checked = tf.debugging.check_numerics(loss, "the loss is not a finite number")
+        checked = tf.debugging.check_numerics(loss, NONFINITE_LOSS)
         optimizer = build_optimizer(exp.optimizer, learning_rate)
         # Batch-norm moving averages must update with every training step.
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
@@ -352,19 +358,6 @@ def _swap(a: Sequence[tf.Variable], b: Sequence[tf.Variable]) -> tf.Operation:
         loaded = [v.assign(w) for v, w in zip(a, b, strict=True)]
     with tf.control_dependencies(loaded):
         return tf.group([w.assign(s) for w, s in zip(b, spares, strict=True)])
-
-
-@contextmanager
-def averaged_weights(session: v1.Session, g: Graph) -> Iterator[None]:
-    """Inside, the model computes with its weights' moving averages (when it keeps them)."""
-    if g.swap_averages is None:
-        yield
-        return
-    session.run(g.swap_averages)
-    try:
-        yield
-    finally:
-        session.run(g.swap_averages)
 
 
 def checkpoint_names(variables: Sequence[tf.Variable], averaged: bool) -> dict[str, tf.Variable]:

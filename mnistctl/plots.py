@@ -21,13 +21,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mnistctl.compare import compare
-from mnistctl.data import load_dataset
+from mnistctl.data import load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.metrics import read_distributions, read_metrics, read_predictions
 from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, PREDICTIONS_FILE, Run
 
-FORMATS = (".png", ".svg", ".html")
-TRAIN_COLOR, TEST_COLOR = "#1f77b4", "#d62728"
+FORMATS = (".png", ".svg", ".html")  # what save() writes, by the file's suffix
+TRAIN_COLOR, TEST_COLOR, VALIDATION_COLOR = "#1f77b4", "#d62728", "#2ca02c"
 WRONG = np.array([0.85, 0.1, 0.1])
 
 
@@ -43,13 +43,11 @@ def dashboard(run: Run) -> Figure:
     distributions = read_distributions(run.path / DISTRIBUTIONS_FILE)
     predictions = read_predictions(run.path / PREDICTIONS_FILE)
     exp = run.experiment()
-    data = None
-    if predictions is not None:
-        data = load_dataset(exp.data.dataset).subset(exp.data.train_size, exp.data.test_size)
+    data = load_experiment_data(exp) if predictions is not None else None
 
     fig, axes = plt.subplots(2, 3, figsize=(18, 10.5), layout="constrained")
     fig.suptitle(f"{run.name}  ({run.status}, {exp.description or exp.name})", fontsize=13)
-    _accuracy_panel(axes[0, 0], rows)
+    _accuracy_panel(axes[0, 0], rows, run.best(rows), exp.selection_metric)
     _loss_panel(axes[0, 1], rows)
     second = "activations" if "activations" in distributions else "biases"
     _percentile_panel(axes[1, 0], distributions.get("weights"), "weights")
@@ -81,21 +79,27 @@ def dashboard(run: Run) -> Figure:
     return fig
 
 
-def _accuracy_panel(ax: Axes, rows: list[dict[str, float]]) -> None:
+def _accuracy_panel(
+    ax: Axes, rows: list[dict[str, float]], best: dict[str, float] | None, metric: str
+) -> None:
     steps = np.array([r["step"] for r in rows])
     train = np.array([r["train_accuracy"] for r in rows])
     test = np.array([r["test_accuracy"] for r in rows])
     ax.plot(steps, train, color=TRAIN_COLOR, lw=1.2, label="train (mini-batches)")
     ax.plot(steps, test, color=TEST_COLOR, lw=1.6, label="test")
-    best = int(np.argmax(test))
-    ax.plot(
-        steps[best],
-        test[best],
-        "o",
-        color="black",
-        ms=6,
-        label=f"best test {test[best]:.4f} @ {int(steps[best])}",
-    )
+    if metric == "validation_accuracy":
+        validation = np.array([r["validation_accuracy"] for r in rows])
+        ax.plot(steps, validation, color=VALIDATION_COLOR, lw=1.2, label="validation")
+    if best is not None:  # the run's best evaluation: its checkpoint is what eval and export use
+        chosen = "by validation" if metric == "validation_accuracy" else "by test"
+        ax.plot(
+            best["step"],
+            best["test_accuracy"],
+            "o",
+            color="black",
+            ms=6,
+            label=f"best ({chosen}): test {best['test_accuracy']:.4f} @ {int(best['step'])}",
+        )
     ax.axhline(0.99, color="gray", ls="--", lw=0.8, label="99%")
     tail = test[len(test) // 10 :] if len(test) > 10 else test
     ax.set_ylim(max(0.0, min(0.9, float(tail.min()) - 0.01)), 1.0)
@@ -255,13 +259,19 @@ def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
     return fig
 
 
-def save(fig: Figure, out: Path) -> Path:
-    """Write a figure as PNG, SVG or a self-contained HTML page (by the file's suffix)."""
+def check_figure_path(out: Path) -> None:
+    """Refuse an output file whose format ``save`` cannot write, before any work is done."""
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise PlotError(
             f"{out}: unsupported format {suffix or '(none)'}; expected one of: {', '.join(FORMATS)}"
         )
+
+
+def save(fig: Figure, out: Path) -> Path:
+    """Write a figure as PNG, SVG or a self-contained HTML page (by the file's suffix)."""
+    check_figure_path(out)
+    suffix = out.suffix.lower()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".html":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mnistctl.config import Experiment, flatten, load_config, to_dict
 from mnistctl.files import write_atomic
-from mnistctl.hooks import Hook
+from mnistctl.hooks import Hook, best_row
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import METRICS_FILE, Run, find_runs
 
@@ -39,6 +39,7 @@ PUBLISHED: dict[str, tuple[float, str]] = {
     "batchnorm_conv": (0.9955, "0.9952-0.9958"),
 }
 WALKTHROUGH = tuple(PUBLISHED)
+FASHION = ("conv", "conv_dropout", "record")  # the configs worth a Fashion-MNIST row
 ONE_SEED_AFTER_S = 300.0  # a config whose first run takes longer gets only that one seed
 
 # Keys added to the schema after the ledger began, with their defaults.
@@ -83,34 +84,42 @@ def read_ledger(path: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(f) if row.get("config")]
 
 
+def default_configs(dataset: str, configs_dir: Path = Path("configs")) -> list[Path]:
+    """The configs ``reproduce`` trains when none are named: the walk-through's, or on
+    Fashion-MNIST the convolutional ones and the record."""
+    names = WALKTHROUGH if dataset == "mnist" else FASHION
+    return [configs_dir / f"{name}.yaml" for name in names]
+
+
 def summarize_run(run: Run, config: str, seed: int, sha: str) -> dict[str, object]:
     """A ledger row from a finished run's files."""
     rows = read_metrics(run.path / METRICS_FILE)
-    best = max(rows, key=lambda r: r["test_accuracy"])
+    # The walk-through's measure: the highest test accuracy seen, and where (the first time).
+    peak = best_row(rows, "test_accuracy")
     first_99 = next((int(r["step"]) for r in rows if r["test_accuracy"] >= 0.99), "")
-    meta = run.meta
-    machine = meta.get("machine", {})
+    record = run.record
     return {
         "config": config,
         "seed": seed,
         "config_sha": sha,
         "steps": int(rows[-1]["step"]),
-        "max_test_accuracy": f"{best['test_accuracy']:.4f}",
-        "max_step": int(best["step"]),
+        "max_test_accuracy": f"{peak['test_accuracy']:.4f}",
+        "max_step": int(peak["step"]),
         "final_test_accuracy": f"{rows[-1]['test_accuracy']:.4f}",
         "first_99_step": first_99,
-        "wall_s": f"{meta.get('wall_s', 0):.1f}",
-        "images_per_s": f"{(meta.get('timing') or {}).get('images_per_s') or 0:.0f}",
-        "cpu": machine.get("processor", ""),
-        "cores": machine.get("cores", ""),
-        "tensorflow": (meta.get("versions") or {}).get("tensorflow", ""),
-        "finished_at": meta.get("ended_at", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")),
+        "wall_s": f"{record.wall_s or 0:.1f}",
+        "images_per_s": f"{record.timing.images_per_s or 0:.0f}",
+        "cpu": record.machine.get("processor", ""),
+        "cores": record.machine.get("cores", ""),
+        "tensorflow": record.versions.get("tensorflow", ""),
+        "finished_at": record.ended_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "run": run.name,
     }
 
 
 def reproduce(
     configs: Sequence[Path],
+    *,
     seeds: int | None,
     runs_dir: Path,
     docs_dir: Path,
@@ -128,7 +137,7 @@ def reproduce(
     Returns:
         The ledger rows of the configs asked for.
     """
-    from mnistctl.train import resume_experiment, run_experiment  # TensorFlow only when training
+    from mnistctl.experiment import resume_experiment, run_experiment  # TensorFlow only when training
 
     ledger_path = docs_dir / LEDGER
     jobs = [Job(p, s, e, config_sha(e)) for p in configs for s, e in _seeded(p, seeds or 3, overrides)]
@@ -151,9 +160,14 @@ def reproduce(
         else:
             run_name = f"{name.replace('@', '-')}-seed{job.seed}"
             run = run_experiment(
-                job.experiment, runs_dir, run_name, extra_hooks=extra_hooks, log=log, should_stop=should_stop
+                job.experiment,
+                runs_dir=runs_dir,
+                name=run_name,
+                extra_hooks=extra_hooks,
+                log=log,
+                should_stop=should_stop,
             )
-        if run.meta.get("status") != "completed":
+        if not run.record.status.finished:
             break  # interrupted: the run directory keeps it for next time
         _append_ledger(ledger_path, summarize_run(run, name, job.seed, job.sha))
         write_tables(docs_dir)
@@ -177,9 +191,9 @@ def _unfinished_run(runs_dir: Path, name: str, seed: int, sha: str) -> Run | Non
     if not runs_dir.is_dir():
         return None
     for run in reversed(find_runs([runs_dir])):
-        if run.meta.get("name") != name or run.meta.get("seed") != seed:
+        if run.record.name != name or run.record.seed != seed:
             continue
-        if run.status in ("interrupted", "crashed", "resuming") and config_sha(run.experiment()) == sha:
+        if run.status.resumable and config_sha(run.experiment()) == sha:
             return run
     return None
 

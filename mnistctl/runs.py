@@ -10,20 +10,23 @@ Layout of ``runs/<UTC timestamp>-<name>/``::
     checkpoints/     latest/ and best/ TensorFlow checkpoints
     tensorboard/     TensorFlow event files
 
-``run.json`` is rewritten atomically, so a crash never leaves half of it.
+``run.json`` is a :class:`RunRecord`, rewritten atomically, so a crash never leaves half of it;
+keys this version does not know (from a newer mnistctl) are kept as they are.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
-from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
 
 CONFIG_FILE = "config.yaml"
 META_FILE = "run.json"
@@ -55,51 +58,183 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class Status(str, Enum):
+    """How a run stands. Written to run.json as its value; ``crashed`` is never written but
+    read: a run whose record claims a live process that is gone."""
+
+    CREATED = "created"  # the directory exists; training has not begun
+    RESUMING = "resuming"  # a resume is restoring the latest checkpoint
+    RUNNING = "running"
+    COMPLETED = "completed"  # every step trained
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: checkpointed, resumable
+    DIVERGED = "diverged"  # the loss became NaN or infinite
+    FAILED = "failed"  # an error; run.json's ``error`` says which
+    STOPPED = "stopped"  # ended early on purpose (a sweep's scheduler): not resumed
+    CRASHED = "crashed"  # the process died without a word (kill -9, power cut)
+    UNKNOWN = "unknown"  # a value this version does not know
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def claimed(self) -> bool:
+        """A process says it owns the run (alive, unless its process is gone)."""
+        return self in (Status.CREATED, Status.RESUMING, Status.RUNNING)
+
+    @property
+    def finished(self) -> bool:
+        """Trained to its last step and ended cleanly."""
+        return self is Status.COMPLETED
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped part-way by accident, so running it again should continue it."""
+        return self in (Status.INTERRUPTED, Status.CRASHED)
+
+    @property
+    def checkpointed_at_end(self) -> bool:
+        """Ended in a state worth a final checkpoint and predictions."""
+        return self in (Status.COMPLETED, Status.INTERRUPTED, Status.STOPPED)
+
+    @classmethod
+    def parse(cls, value: Any) -> Status:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+@dataclass
+class Timing:
+    """Where a training process's time went."""
+
+    train_s: float | None = None  # the training steps, hooks included, evaluations excluded
+    session_run_s: float | None = None  # inside session.run for those steps
+    loop_overhead_fraction: float | None = None  # batch picking, feeding and hooks, as a share
+    images_per_s: float | None = None
+
+
+@dataclass
+class Resume:
+    """One ``train --resume``."""
+
+    at: str
+    from_step: int
+    changed: list[dict[str, Any]] = field(default_factory=list)  # {"key", "old", "new"}
+
+
+@dataclass
+class RunRecord:
+    """Everything ``run.json`` says about a run."""
+
+    name: str = ""
+    status: Status = Status.CREATED
+    created_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    seed: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    heartbeat: float = 0.0  # time.time() of the last write: a live process writes often
+    git_commit: str | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    parameters: int | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    dataset_sha256: dict[str, str] = field(default_factory=dict)
+    steps_total: int | None = None
+    steps_done: int = 0
+    peak_rss_mb: float | None = None
+    best_step: int | None = None  # of the best evaluation (hooks.best_row), whose checkpoint is kept
+    best_test_accuracy: float | None = None  # test accuracy at best_step
+    best_validation_accuracy: float | None = None  # validation accuracy there (with data.validation)
+    selected_by: str | None = None  # "validation" or "test": what chose best_step
+    final: EvalRecord | None = None  # the last evaluation
+    wall_s: float | None = None
+    timing: Timing = field(default_factory=Timing)
+    resumes: list[Resume] = field(default_factory=list)
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer mnistctl, kept as read
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["status"] = Status.parse(data.get("status"))
+        if isinstance(data.get("final"), dict):
+            values["final"] = EvalRecord.from_row(data["final"])
+        timing = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+        values["timing"] = Timing(**{k: v for k, v in timing.items() if k in Timing.__dataclass_fields__})
+        values["resumes"] = [
+            Resume(r.get("at", ""), int(r.get("from_step", 0)), r.get("changed", []))
+            for r in data.get("resumes") or []
+            if isinstance(r, dict)
+        ]
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data.pop("extra")
+        return {**data, **self.extra}
+
+
 @dataclass
 class Run:
-    """A run directory and its metadata (``run.json``)."""
+    """A run directory and its record (``run.json``)."""
 
     path: Path
-    meta: dict[str, Any]
+    record: RunRecord
+    _experiment: Experiment | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.path.name
 
-    def update(self, **fields: Any) -> None:
-        """Merge fields into run.json and rewrite it atomically; also the heartbeat."""
-        self.meta.update(fields)
-        self.meta["heartbeat"] = time.time()
-        write_atomic(self.path / META_FILE, json.dumps(self.meta, indent=2) + "\n")
+    def update(self, **changes: Any) -> None:
+        """Set fields of the record and rewrite run.json atomically; also the heartbeat."""
+        for key, value in changes.items():
+            if not hasattr(self.record, key) or key == "extra":
+                raise TypeError(f"RunRecord has no field {key!r}")  # a bug, not a user error
+            setattr(self.record, key, value)
+        self.record.heartbeat = time.time()
+        write_atomic(self.path / META_FILE, json.dumps(self.record.to_json(), indent=2) + "\n")
 
     def experiment(self) -> Experiment:
-        """The resolved config this run was trained with."""
-        path = self.path / CONFIG_FILE
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise RunError(f"{path}: cannot read the run's config ({err})") from None
-        return parse_experiment(raw, str(path))
+        """The resolved config this run was trained with (parsed once; no machine checks)."""
+        if self._experiment is None:
+            path = self.path / CONFIG_FILE
+            try:
+                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                raise RunError(f"{path}: cannot read the run's config ({err})") from None
+            self._experiment = parse_experiment(raw, str(path))
+        return self._experiment
 
     @property
-    def status(self) -> str:
-        """The recorded status, with ``crashed`` for a 'running' run whose process is gone."""
-        status = self.meta.get("status", "unknown")
-        if status == "running" and not _alive(self.meta):
-            return "crashed"
+    def status(self) -> Status:
+        """The recorded status, or ``crashed`` when it claims a process that is gone."""
+        status = self.record.status
+        if status.claimed and not _alive(self.record):
+            return Status.CRASHED
         return status
 
+    def best(self, rows: list[dict[str, float]]) -> dict[str, float] | None:
+        """The best of this run's metrics rows, by its experiment's selection metric."""
+        return best_row(rows, self.experiment().selection_metric)
 
-def _alive(meta: dict[str, Any]) -> bool:
-    if meta.get("host") == socket.gethostname() and isinstance(meta.get("pid"), int):
+
+def _alive(record: RunRecord) -> bool:
+    if record.host == socket.gethostname() and isinstance(record.pid, int):
         try:
-            os.kill(meta["pid"], 0)
+            os.kill(record.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
-        return time.time() - float(meta.get("heartbeat", 0)) < 10 * HEARTBEAT_S
-    return time.time() - float(meta.get("heartbeat", 0)) < 3 * HEARTBEAT_S
+        return time.time() - float(record.heartbeat or 0) < 10 * HEARTBEAT_S
+    return time.time() - float(record.heartbeat or 0) < 3 * HEARTBEAT_S
 
 
 def peak_rss_mb() -> float:
@@ -148,10 +283,10 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None) -> Run:
     else:
         raise RunError(f"{runs_dir}: too many runs named {base}")
     write_atomic(path / CONFIG_FILE, dump_yaml(exp))
-    run = Run(path, {})
+    run = Run(path, RunRecord())
     run.update(
         name=exp.name,
-        status="created",
+        status=Status.CREATED,
         created_at=utc_now(),
         seed=exp.train.seed,
         pid=os.getpid(),
@@ -222,7 +357,11 @@ def load_run(path: Path) -> Run:
         raise RunError(f"{meta_path}: unreadable ({err})") from None
     if not isinstance(meta, dict):
         raise RunError(f"{meta_path}: expected a JSON object")
-    return Run(path, meta)
+    try:
+        record = RunRecord.from_json(meta)
+    except (TypeError, ValueError) as err:
+        raise RunError(f"{meta_path}: not a run record ({err})") from None
+    return Run(path, record)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -242,8 +381,17 @@ def find_runs(paths: list[Path]) -> list[Run]:
     return runs
 
 
+def _best_fields(best: EvalRecord | None) -> dict[str, Any]:
+    if best is None:
+        return dict(best_step=None, best_test_accuracy=None, best_validation_accuracy=None)
+    validation = None if math.isnan(best.validation_accuracy) else best.validation_accuracy
+    return dict(
+        best_step=best.step, best_test_accuracy=best.test_accuracy, best_validation_accuracy=validation
+    )
+
+
 class RunRecorder(Hook):
-    """Keeps run.json current: status, progress, best result, and a heartbeat."""
+    """Keeps run.json current: status, progress, best result, timing, and a heartbeat."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -253,7 +401,15 @@ class RunRecorder(Hook):
     def begin(self, ctx: TrainContext) -> None:
         self._started = time.time()
         self._beat = self._started
-        self.run.update(status="running", started_at=utc_now(), pid=os.getpid(), steps_total=ctx.total_steps)
+        self.run.update(
+            status=Status.RUNNING,
+            started_at=utc_now(),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            steps_total=ctx.total_steps,
+            error=None,
+            **_best_fields(ctx.best),  # on a resume: the best of the evaluations kept
+        )
 
     def after_step(self, ctx: TrainContext) -> None:
         now = time.time()
@@ -266,26 +422,24 @@ class RunRecorder(Hook):
         self.run.update(
             steps_done=ctx.step,
             peak_rss_mb=peak_rss_mb(),
-            best_step=ctx.best_step,
-            best_test_accuracy=record.test_accuracy if improved else self.run.meta.get("best_test_accuracy"),
             selected_by="validation" if ctx.experiment.data.validation else "test",
-            final=record.as_row(),
+            final=record,
+            **(_best_fields(record) if improved else {}),
         )
 
-    def end(self, ctx: TrainContext, status: str) -> None:
+    def end(self, ctx: TrainContext, status: Status) -> None:
         steps = ctx.step - ctx.start_step
         self.run.update(
             status=status,
             ended_at=utc_now(),
             steps_done=ctx.step,
             wall_s=time.time() - self._started,
-            timing={
-                "train_s": round(ctx.steps_s, 3),
-                "session_run_s": round(ctx.session_s, 3),
-                # batch picking, feeding and hooks, as a share of the training steps' time
-                "loop_overhead_fraction": round(1 - ctx.session_s / ctx.steps_s, 4) if ctx.steps_s else None,
-                "images_per_s": round(steps * ctx.experiment.train.batch_size / ctx.steps_s, 1)
+            timing=Timing(
+                train_s=round(ctx.steps_s, 3),
+                session_run_s=round(ctx.session_s, 3),
+                loop_overhead_fraction=round(1 - ctx.session_s / ctx.steps_s, 4) if ctx.steps_s else None,
+                images_per_s=round(steps * ctx.experiment.train.batch_size / ctx.steps_s, 1)
                 if ctx.steps_s
                 else None,
-            },
+            ),
         )

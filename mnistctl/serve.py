@@ -72,15 +72,9 @@ def create_app(predictor: Any) -> FastAPI:
             image = await run_in_threadpool(preprocess, body, "upload")
         except ImageError as err:
             raise BadRequest(str(err)) from None
-        (probabilities,) = await run_in_threadpool(predictor.predict, image[None])
-        top = int(np.argmax(probabilities))
-        classes = predictor.info.get("classes") or [str(i) for i in range(10)]
-        return {
-            "class": top,
-            "label": classes[top],
-            "probabilities": [round(float(p), 6) for p in probabilities],
-            "image": np.round(image, 3).tolist(),
-        }
+        probabilities = await run_in_threadpool(predictor.predict, image[None])
+        (result,) = predictor.labelled(probabilities)
+        return {**result, "image": np.round(image, 3).tolist()}
 
     return app
 

@@ -7,7 +7,8 @@ import typing
 import numpy as np
 import pytest
 
-from mnistctl.config import OPTIMIZERS, Activation, load_config, parameter_count
+from mnistctl.config import LAYERS, OPTIMIZERS, Activation, load_config, parameter_count
+from mnistctl.loop import averaged_weights
 from mnistctl.runs import cpu_has_bfloat16
 
 from .conftest import CONFIGS
@@ -27,7 +28,7 @@ def test_graph_matches_the_config(path):
 def test_registries_cover_every_name_the_schema_allows():
     assert set(tf_model.ACTIVATIONS.names()) == set(typing.get_args(Activation))
     assert tf_model.OPTIMIZER_BUILDERS.names() == OPTIMIZERS.names()
-    assert set(tf_model.LAYER_BUILDERS.names()) == {"conv", "dense"}
+    assert tf_model.LAYER_BUILDERS.names() == LAYERS.names() == ["conv", "dense", "maxpool"]
 
 
 def run_steps(exp, steps: int = 5):
@@ -118,12 +119,12 @@ def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
 
 
 def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
-    from mnistctl import train
+    from mnistctl import experiment
 
     said = []
-    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: False)
-    train._check_precision(load_config(CONFIGS / "tiny.yaml", ["train.precision=bfloat16"]), said.append)
-    train._check_precision(load_config(CONFIGS / "tiny.yaml"), said.append)
+    monkeypatch.setattr(experiment, "cpu_has_bfloat16", lambda: False)
+    experiment._check_precision(load_config(CONFIGS / "tiny.yaml", ["train.precision=bfloat16"]), said.append)
+    experiment._check_precision(load_config(CONFIGS / "tiny.yaml"), said.append)
     assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]
 
 
@@ -146,7 +147,7 @@ def test_weight_averages_follow_the_weights_and_swap_in_and_out():
             decay = min(0.3, (1 + step) / (10 + step))
             expected = [decay * e + (1 - decay) * w for e, w in zip(expected, trained, strict=True)]
         plain = session.run(g.probabilities, {g.images: images})
-        with tf_model.averaged_weights(session, g):
+        with averaged_weights(session, g):
             inside = session.run(variables)
             averaged = session.run(g.probabilities, {g.images: images})
         after = session.run(variables)
@@ -162,6 +163,6 @@ def test_without_ema_decay_averaged_weights_changes_nothing():
     with tf_model.make_session(g) as session:
         session.run(g.init_op)
         before = session.run(list(g.weights))
-        with tf_model.averaged_weights(session, g):
+        with averaged_weights(session, g):
             inside = session.run(list(g.weights))
     assert all(np.array_equal(a, b) for a, b in zip(before, inside, strict=True))

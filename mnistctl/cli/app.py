@@ -1,0 +1,87 @@
+"""The ``mnistctl`` command group, the consoles, and the options several commands share.
+
+The CLI is the only part of mnistctl that prints. Every command parses its arguments, calls one
+library function and shows the result; TensorFlow is imported inside the commands that build
+graphs, so ``--help``, ``validate``, ``compare`` and ``data info`` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from mnistctl import __version__
+from mnistctl.config import DATASETS
+from mnistctl.errors import MnistctlError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Group(click.Group):
+    """Turns every MnistctlError into one line on stderr and its exit code: no tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MnistctlError as error:
+            err.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            sys.exit(130)
+        except OSError as error:  # a full disk, a read-only directory: say so, in one line
+            where = f" ({error.filename})" if error.filename else ""
+            err.print(f"[bold red]error:[/] {error.strerror or error}{where}", soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnistctl")
+def main() -> None:
+    """Train, evaluate and compare the networks of the "TensorFlow and deep learning,
+    without a PhD" MNIST walk-through, from YAML configs.
+
+    \b
+    mnistctl train configs/conv_dropout.yaml     train; results go to runs/<time>-<name>/
+    mnistctl eval runs/<run>                     test accuracy, per class, confusion matrix
+    mnistctl compare runs/                       the runs side by side
+    """
+
+
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.steps=2000 --set model.layers[3].dropout=0.5 (repeatable).",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A directory holding the four IDX files (gzipped or not); tried before the cache.",
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
+
+
+def dataset_choice(*extra: str) -> click.Choice:
+    """The datasets the config schema knows (plus ``extra`` choices such as ``all``)."""
+    return click.Choice([*DATASETS, *extra])
+
+
+def logger(quiet: bool) -> Callable[[str], None]:
+    """Where library progress messages go: dim lines on stderr, or nowhere with --quiet."""
+    return (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+
+
+def check_figure_path(path: Path | None) -> None:
+    """Refuse an output format the plots cannot write, before any work (imports matplotlib)."""
+    if path is not None:
+        from mnistctl.plots import check_figure_path as check
+
+        check(path)

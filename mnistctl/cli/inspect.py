@@ -1,0 +1,163 @@
+"""Commands that read: ``validate`` a config, ``eval`` a checkpoint, ``compare`` and ``plot`` runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mnistctl.cli.app import check_figure_path, data_dir_option, err, main, out, set_option
+from mnistctl.compare import FORMATS
+from mnistctl.errors import MnistctlError
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@set_option
+def validate(config: Path, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG and show its layers, output shapes and parameter counts (no TensorFlow)."""
+    from mnistctl.config import check_machine, infer_shapes, load_config
+
+    exp = load_config(config, overrides)
+    check_machine(exp, str(config))
+    table = Table(title=f"{exp.name}: {exp.description}", title_justify="left")
+    for column in ("#", "layer", "output", "parameters"):
+        table.add_column(column, justify="right" if column in ("#", "parameters") else "left")
+    shapes = infer_shapes(exp.model)
+    for i, (layer, shape) in enumerate(zip(exp.model.layers, shapes, strict=True)):
+        table.add_row(str(i), layer.describe(), "x".join(map(str, shape.output)), f"{shape.params:,}")
+    out.print(table)
+    averaged = f" (evaluated as moving averages, decay {exp.model.ema_decay})" if exp.model.ema_decay else ""
+    out.print(
+        f"{sum(s.params for s in shapes):,} parameters{averaged}; optimizer {exp.optimizer.tag}, schedule "
+        f"{exp.schedule.tag}, {exp.train.steps} steps of {exp.train.batch_size} on {exp.data.dataset}: valid"
+    )
+
+
+@main.command("eval")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--gallery", type=click.Path(path_type=Path), help="Draw the misrecognised digits to this PNG/SVG."
+)
+@click.option(
+    "--confusion", type=click.Path(path_type=Path), help="Draw the confusion matrix to this PNG/SVG."
+)
+@data_dir_option
+def eval_(
+    target: Path, as_json: bool, gallery: Path | None, confusion: Path | None, data_dir: Path | None
+) -> None:
+    """Evaluate TARGET on the test set: a run directory (its best checkpoint) or a checkpoint."""
+    from mnistctl.evaluate import evaluate_checkpoint
+
+    check_figure_path(gallery)
+    check_figure_path(confusion)
+    report = evaluate_checkpoint(target, data_dir)
+    if gallery is not None or confusion is not None:
+        import numpy as np
+
+        from mnistctl import plots
+
+        if gallery is not None:
+            figure = plots.gallery(report.images, report.labels, report.predictions, report.confidence)
+            err.print(f"gallery: {plots.save(figure, gallery)}")
+        if confusion is not None:
+            figure = plots.confusion_figure(np.array(report.confusion), report.classes)
+            err.print(f"confusion matrix: {plots.save(figure, confusion)}")
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    out.print(f"run: {report.run}\ncheckpoint: {report.checkpoint} (step {report.step})")
+    out.print(
+        f"test accuracy: [bold]{report.test_accuracy:.4f}[/]  loss: {report.test_loss:.4f}  "
+        f"({report.count:,} {report.dataset} test images)"
+    )
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table.add_column("true")
+    for i in range(len(report.classes)):
+        table.add_column(str(i), justify="right")
+    table.add_column("accuracy", justify="right")
+    for i, row in enumerate(report.confusion):
+        cells = [
+            f"[green]{n}[/]" if j == i else (f"[red]{n}[/]" if n else "[dim]0[/]") for j, n in enumerate(row)
+        ]
+        table.add_row(
+            f"{i} {report.classes[i]}" if report.classes[i] != str(i) else str(i),
+            *cells,
+            f"{report.per_class_accuracy[i]:.4f}",
+        )
+    out.print(table)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+)
+@click.option("--sort", "sort_key", metavar="KEY", help="Sort by this column (e.g. best_test_accuracy).")
+@click.option("--reverse", is_flag=True, help="Sort in descending order.")
+def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bool) -> None:
+    """Compare runs: results, then the config keys that differ. PATHS are run directories or
+    directories of runs (default: runs/)."""
+    from mnistctl.compare import cell, render
+    from mnistctl.compare import compare as compare_runs
+    from mnistctl.runs import find_runs
+
+    runs = find_runs(list(paths) or [Path("runs")])
+    if not runs:
+        raise MnistctlError(f"no runs found in {', '.join(map(str, paths or ['runs']))}")
+    columns, rows = compare_runs(runs, sort_key, reverse)
+    if fmt != "table":
+        click.echo(render(columns, rows, fmt))
+        return
+    cells = [[cell(row.get(c), c) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) + 3 for i, c in enumerate(columns)]
+    if sum(widths) <= out.width:
+        table = Table()
+        for column in columns:
+            table.add_column(column)
+        for row_cells in cells:
+            table.add_row(*row_cells)
+    else:  # too wide for the terminal: one column per run instead of one row per run
+        table = Table(show_header=False)
+        table.add_column(no_wrap=True)
+        for _ in rows:
+            table.add_column(overflow="fold")
+        for i, column in enumerate(columns):
+            table.add_row(f"[bold]{column}[/]", *(r[i] for r in cells))
+    out.print(table)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    help="PNG, SVG or HTML file (default: RUN_DIR/dashboard.png).",
+)
+@click.option("--compare", "overlay", is_flag=True, help="Overlay the test curves of several runs.")
+def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool) -> None:
+    """Draw the walk-through's dashboard for a run, or --compare several runs' test curves.
+
+    RUN_DIRS are run directories, or directories of runs.
+    """
+    from mnistctl.runs import find_runs
+
+    runs = find_runs(list(run_dirs))
+    if not runs:
+        raise MnistctlError(f"no runs found in {', '.join(map(str, run_dirs))}")
+    check_figure_path(out_file)
+    from mnistctl import plots
+
+    if overlay or len(runs) > 1:
+        written = plots.save(plots.compare_figure(runs), out_file or Path("comparison.png"))
+    else:
+        written = plots.save(plots.dashboard(runs[0]), out_file or runs[0].path / "dashboard.png")
+    out.print(f"wrote {written}")

@@ -1,0 +1,79 @@
+"""Commands that take a trained model to production: ``export``, ``predict``, ``serve``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mnistctl.cli.app import main, out
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the SavedModel."
+)
+@click.option("--force", is_flag=True, help="Replace an existing export.")
+def export(target: Path, out_dir: Path, force: bool) -> None:
+    """Export TARGET (a run directory's best checkpoint, or a checkpoint) as a TensorFlow SavedModel
+    (tag serve, signature serving_default): the format TensorFlow Serving loads."""
+    from mnistctl.export import export_saved_model
+
+    info = export_saved_model(target, out_dir, overwrite=force)
+    out.print(f"exported {info['run_name']} step {info['step']} to {out_dir}")
+    out.print(
+        "input: images float32 [N, 28, 28, 1] in [0, 1]; outputs: probabilities [N, 10], classes [N]; "
+        f"try: saved_model_cli show --dir {out_dir} --all"
+    )
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
+    """Classify your own digit pictures (PNG, JPEG, ...) with SOURCE, a run directory or an export.
+
+    Each picture is turned into an MNIST-style input first: grayscale, dark-on-light inverted,
+    cropped to the ink, scaled into 20x20 and centred by its centre of mass in 28x28.
+    """
+    import numpy as np
+
+    from mnistctl.images import read_image_file
+
+    inputs = [read_image_file(path) for path in images]  # every file is checked before the model loads
+    from mnistctl.export import Predictor
+
+    predictor = Predictor(source)
+    results = predictor.labelled(predictor.predict(np.stack(inputs)))
+    results = [{"file": str(path), **result} for path, result in zip(images, results, strict=True)]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    classes = predictor.classes
+    for r in results:
+        top = max(r["probabilities"])
+        ranked = sorted(range(len(classes)), key=lambda i: -r["probabilities"][i])[1:3]
+        others = ", ".join(f"{classes[i]} {r['probabilities'][i]:.1%}" for i in ranked)
+        out.print(f"{r['file']}: [bold]{r['label']}[/] ({top:.1%}; then {others})")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+def serve(source: Path, host: str, port: int) -> None:
+    """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
+    image upload, and a page where you draw a digit."""
+    from mnistctl.export import Predictor
+    from mnistctl.serve import serve as run_server
+
+    predictor = Predictor(source)
+    out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")
+    out.print(
+        f'  POST http://{host}:{port}/v1/models/mnist:predict  {{"instances": [28x28x1 floats in 0..1, ...]}}'
+    )
+    out.print(f"  POST http://{host}:{port}/predict  (body: a PNG or JPEG, Content-Type: image/png)")
+    run_server(predictor, host, port)

@@ -1,0 +1,154 @@
+"""What a terminal shows while training: a live progress view (a hook), the ``--watch``
+dashboard redraw (a hook), and the guard that turns Ctrl-C into a clean stop."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from mnistctl.cli.app import err
+from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.runs import Status
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 16) -> str:
+    """A tiny unicode chart of the last ``width`` values."""
+    values = [v for v in values[-width:] if v == v]  # drop NaN
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
+
+
+class ProgressView(Hook):
+    """A live progress bar with the latest metrics and sparklines, or one line per evaluation
+    when the output is not a terminal (CI, pipes). ``quiet`` silences both."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self.screen: Live | None = None
+        self.task = None
+        self.accuracies: list[float] = []
+        self.losses: list[float] = []
+
+    def begin(self, ctx: TrainContext) -> None:
+        if not self.live:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=None),
+            MofNCompleteColumn(),
+            TextColumn("lr {task.fields[lr]:.5f}  {task.fields[speed]} img/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = self.progress.add_task(
+            ctx.experiment.name,
+            total=ctx.total_steps,
+            completed=ctx.step,
+            lr=ctx.experiment.schedule(ctx.step),
+            speed="-",
+        )
+        self.metrics = Text("waiting for the first evaluation", style="dim", overflow="fold")
+        self.screen = Live(Group(self.progress, self.metrics), console=self.console, refresh_per_second=4)
+        self.screen.start()
+
+    def after_step(self, ctx: TrainContext) -> None:
+        if self.progress is not None and (ctx.step % 10 == 0 or ctx.step == ctx.total_steps):
+            self.progress.update(self.task, completed=ctx.step, lr=ctx.experiment.schedule(ctx.step))
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        which = "best val" if ctx.experiment.data.validation else "best"
+        best = f"{which} {ctx.best_accuracy:.4f}@{ctx.best_step}"
+        self.accuracies.append(record.test_accuracy)
+        self.losses.append(record.test_loss)
+        if self.progress is not None:
+            self.metrics.plain = ""
+            self.metrics.style = ""
+            self.metrics.append(f"train acc {record.train_accuracy:.4f} loss {record.train_loss:.4f}   ")
+            self.metrics.append(f"test acc {record.test_accuracy:.4f} ")
+            self.metrics.append(sparkline(self.accuracies), style="green")
+            self.metrics.append(f" loss {record.test_loss:.4f} ")
+            self.metrics.append(sparkline(self.losses), style="red")
+            self.metrics.append(f"   {best}", style="bold")
+            self.progress.update(self.task, speed=f"{record.images_per_s:,.0f}")
+        elif not self.quiet:
+            self.console.print(
+                f"step {record.step}/{ctx.total_steps}  lr {record.learning_rate:.5f}  "
+                f"train acc {record.train_accuracy:.4f} loss {record.train_loss:.4f}  "
+                f"test acc {record.test_accuracy:.4f} loss {record.test_loss:.4f}  "
+                f"{best}  {record.images_per_s:,.0f} img/s"
+            )
+
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        if self.screen is not None:
+            self.screen.stop()
+
+
+class WatchView(Hook):
+    """Redraws RUN_DIR/dashboard.png every ``every`` evaluations (``train --watch N``).
+
+    Only numbers the run already wrote are drawn; no TensorFlow work is added. Drawing takes
+    about a second, which the training waits for.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.evaluations = 0
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        self.evaluations += 1
+        if self.evaluations % self.every == 0:
+            self._draw(ctx)
+
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        if status.checkpointed_at_end and ctx.run_dir is not None:
+            self._draw(ctx)
+
+    def _draw(self, ctx: TrainContext) -> None:
+        from mnistctl import plots
+        from mnistctl.runs import load_run
+
+        plots.save(plots.dashboard(load_run(ctx.run_dir)), ctx.run_dir / "dashboard.png")
+
+
+class StopOnSignal:
+    """First Ctrl-C or SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C: stop now."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> StopOnSignal:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        err.print(
+            f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step and saving a checkpoint"
+        )
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """What the shell expects of a process stopped by this signal (130 for Ctrl-C)."""
+        return 128 + (self.signum or signal.SIGINT)

@@ -1,0 +1,144 @@
+"""Reading YAML safely and applying ``--set key.path=value`` overrides to the raw mapping."""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnistctl.config.parsing import kind
+from mnistctl.errors import MnistctlError
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(MnistctlError):
+    """A config that cannot be used, with the file and key path that make it so."""
+
+
+class _SafeLoaderNoAliases(yaml.SafeLoader):
+    """Refuses YAML aliases: configs never need them, and they make 'billion laughs' bombs."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                "while reading the config",
+                None,
+                "aliases (*name) are not supported in mnistctl configs",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path) -> Any:
+    """Load one YAML document safely, turning every failure into a ConfigError."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return yaml.load(text, Loader=_SafeLoaderNoAliases)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}invalid YAML: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+
+
+def read_mapping(path: Path) -> dict:
+    """A YAML file that must hold a mapping of settings."""
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of settings")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {kind(raw)}")
+    return raw
+
+
+def parse_value(text: str, where: str) -> Any:
+    """A value written on the command line, read as YAML (``3``, ``0.5``, ``[1, 2]``, ``null``)."""
+    try:
+        return yaml.load(text, Loader=_SafeLoaderNoAliases) if text.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: cannot parse the value {text!r}") from None
+
+
+_TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]")
+
+
+def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict[str, str]:
+    """Apply ``key.path=value`` overrides to a raw mapping in place.
+
+    Returns:
+        The canonical key path of each override mapped to its text, to attribute errors.
+    """
+    applied = {}
+    for expression in overrides:
+        key, sep, text = expression.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {expression}: expected key.path=value")
+        tokens = split_key(key.strip(), f"--set {expression}")
+        set_path(raw, tokens, parse_value(text, f"--set {expression}"), f"--set {expression}")
+        applied[join_path(tokens)] = expression
+    return applied
+
+
+def split_key(key: str, where: str) -> list[str | int]:
+    """``model.layers[3].dropout`` -> ``["model", "layers", 3, "dropout"]``."""
+    tokens: list[str | int] = []
+    for part in key.split("."):
+        matches = list(_TOKEN.finditer(part))
+        if not matches or "".join(m.group(0) for m in matches) != part:
+            raise ConfigError(f"{where}: bad key path {key!r}")
+        for m in matches:
+            tokens.append(m.group(1) if m.group(1) else int(m.group(2)))
+    if not isinstance(tokens[0], str):
+        raise ConfigError(f"{where}: bad key path {key!r}")
+    return tokens
+
+
+def join_path(tokens: typing.Sequence[str | int]) -> str:
+    out = ""
+    for t in tokens:
+        out += f"[{t}]" if isinstance(t, int) else (f".{t}" if out else t)
+    return out
+
+
+def set_path(raw: dict, tokens: list[str | int], value: Any, where: str) -> None:
+    """Set the value at a key path inside nested mappings and lists (made as needed)."""
+    node: Any = raw
+    for i, token in enumerate(tokens):
+        last = i == len(tokens) - 1
+        parent = join_path(tokens[:i]) or "(top level)"
+        if isinstance(token, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"{where}: {parent} is not a list")
+            if not -len(node) <= token < len(node):
+                raise ConfigError(f"{where}: {parent} has {len(node)} entries")
+            if last:
+                node[token] = value
+            else:
+                node = node[token]
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {parent} is not a mapping")
+            if last:
+                node[token] = value
+            else:
+                node = node.setdefault(token, {})

@@ -1,0 +1,249 @@
+"""One experiment in one run directory: set up, train with hooks, record how it ended.
+
+``run_experiment`` and ``resume_experiment`` are the single run that everything else calls:
+``mnistctl train``, ``reproduce``, and each trial of a sweep or member of an ensemble. They
+differ only in the hooks they are given: ``default_hooks`` writes the run directory, and
+callers add their own (a progress view, a sweep's reporter) or replace the defaults.
+
+The resume policy (what a resume may change) lives here too, in ``check_changes``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mnistctl.checkpoints import LATEST, CheckpointHook, Checkpoints, latest_in, restore, step_of
+from mnistctl.config import Experiment, apply_to, check_machine, diff_configs, dump_yaml, load_config
+from mnistctl.data import Dataset, load_experiment_data
+from mnistctl.errors import MnistctlError
+from mnistctl.files import write_atomic
+from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
+from mnistctl.loop import fit
+from mnistctl.metrics import CsvWriter, DistributionWriter, PredictionWriter, TensorBoardWriter, read_metrics
+from mnistctl.model import Graph, build_graph, count_parameters, make_session
+from mnistctl.runs import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    DISTRIBUTIONS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TENSORBOARD_DIR,
+    Resume,
+    Run,
+    RunRecorder,
+    Status,
+    cpu_has_bfloat16,
+    create_run,
+    load_run,
+    utc_now,
+)
+
+HookFactory = Callable[[Run, Experiment, Graph], list[Hook]]
+Log = Callable[[str], None]
+
+
+def default_hooks(run: Run, experiment: Experiment, graph: Graph) -> list[Hook]:
+    """The hooks that make a run directory describe itself: run.json, metrics.csv, TensorBoard
+    events, distributions.csv, predictions.npz and the checkpoints."""
+    return [
+        RunRecorder(run),
+        CsvWriter(run.path / METRICS_FILE),
+        TensorBoardWriter(run.path / TENSORBOARD_DIR),
+        DistributionWriter(run.path / DISTRIBUTIONS_FILE),
+        PredictionWriter(run.path / PREDICTIONS_FILE),
+        CheckpointHook(Checkpoints(run.path, graph), experiment.train.checkpoint_every),
+    ]
+
+
+def run_experiment(
+    exp: Experiment,
+    *,
+    runs_dir: Path,
+    name: str | None = None,
+    data_dir: Path | None = None,
+    build_hooks: HookFactory = default_hooks,
+    extra_hooks: Sequence[Hook] = (),
+    log: Log = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Run:
+    """Train an experiment in a new run directory under ``runs_dir``.
+
+    The data is loaded and the graph built before the run directory is made, so a missing
+    dataset leaves nothing behind. Returns the run; its record says how it ended.
+    """
+    check_machine(exp, exp.name)
+    data = load_experiment_data(exp, data_dir=data_dir, log=log)
+    _check_precision(exp, log)
+    g = build_graph(exp)
+    run = create_run(runs_dir, exp, name)
+    run.update(
+        parameters=count_parameters(g),
+        dataset={
+            "name": data.name,
+            "train_images": len(data.train_images),
+            "test_images": len(data.test_images),
+        },
+        dataset_sha256=data.checksums,
+    )
+    _train(run, exp, g, data, hooks=[*build_hooks(run, exp, g), *extra_hooks], should_stop=should_stop)
+    return run
+
+
+class ResumeError(MnistctlError):
+    """A run that cannot be resumed as asked."""
+
+
+# Keys a resume may change. Steps: always (that is how a finished run is extended); the rest
+# only with --force, since they change the results but not the graph's variables.
+ALWAYS_RESUMABLE = ("train.steps", "description")
+RESUMABLE_WITH_FORCE = ("train.", "schedule.", "data.test_size")
+
+
+def check_changes(run_dir: Path, changes: list[dict], force: bool) -> None:
+    """The resume policy: which config changes a resume accepts.
+
+    Raises:
+        ResumeError: listing the keys that may not change (with or without ``force``).
+    """
+    refused = [c for c in changes if not c["key"].startswith(ALWAYS_RESUMABLE)]
+    if not force:
+        if refused:
+            raise ResumeError(
+                f"{run_dir}: the config differs from the run's: {_describe(refused)}; "
+                "resume with the same config, or --force to accept train/schedule changes"
+            )
+        return
+    breaking = [c for c in refused if not c["key"].startswith(RESUMABLE_WITH_FORCE)]
+    if breaking:
+        raise ResumeError(
+            f"{run_dir}: cannot resume with a different model, optimizer or training data: "
+            f"{_describe(breaking)}; start a new run instead"
+        )
+
+
+def _describe(changes: list[dict]) -> str:
+    return ", ".join(f"{c['key']}: {c['old']!r} -> {c['new']!r}" for c in changes)
+
+
+def resume_experiment(
+    run_dir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    config: Path | None = None,
+    force: bool = False,
+    data_dir: Path | None = None,
+    build_hooks: HookFactory = default_hooks,
+    extra_hooks: Sequence[Hook] = (),
+    log: Log = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Run:
+    """Continue a run in place from its latest checkpoint.
+
+    The step counter, learning rate, batch order and dropout masks continue exactly. Nothing is
+    forgotten until the checkpoint is restored; then each hook forgets what it kept after it
+    (the contract in :mod:`mnistctl.hooks`), and those steps are trained again.
+
+    Raises:
+        ResumeError: when the run is still alive, is complete, or its config would change in a
+            way that is not allowed (the message lists the differing keys).
+    """
+    run = load_run(run_dir)
+    if run.status.claimed:
+        raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
+    recorded = run.experiment()
+    source = str(run_dir / CONFIG_FILE)
+    exp = load_config(config, overrides) if config else apply_to(recorded, overrides, source)
+    changes = diff_configs(recorded, exp)
+    check_changes(run_dir, changes, force)
+    check_machine(exp, source)
+    checkpoint = latest_in(run.path / CHECKPOINT_DIR / LATEST)
+    step = step_of(checkpoint) if checkpoint else 0
+    if step >= exp.train.steps:
+        raise ResumeError(
+            f"{run_dir}: already trained {step} of {exp.train.steps} steps; "
+            f"extend it with --set train.steps=N (N > {step})"
+        )
+    data = load_experiment_data(exp, data_dir=data_dir, log=log)
+    _check_precision(exp, log)
+    g = build_graph(exp)
+    run.update(status=Status.RESUMING, error=None, pid=os.getpid(), host=socket.gethostname())
+    log(f"resuming {run.name} from step {step}" + (f" ({_describe(changes)})" if changes else ""))
+
+    def record_resume(restored: int) -> None:
+        write_atomic(run.path / CONFIG_FILE, dump_yaml(exp))
+        run.update(resumes=[*run.record.resumes, Resume(utc_now(), restored, changes)])
+
+    _train(
+        run,
+        exp,
+        g,
+        data,
+        hooks=[*build_hooks(run, exp, g), *extra_hooks],
+        should_stop=should_stop,
+        checkpoint=checkpoint,
+        on_restored=record_resume,
+    )
+    return run
+
+
+def _check_precision(exp: Experiment, log: Log) -> None:
+    if exp.train.precision == "bfloat16" and not cpu_has_bfloat16():
+        log(
+            "warning: train.precision is bfloat16 but this CPU has neither AVX512_BF16 nor AMX; "
+            "it will be emulated and slower than float32"
+        )
+
+
+def _train(
+    run: Run,
+    exp: Experiment,
+    g: Graph,
+    data: Dataset,
+    *,
+    hooks: Sequence[Hook],
+    should_stop: Callable[[], bool],
+    checkpoint: str | None = None,
+    on_restored: Callable[[int], None] = lambda step: None,
+) -> None:
+    """Train ``g`` inside ``run``, from scratch or from ``checkpoint``, recording how it ended.
+
+    A failure before training begins (a damaged checkpoint, say) leaves the run's files as they
+    were and its status ``failed`` with the reason; once the hooks have begun, they record it.
+    """
+    try:
+        with make_session(g) as session:
+            if checkpoint:
+                step = restore(session, g, checkpoint)
+                on_restored(step)
+            else:
+                session.run(g.init_op)
+                step = 0
+            g.graph.finalize()  # nothing may add ops inside the loop (a classic TF1 slowdown)
+            kept = [
+                EvalRecord.from_row(r) for r in read_metrics(run.path / METRICS_FILE) if r["step"] <= step
+            ]
+            ctx = TrainContext(
+                exp,
+                g,
+                session,
+                total_steps=exp.train.steps,
+                start_step=step,
+                run_dir=run.path,
+                best=best_row(kept, exp.selection_metric),
+            )
+            fit(ctx, data, hooks, should_stop=should_stop)
+    except KeyboardInterrupt:
+        if run.record.status.claimed:  # before the hooks began: nothing was changed
+            run.update(status=Status.INTERRUPTED)
+        raise
+    except MnistctlError as err:
+        if run.record.status.claimed:
+            run.update(status=Status.FAILED)
+        run.update(error=str(err))
+        raise
+    except Exception as err:
+        run.update(status=Status.FAILED, error=f"{type(err).__name__}: {err}")
+        raise
