@@ -25,6 +25,30 @@ def test_graph_matches_the_config(path):
     assert g.images.shape.as_list() == [None, 28, 28]
 
 
+POOLED = """
+model:
+  layers:
+    - {type: conv, filters: 8, kernel: 3, padding: valid}
+    - {type: maxpool, size: 2}
+    - {type: conv, filters: 4, kernel: 3, batch_norm: true}
+    - {type: maxpool, size: 3, stride: 2, padding: same}
+    - {type: dense, units: 10, activation: softmax}
+"""
+
+
+def test_a_maxpool_layer_is_one_schema_class_and_one_builder(write_config):
+    from mnistctl.config import infer_shapes
+
+    exp = load_config(write_config(POOLED))
+    shapes = infer_shapes(exp.model)
+    assert [s.output for s in shapes] == [(26, 26, 8), (13, 13, 8), (13, 13, 4), (7, 7, 4), (10,)]
+    assert [s.params for s in shapes] == [9 * 8 + 8, 0, 9 * 8 * 4 + 3 * 4, 0, 196 * 10 + 10]
+    assert exp.model.layers[3].describe() == "maxpool 3x3 stride 2 same"
+    g = tf_model.build_graph(exp)
+    assert [h.shape.as_list()[1:] for h in g.hidden] == [list(s.output) for s in shapes[:-1]]
+    assert tf_model.count_parameters(g) == parameter_count(exp.model)
+
+
 def test_registries_cover_every_name_the_schema_allows():
     assert set(tf_model.ACTIVATIONS.names()) == set(typing.get_args(Activation))
     assert tf_model.OPTIMIZER_BUILDERS.names() == OPTIMIZERS.names()
@@ -103,29 +127,6 @@ def test_bfloat16_precision_rewrites_the_graph_and_stays_deterministic():
     if cpu_has_bfloat16():  # elsewhere TensorFlow may leave the graph in float32
         assert first != full  # bfloat16 rounding shows: the rewrite took effect
     assert abs(first[-1] - full[-1]) < 0.1 * full[0]
-
-
-def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
-    from mnistctl import runs
-
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n")
-    monkeypatch.setattr(runs, "CPUINFO", info)
-    assert runs.cpu_model() == "Some CPU" and runs.cpu_has_bfloat16()
-    info.write_text("model name\t: Other\nflags\t\t: fpu avx2 avx512f\n")
-    assert not runs.cpu_has_bfloat16()
-    monkeypatch.setattr(runs, "CPUINFO", tmp_path / "missing")
-    assert runs.cpu_model() and not runs.cpu_has_bfloat16()
-
-
-def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
-    from mnistctl import experiment
-
-    said = []
-    monkeypatch.setattr(experiment, "cpu_has_bfloat16", lambda: False)
-    experiment._check_precision(load_config(CONFIGS / "tiny.yaml", ["train.precision=bfloat16"]), said.append)
-    experiment._check_precision(load_config(CONFIGS / "tiny.yaml"), said.append)
-    assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]
 
 
 def test_weight_averages_follow_the_weights_and_swap_in_and_out():

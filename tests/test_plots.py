@@ -120,26 +120,3 @@ def test_sparkline():
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
     assert sparkline([1, 1, 1]) == "▁▁▁"
     assert sparkline([]) == ""
-
-
-def test_benchmark_worker_runs_a_variant(mnist_cache):
-    """The benchmark's measuring process works (the full benchmark is a script, not a test)."""
-    import json
-    import subprocess
-    import sys
-
-    from .conftest import ROOT
-
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bench.py"),
-        "--worker",
-        "mnistctl",
-        "five_layers_relu",
-    ]
-    result = subprocess.run(
-        [*command, "--steps", "5", "--warmup", "2"], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    assert measured["images_per_s"] > 0 and measured["peak_rss_mb"] > 0

@@ -1,0 +1,137 @@
+"""run_experiment / resume_experiment on a tiny model and real digits: how runs end, what a
+resume forgets and when, one meaning of "best", and old run directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+from mnistctl.config import load_config
+from mnistctl.hooks import Hook, best_row
+from mnistctl.metrics import read_metrics
+from mnistctl.runs import RunRecorder, Status, load_run
+
+from .conftest import CONFIGS
+from .test_runs import OLD_RUN
+
+TINY = CONFIGS / "tiny.yaml"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def files_of(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def validated_run(mnist_cache, tmp_path_factory) -> Path:
+    """100 steps with 200 images held out for validation, evaluated every 10 steps."""
+    runs = tmp_path_factory.mktemp("validated")
+    settings = ["train.steps=100", "train.eval_every=10", "train.checkpoint_every=20", "data.validation=200"]
+    result = invoke("train", TINY, "--runs-dir", runs, *[x for s in settings for x in ("--set", s)], "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = runs.iterdir()
+    return run
+
+
+def test_one_best_step_in_run_json_compare_dashboard_and_eval(validated_run):
+    from mnistctl import plots
+
+    rows = read_metrics(validated_run / "metrics.csv")
+    best = best_row(rows, "validation_accuracy")
+    record = load_run(validated_run).record
+    assert record.selected_by == "validation" and record.best_step == int(best["step"])
+    assert record.best_test_accuracy == pytest.approx(best["test_accuracy"])
+    assert record.best_validation_accuracy == pytest.approx(best["validation_accuracy"])
+
+    (row,) = json.loads(invoke("compare", validated_run, "--format", "json").output)
+    assert row["best_step"] == record.best_step and row["selected_by"] == "validation"
+    assert row["best_test_accuracy"] == pytest.approx(record.best_test_accuracy)
+    assert row["max_test_accuracy"] == max(r["test_accuracy"] for r in rows)  # the walk-through's measure
+
+    report = json.loads(invoke("eval", validated_run, "--json").output)
+    assert report["step"] == record.best_step
+    assert report["test_accuracy"] == pytest.approx(record.best_test_accuracy, abs=1e-6)
+
+    figure = plots.dashboard(load_run(validated_run))
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert any(t.startswith("best (by validation)") and t.endswith(f"@ {record.best_step}") for t in legend)
+
+
+def test_a_failed_restore_leaves_the_files_as_they_were_and_the_status_failed(validated_run, tmp_path):
+    run = tmp_path / "damaged"
+    shutil.copytree(validated_run, run)
+    (data,) = (run / "checkpoints" / "latest").glob("model-100.data-*")
+    data.write_bytes(data.read_bytes()[:100])
+    before = files_of(run)
+    result = invoke("train", "--resume", run, "--set", "train.steps=120")
+    assert result.exit_code == 2 and "damaged checkpoint" in result.output
+    record = load_run(run).record
+    assert record.status is Status.FAILED and "damaged checkpoint" in record.error
+    assert not load_run(run).status.resumable  # reproduce will not retry it on every call
+    after = files_of(run)
+    assert after.pop("run.json") != before.pop("run.json")
+    assert after == before  # metrics, distributions, checkpoints, config: untouched
+    assert record.resumes == []
+
+
+def test_a_hook_that_fails_to_begin_leaves_a_failed_run_not_a_running_one(mnist_cache, tmp_path):
+    from mnistctl.experiment import run_experiment
+
+    class Broken(Hook):
+        def begin(self, ctx):
+            raise OSError(28, "No space left on device")
+
+    exp = load_config(TINY, ["train.steps=20"])
+    with pytest.raises(OSError):
+        run_experiment(exp, runs_dir=tmp_path, extra_hooks=[Broken()])
+    (run_dir,) = tmp_path.iterdir()
+    run = load_run(run_dir)
+    assert run.status is Status.FAILED and "No space left on device" in run.record.error
+    assert run.record.ended_at is not None  # the run recorder ended too
+
+
+def test_the_default_hooks_can_be_replaced(mnist_cache, tmp_path):
+    """A sweep trial or a benchmark is run_experiment with other hooks."""
+    from mnistctl.experiment import run_experiment
+
+    seen = []
+
+    class Report(Hook):
+        def after_eval(self, ctx, record, improved):
+            seen.append(record.step)
+
+    exp = load_config(TINY, ["train.steps=20", "train.eval_every=10"])
+    run = run_experiment(exp, runs_dir=tmp_path, build_hooks=lambda run, exp, g: [RunRecorder(run), Report()])
+    assert run.record.status is Status.COMPLETED and seen == [10, 20]
+    assert sorted(p.name for p in run.path.iterdir()) == ["config.yaml", "run.json"]
+
+
+def test_a_run_from_before_the_redesign_evaluates_plots_and_resumes(mnist_cache, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(OLD_RUN, run)
+    report = json.loads(invoke("eval", run, "--json").output)
+    assert report["step"] == 20 and report["test_accuracy"] == pytest.approx(0.368)
+    assert invoke("plot", run, "--out", tmp_path / "old.png").exit_code == 0
+    result = invoke("train", "--resume", run, "--set", "train.steps=30", "-q")
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [10, 20, 30]
+    record = load_run(run).record
+    assert record.status is Status.COMPLETED and [r.from_step for r in record.resumes] == [20]
+
+
+def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
+    from mnistctl import experiment
+
+    said = []
+    monkeypatch.setattr(experiment, "cpu_has_bfloat16", lambda: False)
+    experiment._check_precision(load_config(TINY, ["train.precision=bfloat16"]), said.append)
+    experiment._check_precision(load_config(TINY), said.append)
+    assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]

@@ -1,0 +1,91 @@
+"""The run record: a typed run.json, the status and its questions, runs from before the redesign."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mnistctl.hooks import EvalRecord
+from mnistctl.runs import RunRecord, Status, Timing, load_run
+
+OLD_RUN = Path(__file__).parent / "data" / "run-before-redesign"  # written by mnistctl 1c78572
+
+
+def test_a_run_from_before_the_redesign_loads_as_a_typed_record():
+    run = load_run(OLD_RUN)
+    record = run.record
+    assert record.status is Status.COMPLETED and run.status is Status.COMPLETED
+    assert record.name == "tiny" and record.seed == 0 and record.parameters == 12770
+    assert record.steps_total == record.steps_done == 20 and record.best_step == 20
+    assert isinstance(record.final, EvalRecord) and record.final.step == 20
+    assert record.final.validation_accuracy == pytest.approx(0.325)
+    assert isinstance(record.timing, Timing) and record.timing.images_per_s == pytest.approx(3981.4)
+    assert record.selected_by == "validation" and record.best_validation_accuracy is None  # not kept then
+    assert run.experiment().selection_metric == "validation_accuracy"
+
+
+def test_the_record_round_trips_and_keeps_keys_it_does_not_know(tmp_path):
+    data = json.loads((OLD_RUN / "run.json").read_text())
+    data["from_the_future"] = {"x": 1}
+    record = RunRecord.from_json(data)
+    assert record.extra == {"from_the_future": {"x": 1}}
+    written = record.to_json()
+    assert written["from_the_future"] == {"x": 1} and written["status"] == "completed"
+    assert RunRecord.from_json(written) == record
+    assert json.loads(json.dumps(written)) == written  # plain JSON: no enums or dataclasses left
+
+
+def test_update_writes_run_json_and_refuses_unknown_fields(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run_dir)
+    run = load_run(run_dir)
+    run.update(status=Status.INTERRUPTED, steps_done=12)
+    again = json.loads((run_dir / "run.json").read_text())
+    assert again["status"] == "interrupted" and again["steps_done"] == 12 and again["heartbeat"] > 0
+    with pytest.raises(TypeError, match="no field 'stauts'"):
+        run.update(stauts="completed")
+
+
+@pytest.mark.parametrize("status", ["created", "resuming", "running"])
+def test_a_claimed_run_whose_process_is_gone_is_crashed(tmp_path, status):
+    run_dir = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run_dir)
+    data = json.loads((run_dir / "run.json").read_text())
+    data.update(status=status, pid=2**22 + 12345, heartbeat=0)  # a pid that does not exist
+    (run_dir / "run.json").write_text(json.dumps(data))
+    run = load_run(run_dir)
+    assert run.record.status == status and run.status is Status.CRASHED and run.status.resumable
+
+
+def test_status_questions():
+    assert [s.value for s in Status if s.claimed] == ["created", "resuming", "running"]
+    assert [s.value for s in Status if s.resumable] == ["interrupted", "crashed"]
+    assert [s.value for s in Status if s.finished] == ["completed"]
+    assert not Status.FAILED.resumable and not Status.STOPPED.resumable  # neither is retried by itself
+    assert Status.parse("no such status") is Status.UNKNOWN and str(Status.RUNNING) == "running"
+
+
+def test_a_run_json_that_is_not_a_record_is_one_error(tmp_path):
+    from mnistctl.runs import RunError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run_dir)
+    (run_dir / "run.json").write_text('{"steps_done": "many", "final": {"step": "x"}}')
+    with pytest.raises(RunError, match=r"run\.json: not a run record"):
+        load_run(run_dir)
+
+
+def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
+    from mnistctl import runs
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n")
+    monkeypatch.setattr(runs, "CPUINFO", info)
+    assert runs.cpu_model() == "Some CPU" and runs.cpu_has_bfloat16()
+    info.write_text("model name\t: Other\nflags\t\t: fpu avx2 avx512f\n")
+    assert not runs.cpu_has_bfloat16()
+    monkeypatch.setattr(runs, "CPUINFO", tmp_path / "missing")
+    assert runs.cpu_model() and not runs.cpu_has_bfloat16()
