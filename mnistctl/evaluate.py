@@ -40,7 +40,7 @@ class EvalReport:
         return {k: v for k, v in self.__dict__.items() if k not in arrays}
 
 
-def evaluate_checkpoint(target: Path, data_dir: Path | None = None) -> EvalReport:
+def evaluate_checkpoint(target: Path, *, data_dir: Path | None = None) -> EvalReport:
     """Restore ``target`` (a run directory's best checkpoint, or a named one) and evaluate it
     on the test images of the run's own dataset and subset."""
     run_dir, prefix = resolve(target)

@@ -65,7 +65,7 @@ def _restore(session: v1.Session, g: InferenceGraph, prefix: str) -> None:
         raise CheckpointError(f"{prefix}: cannot restore the model ({str(err).splitlines()[0]})") from None
 
 
-def export_saved_model(target: Path, out: Path, overwrite: bool = False) -> dict[str, Any]:
+def export_saved_model(target: Path, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Write a SavedModel of ``target``'s best checkpoint (or the named one) to ``out``.
 
     Returns:

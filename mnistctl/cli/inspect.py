@@ -54,7 +54,7 @@ def eval_(
 
     check_figure_path(gallery)
     check_figure_path(confusion)
-    report = evaluate_checkpoint(target, data_dir)
+    report = evaluate_checkpoint(target, data_dir=data_dir)
     if gallery is not None or confusion is not None:
         import numpy as np
 
