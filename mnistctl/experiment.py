@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mnistctl.checkpoints import LATEST, CheckpointHook, Checkpoints, latest_in, restore, step_of
 from mnistctl.config import Experiment, apply_to, check_machine, diff_configs, dump_yaml, load_config
@@ -139,6 +140,9 @@ def resume_experiment(
     extra_hooks: Sequence[Hook] = (),
     log: Log = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
+    threads: int | None = None,
+    record: Mapping[str, Any] | None = None,
+    reclaim: bool = False,
 ) -> Run:
     """Continue a run in place from its latest checkpoint.
 
@@ -146,12 +150,16 @@ def resume_experiment(
     forgotten until the checkpoint is restored; then each hook forgets what it kept after it
     (the contract in :mod:`mnistctl.hooks`), and those steps are trained again.
 
+    Args:
+        reclaim: the caller knows the process that last trained the run is gone, though the
+            run's record may not show it yet (a sweep retrying a trial whose node died).
+
     Raises:
         ResumeError: when the run is still alive, is complete, or its config would change in a
             way that is not allowed (the message lists the differing keys).
     """
     run = load_run(run_dir)
-    if run.status.claimed:
+    if run.status.claimed and not reclaim:
         raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
     recorded = run.experiment()
     source = str(run_dir / CONFIG_FILE)
@@ -169,7 +177,9 @@ def resume_experiment(
     data = load_experiment_data(exp, data_dir=data_dir, log=log)
     _check_precision(exp, log)
     g = build_graph(exp)
-    run.update(status=Status.RESUMING, error=None, pid=os.getpid(), host=socket.gethostname())
+    run.update(
+        status=Status.RESUMING, error=None, pid=os.getpid(), host=socket.gethostname(), **(record or {})
+    )
     log(f"resuming {run.name} from step {step}" + (f" ({_describe(changes)})" if changes else ""))
 
     def record_resume(restored: int) -> None:
@@ -185,6 +195,7 @@ def resume_experiment(
         should_stop=should_stop,
         checkpoint=checkpoint,
         on_restored=record_resume,
+        threads=threads,
     )
     return run
 
@@ -207,6 +218,7 @@ def _train(
     should_stop: Callable[[], bool],
     checkpoint: str | None = None,
     on_restored: Callable[[int], None] = lambda step: None,
+    threads: int | None = None,
 ) -> None:
     """Train ``g`` inside ``run``, from scratch or from ``checkpoint``, recording how it ended.
 
@@ -214,7 +226,7 @@ def _train(
     were and its status ``failed`` with the reason; once the hooks have begun, they record it.
     """
     try:
-        with make_session(g) as session:
+        with make_session(g, threads) as session:
             if checkpoint:
                 step = restore(session, g, checkpoint)
                 on_restored(step)

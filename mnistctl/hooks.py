@@ -107,6 +107,9 @@ class TrainContext:
     data: Any = None  # the Dataset being trained on
     last_test: Any = None  # the latest test-set Evaluation (predictions, probabilities)
     last_batch: np.ndarray | None = None  # indices of the last training batch
+    # A hook sets this to end training cleanly after the current step, with this status
+    # (a sweep's scheduler stopping a trial early: ``stopped``).
+    stop: Status | None = None
     # Where the training steps' time goes: inside session.run vs picking batches + hooks.
     session_s: float = 0.0
     steps_s: float = 0.0

@@ -103,7 +103,8 @@ def fit(
 
     Every hook's ``begin`` is called inside the same ``try`` as the steps, and every hook that
     began gets ``end`` whatever happens, with the status: ``completed``, ``interrupted`` (when
-    ``should_stop`` turns true, polled after every step; or Ctrl-C), ``diverged`` or ``failed``.
+    ``should_stop`` turns true, polled after every step; or Ctrl-C), the status a hook put in
+    ``ctx.stop`` (``stopped``), ``diverged`` or ``failed``.
 
     Raises:
         Diverged: on the first non-finite loss (after the hooks have been told).
@@ -153,8 +154,10 @@ def fit(
             hooks_s = time.perf_counter() - t2  # bookkeeping too, checkpoint saves included
             window.seconds += hooks_s
             ctx.steps_s += step_s + hooks_s
-            if should_stop():
-                status = Status.INTERRUPTED
+            if ctx.stop is None and should_stop():
+                ctx.stop = Status.INTERRUPTED
+            if ctx.stop is not None:
+                status = ctx.stop
                 return status
         status = Status.COMPLETED
     except KeyboardInterrupt as err:

@@ -382,8 +382,9 @@ def count_parameters(g: Graph) -> int:
     return sum(v.shape.num_elements() for v in variables)
 
 
-def make_session(g: Graph) -> v1.Session:
-    """A session on the graph; TensorFlow's default thread pools use every core.
+def make_session(g: Graph, threads: int | None = None) -> v1.Session:
+    """A session on the graph. TensorFlow's default thread pools use every core; ``threads``
+    limits both pools, so several trials side by side on one machine do not fight over cores.
 
     With ``train.precision: bfloat16`` Grappler's oneDNN auto-mixed-precision pass rewrites the
     convolutions, matrix products and their gradients to bfloat16 (variables, the loss and the
@@ -393,6 +394,9 @@ def make_session(g: Graph) -> v1.Session:
 
     config = v1.ConfigProto()
     config.allow_soft_placement = True
+    if threads:
+        config.intra_op_parallelism_threads = threads
+        config.inter_op_parallelism_threads = threads
     if g.precision == "bfloat16":
         config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = RewriterConfig.ON
     return v1.Session(graph=g.graph, config=config)

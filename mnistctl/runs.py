@@ -155,6 +155,9 @@ class RunRecord:
     timing: Timing = field(default_factory=Timing)
     resumes: list[Resume] = field(default_factory=list)
     error: str | None = None
+    sweep: str | None = None  # the sweep this run is a trial of (its directory's name)
+    trial: str | None = None  # the trial's id in that sweep
+    node: str | None = None  # the Ray node that trained it last (sweeps)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer mnistctl, kept as read
 
     @classmethod
@@ -259,19 +262,20 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def create_run(runs_dir: Path, exp: Experiment, name: str | None = None) -> Run:
+def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exact: bool = False) -> Run:
     """Make a new, uniquely named run directory and record the config and metadata.
 
     Two runs started in the same second with the same name get ``-2``, ``-3``... suffixes:
-    ``mkdir`` is the atomic claim, so neither can overwrite the other.
+    ``mkdir`` is the atomic claim, so neither can overwrite the other. With ``exact``, the
+    directory is ``runs_dir / name`` itself (a sweep's trial), and it must not exist yet.
     """
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = f"{stamp}-{name or exp.name}"
+    base = name if exact and name else f"{stamp}-{name or exp.name}"
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunError(f"{runs_dir}: cannot create the runs directory: {err.strerror}") from None
-    for attempt in range(1, 1000):
+    for attempt in range(1, 2 if exact else 1000):
         path = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
         try:
             path.mkdir()
@@ -281,7 +285,9 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None) -> Run:
         except OSError as err:
             raise RunError(f"{runs_dir}: cannot create a run directory: {err.strerror}") from None
     else:
-        raise RunError(f"{runs_dir}: too many runs named {base}")
+        raise RunError(
+            f"{runs_dir}: " + (f"{base} exists already" if exact else f"too many runs named {base}")
+        )
     write_atomic(path / CONFIG_FILE, dump_yaml(exp))
     run = Run(path, RunRecord())
     run.update(

@@ -2,7 +2,8 @@
 
 Nothing here knows about MNIST or neural networks. A dataclass field is checked against its
 type hint (bool, int, float, str, ``Literal``, ``Optional``, ``tuple[X, ...]``, a nested
-dataclass) and the bounds in its metadata (``ge``, ``gt``, ``le``, ``lt``). A base class with a
+dataclass) and the bounds in its metadata (``ge``, ``gt``, ``le``, ``lt``). ``dict[str, X]`` is a mapping
+with text keys (``X`` may be ``Any``: unchecked). A base class with a
 ``registry`` ClassVar is polymorphic: the key named by its ``tag_key`` picks the subclass.
 Problems raise :class:`Invalid` with the dotted key path and a one-line message.
 """
@@ -89,6 +90,15 @@ def check_value(value: Any, hint: Any, path: str, bounds: typing.Mapping) -> Any
             choices = ", ".join(str(a) for a in args)
             raise Invalid(path, f"unknown {what} {shown(value)}; expected one of: {choices}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise Invalid(path, f"expected a mapping, got {kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise Invalid(path, f"expected text keys, got {shown(key)}")
+        if args[1] is Any:
+            return dict(value)
+        return {k: check_value(v, args[1], sub(path, k), {}) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise Invalid(path, f"expected a list, got {kind(value)}")
