@@ -69,17 +69,25 @@ def run_experiment(
     extra_hooks: Sequence[Hook] = (),
     log: Log = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
+    exact_name: bool = False,
+    threads: int | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> Run:
     """Train an experiment in a new run directory under ``runs_dir``.
 
     The data is loaded and the graph built before the run directory is made, so a missing
     dataset leaves nothing behind. Returns the run; its record says how it ended.
+
+    Args:
+        exact_name: the directory is ``runs_dir / name``, not ``<time>-<name>`` (a sweep's trial).
+        threads: TensorFlow threads (default: every core).
+        record: more fields for run.json (a sweep's trial id, the node).
     """
     check_machine(exp, exp.name)
     data = load_experiment_data(exp, data_dir=data_dir, log=log)
     _check_precision(exp, log)
     g = build_graph(exp)
-    run = create_run(runs_dir, exp, name)
+    run = create_run(runs_dir, exp, name, exact=exact_name)
     run.update(
         parameters=count_parameters(g),
         dataset={
@@ -88,8 +96,10 @@ def run_experiment(
             "test_images": len(data.test_images),
         },
         dataset_sha256=data.checksums,
+        **(record or {}),
     )
-    _train(run, exp, g, data, hooks=[*build_hooks(run, exp, g), *extra_hooks], should_stop=should_stop)
+    hooks = [*build_hooks(run, exp, g), *extra_hooks]
+    _train(run, exp, g, data, hooks=hooks, should_stop=should_stop, threads=threads)
     return run
 
 

@@ -156,7 +156,7 @@ def fit(
             ctx.steps_s += step_s + hooks_s
             if ctx.stop is None and should_stop():
                 ctx.stop = Status.INTERRUPTED
-            if ctx.stop is not None:
+            if ctx.stop is not None and ctx.step < ctx.total_steps:  # after the last step: completed
                 status = ctx.stop
                 return status
         status = Status.COMPLETED

@@ -161,3 +161,109 @@ def reproduce(
     if stop():
         err.print("[yellow]interrupted[/]: run the same command again to continue")
         sys.exit(stop.exit_code)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path), required=False)
+@set_option
+@click.option(
+    "--grid",
+    "grids",
+    multiple=True,
+    metavar="KEY=V1,V2,...",
+    help="With a config instead of a sweep file: try every combination of these values (repeatable).",
+)
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--name", help="The sweep's directory under --runs-dir (default: the sweep file's name).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), metavar="N", help="Trials at once.")
+@click.option(
+    "--address",
+    metavar="HOST:PORT",
+    help="Run on this Ray cluster (default: a Ray on this machine, bound to 127.0.0.1).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="SWEEP_DIR",
+    help="Continue a stopped sweep: finished trials are kept, unfinished ones resume.",
+)
+@data_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="No line per trial.")
+def sweep(
+    source: Path | None,
+    overrides: tuple[str, ...],
+    grids: tuple[str, ...],
+    runs_dir: Path,
+    name: str | None,
+    max_concurrent: int | None,
+    address: str | None,
+    resume: Path | None,
+    data_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Train many runs on Ray Tune: SOURCE is a sweep file (a base config and a search space),
+    or a config with --grid. Each trial is a run directory under --runs-dir/<sweep name>/."""
+    from mnistctl import sweep as sweeps
+    from mnistctl.config.overrides import read_mapping
+
+    if resume is not None:
+        if source is not None or overrides or grids or name:
+            raise click.UsageError(
+                "--resume continues the sweep as it was started: give no SOURCE, --set, --grid or --name"
+            )
+        plan = sweeps.read_sweep_dir(resume)
+    elif source is None:
+        raise click.UsageError("give a SWEEP file (or a config with --grid), or --resume SWEEP_DIR")
+    elif "base" in read_mapping(source):
+        if grids:
+            raise click.UsageError("--grid is for a config; a sweep file has its space: in the file")
+        plan = sweeps.load_sweep(source, overrides, name)
+    else:
+        plan = sweeps.grid_sweep(source, grids, overrides, logger(quiet), name)
+    outcome = sweeps.run_sweep(
+        plan,
+        runs_dir=runs_dir,
+        sweep_dir=resume,
+        address=address,
+        max_concurrent=max_concurrent,
+        data_dir=data_dir,
+        quiet=quiet,
+    )
+    _sweep_table(plan, outcome)
+    if outcome.interrupted:
+        err.print(f"[yellow]interrupted[/]: continue with: mnistctl sweep --resume {outcome.sweep_dir}")
+        sys.exit(130)
+
+
+def _short(value, column: str) -> str:
+    from mnistctl.compare import cell
+
+    return (
+        f"{value:.4g}"
+        if isinstance(value, float) and not column.endswith("accuracy")
+        else cell(value, column)
+    )
+
+
+def _sweep_table(plan, outcome) -> None:
+    metric = plan.spec.metric
+    rows = outcome.trials
+    table = Table(
+        title=f"{len(rows)} trials in {outcome.wall_s:.0f} s, best first by {metric} ({outcome.sweep_dir})",
+        title_justify="left",
+    )
+    columns = ["trial", *plan.space, "status", "steps", metric, "final_test_accuracy", "wall_s"]
+    for column in columns:
+        table.add_column(
+            column.rsplit(".", 1)[-1] if column in plan.space else column, no_wrap=column == "trial"
+        )
+    for row in rows[:20]:
+        table.add_row(*(_short(row.get(c), c) for c in columns))
+    if len(rows) > 20:
+        out.print(f"(the first 20 of {len(rows)}; all in {outcome.sweep_dir / 'trials.csv'})")
+    out.print(table)
+    if outcome.best:
+        out.print(
+            f"best: {outcome.best['trial']} ({metric} {outcome.best[metric]:.4f}): "
+            f"mnistctl eval {outcome.best['run']}"
+        )
