@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any
 
 import yaml
@@ -25,6 +26,7 @@ RESULT_COLUMNS = (
     "best_test_accuracy",
     "best_step",
     "selected_by",
+    "best_validation_accuracy",
     "max_test_accuracy",
     "final_test_accuracy",
     "final_train_accuracy",
@@ -69,12 +71,20 @@ def summarize(run: Run) -> dict[str, Any]:
         "best_test_accuracy": best["test_accuracy"] if best else record.best_test_accuracy,
         "best_step": int(best["step"]) if best else record.best_step,
         "selected_by": selected_by,
+        "best_validation_accuracy": _number(best["validation_accuracy"]) if best else None,
         "max_test_accuracy": max_test_accuracy(rows),
         "final_test_accuracy": last["test_accuracy"] if last else None,
         "final_train_accuracy": last["train_accuracy"] if last else None,
         "wall_s": round(record.wall_s, 1) if record.wall_s is not None else None,
         "parameters": record.parameters,
     }
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+OPTIONAL_COLUMNS = ("selected_by", "best_validation_accuracy")  # shown when some run has them
 
 
 def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> tuple[list[str], list[dict]]:
@@ -91,7 +101,12 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
         row = summarize(run)
         row.update({k: config.get(k) for k in differing})
         rows.append(row)
-    columns = list(RESULT_COLUMNS) + differing
+    shown = [
+        c
+        for c in RESULT_COLUMNS
+        if c not in OPTIONAL_COLUMNS or any(r[c] not in (None, "test") for r in rows)
+    ]
+    columns = shown + differing
     if sort:
         if sort not in columns:
             raise MnistctlError(f"--sort: unknown column {sort!r}; expected one of: {', '.join(columns)}")

@@ -292,3 +292,69 @@ def save(fig: Figure, out: Path) -> Path:
     finally:
         plt.close(fig)
     return out
+
+
+def sweep_figure(sweep_dir: Path) -> Figure:
+    """A sweep at a glance: parallel coordinates (each trial a line from its parameters to its
+    metric, coloured by the metric) beside every trial's curve of that metric over the steps."""
+    from mnistctl.sweep import read_sweep_dir, trial_rows
+
+    sweep = read_sweep_dir(sweep_dir)
+    metric = sweep.spec.metric
+    rows = [r for r in trial_rows(sweep_dir) if r[metric] is not None]
+    if not rows:
+        raise PlotError(f"{sweep_dir}: no trial has evaluated yet")
+    keys = list(sweep.space)
+    fig, (coords, curves) = plt.subplots(
+        1, 2, figsize=(17, 6.5), layout="constrained", gridspec_kw={"width_ratios": [1.4, 1]}
+    )
+    fig.suptitle(f"sweep {sweep.name}: {len(rows)} trials, best first by {metric}", fontsize=13)
+    values = np.array([r[metric] for r in rows])
+    low, high = float(values.min()), float(values.max())
+    colours = plt.get_cmap("viridis")((values - low) / ((high - low) or 1.0))
+    axes = [_axis_positions([r[k] for r in rows], sweep.space[k].kind == "loguniform") for k in keys]
+    axes.append(_axis_positions(list(values), False))
+    xs = np.arange(len(axes))
+    for i in reversed(range(len(rows))):  # the best drawn last, on top
+        ys = [axis[0][i] for axis in axes]
+        coords.plot(xs, ys, color=colours[i], lw=2.6 if i == 0 else 1.2, alpha=0.95 if i == 0 else 0.7)
+    for x, (_, labels) in zip(xs, axes, strict=True):
+        coords.axvline(x, color="gray", lw=0.8)
+        for y, text in labels:
+            coords.text(x + 0.02, y, text, fontsize=8, va="center")
+    coords.set_xticks(xs, [k.rsplit(".", 1)[-1] for k in keys] + [metric], fontsize=9)
+    coords.set_yticks([])
+    coords.set_ylim(-0.05, 1.05)
+    coords.set_title("parameters → metric (each line a trial; the thick one is the best)", fontsize=10)
+    for spine in ("top", "right", "left"):
+        coords.spines[spine].set_visible(False)
+    column = metric
+    for i, row in reversed(list(enumerate(rows))):
+        metrics = read_metrics(Path(row["run"]) / METRICS_FILE)
+        steps = [m["step"] for m in metrics]
+        label = f"{row['trial']} ({row[metric]:.4f})" if i < 5 else None
+        curves.plot(
+            steps, [m[column] for m in metrics], color=colours[i], lw=2.2 if i == 0 else 1.0, label=label
+        )
+    curves.set(title=f"{metric} of every trial", xlabel="step")
+    tail = np.percentile(values, 10)
+    curves.set_ylim(max(0.0, min(0.9, tail - 0.02)), min(1.0, high + 0.01))
+    curves.grid(alpha=0.3)
+    handles, labels = curves.get_legend_handles_labels()
+    curves.legend(handles[::-1], labels[::-1], loc="lower right", fontsize=8, title="the 5 best")
+    return fig
+
+
+def _axis_positions(values: list, log: bool) -> tuple[list[float], list[tuple[float, str]]]:
+    """Where each value sits on a parallel-coordinates axis in [0, 1], and a few tick labels."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        numbers = np.log10(np.array(values, float)) if log else np.array(values, float)
+        low, high = float(numbers.min()), float(numbers.max())
+        span = (high - low) or 1.0
+        positions = list((numbers - low) / span)
+        ticks = sorted({low, high})
+        shown = [(float((t - low) / span), f"{(10**t if log else t):.4g}") for t in ticks]
+        return positions, shown
+    distinct = list(dict.fromkeys(str(v) for v in values))
+    place = {v: (i / (len(distinct) - 1) if len(distinct) > 1 else 0.5) for i, v in enumerate(distinct)}
+    return [place[str(v)] for v in values], [(p, v) for v, p in place.items()]

@@ -278,8 +278,9 @@ def grid_sweep(
         )
     base = load_config(config, overrides)
     if base.data.validation is None:
-        log("holding out the last 5,000 training images for validation, so that the test set never chooses")
-        overrides = (*overrides, "data.validation=5000")
+        held = min(5000, (base.data.train_size or 60000) // 10)
+        log(f"holding out the last {held:,} training images for validation: the test set never chooses")
+        overrides = (*overrides, f"data.validation={held}")
     spec = SweepSpec(base=str(config), space=space, search="grid")
     return resolve_sweep(spec, config, "--grid", overrides, name or f"{base.name}-grid")
 
@@ -375,6 +376,12 @@ def read_sweep_dir(sweep_dir: Path) -> Sweep:
 
 def is_sweep_dir(path: Path) -> bool:
     return (path / SWEEP_FILE).is_file() and (path / BASE_FILE).is_file()
+
+
+def ranking_column(sweep_dir: Path) -> str:
+    """The ``compare`` column that ranks a sweep's trials: its metric's best value."""
+    metric = read_sweep_dir(sweep_dir).spec.metric
+    return "best_validation_accuracy" if metric == "validation_accuracy" else "max_test_accuracy"
 
 
 # -- one trial, inside a Ray worker --------------------------------------------------------

@@ -103,15 +103,18 @@ def eval_(
 @click.option("--sort", "sort_key", metavar="KEY", help="Sort by this column (e.g. best_test_accuracy).")
 @click.option("--reverse", is_flag=True, help="Sort in descending order.")
 def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bool) -> None:
-    """Compare runs: results, then the config keys that differ. PATHS are run directories or
-    directories of runs (default: runs/)."""
+    """Compare runs: results, then the config keys that differ. PATHS are run directories,
+    directories of runs, or a sweep (its trials, best first by the sweep's metric) (default: runs/)."""
     from mnistctl.compare import cell, render
     from mnistctl.compare import compare as compare_runs
     from mnistctl.runs import find_runs
+    from mnistctl.sweep import is_sweep_dir, ranking_column
 
     runs = find_runs(list(paths) or [Path("runs")])
     if not runs:
         raise MnistctlError(f"no runs found in {', '.join(map(str, paths or ['runs']))}")
+    if sort_key is None and len(paths) == 1 and is_sweep_dir(paths[0]):
+        sort_key, reverse = ranking_column(paths[0]), True
     columns, rows = compare_runs(runs, sort_key, reverse)
     if fmt != "table":
         click.echo(render(columns, rows, fmt))
@@ -146,9 +149,19 @@ def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bo
 def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool) -> None:
     """Draw the walk-through's dashboard for a run, or --compare several runs' test curves.
 
-    RUN_DIRS are run directories, or directories of runs.
+    RUN_DIRS are run directories, or directories of runs; a sweep directory alone draws the
+    sweep: parallel coordinates beside its trials' curves (default SWEEP_DIR/sweep.png).
     """
     from mnistctl.runs import find_runs
+    from mnistctl.sweep import is_sweep_dir
+
+    if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]) and not overlay:
+        check_figure_path(out_file)
+        from mnistctl import plots
+
+        written = plots.save(plots.sweep_figure(run_dirs[0]), out_file or run_dirs[0] / "sweep.png")
+        out.print(f"wrote {written}")
+        return
 
     runs = find_runs(list(run_dirs))
     if not runs:
