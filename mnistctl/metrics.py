@@ -18,6 +18,7 @@ from mnistctl.files import write_atomic
 from mnistctl.hooks import FIELDS, EvalRecord, Hook, TrainContext
 
 if TYPE_CHECKING:
+    from mnistctl.config import Experiment
     from mnistctl.runs import Status
 
 
@@ -86,8 +87,24 @@ def truncate_metrics(path: Path, step: int) -> None:
     write_atomic(path, out.getvalue())
 
 
+def hparams_summary(exp: Experiment, trial: str) -> bytes:
+    """The config's values for TensorBoard's HParams dashboard, so ``tensorboard --logdir runs``
+    (or a sweep's directory) lines runs up by their settings and results."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    from mnistctl.config import flatten, to_dict
+
+    values = {}
+    for key, value in flatten(to_dict(exp)).items():
+        if key == "description" or value is None:
+            continue
+        values[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return hp.hparams_pb(values, trial_id=trial).SerializeToString()
+
+
 class TensorBoardWriter(Hook):
-    """Writes the scalars of each evaluation (and the graph) as TensorFlow event files."""
+    """Writes the scalars of each evaluation (and the graph, and the config's values for the
+    HParams dashboard) as TensorFlow event files."""
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
@@ -102,6 +119,7 @@ class TensorBoardWriter(Hook):
         # which a resumed run (even one resumed from step 0) is about to write again.
         log = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
         self._writer.add_session_log(log, ctx.start_step + 1)
+        self._writer.add_summary(hparams_summary(ctx.experiment, self.logdir.parent.name), ctx.start_step)
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         summary = self._tf.compat.v1.Summary()

@@ -237,11 +237,15 @@ class Sweep:
         return apply_values(self.base, params, self.source)
 
 
-def apply_values(base: Experiment, values: dict[str, Any], source: str) -> Experiment:
-    """``base`` with ``{key.path: value}`` applied and checked as a whole."""
+def apply_values(base: Experiment, values: dict[str, Any], source: str, name_keys: bool = True) -> Experiment:
+    """``base`` with ``{key.path: value}`` applied and checked as a whole.
+
+    Errors name ``source``, followed by the key when ``name_keys`` (``sweep.yaml: set.train.steps``).
+    """
     raw = to_dict(base)
     for key, value in values.items():
-        set_path(raw, split_key(key, f"{source}: {key}"), copy.deepcopy(value), f"{source}: {key}")
+        where = f"{source}.{key}" if name_keys else source
+        set_path(raw, split_key(key, where), copy.deepcopy(value), where)
     return parse_experiment(raw, source)
 
 
@@ -306,7 +310,7 @@ def resolve_sweep(
         raise ConfigError(f"{source}: space: empty; name at least one key to vary")
     for key, domain in space.items():  # each value that bounds the domain must make a valid config
         for value in domain.corners:
-            exp = apply_values(base, {key: value}, f"{source}: space.{key}={value!r}")
+            exp = apply_values(base, {key: value}, f"{source}: space.{key}={value!r}", name_keys=False)
             _check_metric(spec, exp, source)
     _check_search(spec, space, source)
     if not is_valid_name(name):
@@ -552,6 +556,10 @@ def run_sweep(
             )
     sweep_dir = sweep_dir.resolve()
     cpus = sweep.spec.resources.cpus_per_trial
+    if address is None and cpus > (os.cpu_count() or 1):
+        raise SweepError(
+            f"resources.cpus_per_trial: {cpus} is more than the {os.cpu_count()} CPUs of this machine"
+        )
     start_ray(address)
     available = cluster_cpus()
     if cpus > available:
@@ -605,10 +613,12 @@ def run_sweep(
             f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
             file=sys.stderr,
         )
-    results = tuner.fit()
-    finished = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
-    interrupted = any(r.error is None and not r.metrics.get("done", False) for r in results)
-    _mark_stopped(sweep_dir, finished)
+    tuner.fit()
+    # Tune's own word on each trial: TERMINATED (finished, or stopped early by the scheduler),
+    # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
+    statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
+    interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
+    _mark_stopped(sweep_dir, {trial for trial, status in statuses.items() if status == "TERMINATED"})
     trials = write_trials(sweep_dir)
     best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
     if best is not None:
@@ -641,7 +651,7 @@ def _scheduler(sweep: Sweep) -> Any:
     )
 
 
-def _mark_stopped(sweep_dir: Path, finished: set[str | None]) -> None:
+def _mark_stopped(sweep_dir: Path, finished: set[str]) -> None:
     """Trials that Tune ended without error before their last step were stopped early (their
     process is gone, so their records may still claim it): say so, for compare and resume."""
     for run in find_runs([sweep_dir]):

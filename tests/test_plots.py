@@ -105,6 +105,19 @@ def test_tensorboard_reader_finds_scalars_and_histograms(trained_run):
     assert tags["graph"]
 
 
+def test_tensorboard_hparams_dashboard_gets_the_config(trained_run):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    accumulator = event_accumulator.EventAccumulator(str(trained_run / "tensorboard"))
+    accumulator.Reload()
+    (content,) = accumulator.PluginTagToContent("hparams").values()
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.group_name == trained_run.name
+    assert start.hparams["train.steps"].number_value == 60
+    assert start.hparams["model.layers[0].type"].string_value == "conv"
+
+
 def test_batch_norm_models_record_activations(mnist_cache, tmp_path):
     result = invoke(
         "train", CONFIGS / "tiny.yaml", "--runs-dir", tmp_path, "--quiet",

@@ -1,0 +1,269 @@
+"""Sweeps: the sweep file's checks (no Ray), then real sweeps on a local Ray and on a two-node
+Ray cluster on this machine, all on 127.0.0.1: early stopping, a killed trial that resumes
+exactly, an interrupted sweep that continues."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+from mnistctl.config import ConfigError
+from mnistctl.metrics import read_metrics
+from mnistctl.runs import Status, load_run
+from mnistctl.sweep import load_sweep
+
+from .conftest import CONFIGS, ROOT
+
+TINY = CONFIGS / "tiny.yaml"
+
+GOOD = f"""\
+base: {TINY}
+set: {{train.steps: 60, train.eval_every: 10, train.checkpoint_every: 20, data.validation: 200}}
+space:
+  schedule.lr0: {{loguniform: [0.001, 0.01]}}
+  model.layers[1].dropout: {{choice: [0.0, 0.25]}}
+search: random
+samples: 4
+"""
+
+# (what to change in GOOD, the message after "<file>: ")
+BAD = [
+    ("samples: 4", "samples: 4\nsampels: 3",
+     "sampels: unknown key; expected one of: base, name, description,"),
+    ("{loguniform: [0.001, 0.01]}", "{loguniform: [0.01, 0.001]}",
+     "space.schedule.lr0.loguniform: expected low < high, got [0.01, 0.001]"),
+    ("{loguniform: [0.001, 0.01]}", "{loguniform: [0, 0.01]}",
+     "space.schedule.lr0.loguniform: expected 0 < low for a log scale, got 0"),
+    ("{choice: [0.0, 0.25]}", "{grid: []}",
+     "space.model.layers[1].dropout.grid: expected at least one value, got none"),
+    ("{choice: [0.0, 0.25]}", "{normal: [0, 1]}",
+     "space.model.layers[1].dropout.normal: unknown domain 'normal'; expected one of: grid, choice,"),
+    ("schedule.lr0:", "schedule.lr_zero:",
+     "space.schedule.lr_zero=0.001: schedule.lr_zero: unknown key; expected one of: name, lr0,"),
+    ("model.layers[1].dropout:", "model.layers[7].dropout:",
+     "space.model.layers[7].dropout=0.0: model.layers has 3 entries"),
+    ("{choice: [0.0, 0.25]}", "{choice: [0.0, 1.5]}",
+     "space.model.layers[1].dropout=1.5: model.layers[1].dropout: expected a number >= 0 and < 1, got 1.5"),
+    ("search: random", "search: random\nmetric: loss",
+     "metric: unknown metric 'loss'; expected one of: validation_accuracy, test_accuracy"),
+    ("search: random", "search: random\nmetric: test_accuracy",
+     "metric: test_accuracy would let the test set choose the best trial;"),
+    (", data.validation: 200}", "}", "metric: validation_accuracy needs images held out for validation;"),
+    ("search: random", "search: grid",
+     "search: grid needs grid or choice values; space.schedule.lr0 is loguniform"),
+    ("{choice: [0.0, 0.25]}\nsearch: random", "{grid: [0.0, 0.25]}\nsearch: optuna",
+     "search: optuna draws every value; space.model.layers[1].dropout is a grid: use choice instead"),
+    (f"base: {TINY}", "base: no/such/config.yaml", "no such config file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"), BAD, ids=[f"{m.split(':')[0]}-{i}" for i, (_, _, m) in enumerate(BAD)]
+)
+def test_a_bad_sweep_file_is_one_line(tmp_path, old, new, message):
+    assert old in GOOD
+    path = tmp_path / "sweep.yaml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(path)
+    text = str(caught.value)
+    assert "\n" not in text and message in text, text
+
+
+def test_a_good_sweep_file_resolves(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    sweep = load_sweep(path)
+    assert sweep.name == "s" and sweep.trials == 4 and sweep.base.train.steps == 60
+    assert sweep.experiment({"schedule.lr0": 0.005, "model.layers[1].dropout": 0.25}).schedule.lr0 == 0.005
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "127.0.0.1:9"], "--address 127.0.0.1:9: no Ray cluster answers there"),
+        (["--set", "train.steps=0"], "--set train.steps=0: train.steps: expected an integer >= 1"),
+        (["--grid", "schedule.lr0=0.1"], "--grid is for a config; a sweep file has its space: in the file"),
+    ],
+)
+def test_bad_sweep_commands_exit_2_and_create_nothing(tmp_path, args, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert time.monotonic() - started < 30  # never a hang on an unreachable cluster
+    assert not (tmp_path / "runs").exists()
+
+
+def test_more_cores_per_trial_than_the_machine_has(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD + "resources: {cpus_per_trial: 64}\n")
+    result = CliRunner().invoke(main, ["sweep", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert (
+        f"resources.cpus_per_trial: 64 is more than the {os.cpu_count()} CPUs of this machine"
+        in result.output
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+# -- real sweeps ------------------------------------------------------------------------------
+
+
+def sweep_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mnistctl", "sweep", *args]
+
+
+def run_sweep_process(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(sweep_command(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def trials_csv(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_stops_the_worse_trials_early_and_every_trial_is_a_run(mnist_cache, tmp_path):
+    path = tmp_path / "asha.yaml"
+    path.write_text(
+        f"base: {TINY}\n"
+        "set: {train.steps: 60, train.eval_every: 10, train.checkpoint_every: 20, data.validation: 200}\n"
+        "space: {schedule.lr0: {grid: [0.01, 0.003, 0.0003, 0.0001]}}\n"
+        "search: grid\n"
+        "scheduler: {asha: {grace_steps: 20, reduction_factor: 2}}\n"
+    )
+    result = run_sweep_process(str(path), "--runs-dir", str(tmp_path / "runs"), "--max-concurrent", "2")
+    assert "4 trials at most, 2 at a time, 1 CPU each" in result.stderr
+    sweep_dir = tmp_path / "runs" / "asha"
+    rows = trials_csv(sweep_dir)
+    assert sorted(float(r["schedule.lr0"]) for r in rows) == [0.0001, 0.0003, 0.003, 0.01]
+    statuses = {r["status"] for r in rows}
+    assert statuses <= {"completed", "stopped"} and "stopped" in statuses and "completed" in statuses
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert all(int(r["steps"]) < 60 for r in stopped)
+    best = json.loads((sweep_dir / "best.json").read_text())
+    assert best["trial"] == rows[0]["trial"] and float(best["validation_accuracy"]) == max(
+        float(r["validation_accuracy"]) for r in rows
+    )
+    run = load_run(sweep_dir / rows[0]["trial"])  # an ordinary run directory
+    assert run.record.sweep == "asha" and run.record.node and run.record.trial.endswith(rows[0]["trial"][-5:])
+    compared = json.loads(CliRunner().invoke(main, ["compare", str(sweep_dir), "--format", "json"]).output)
+    assert [c["run"] for c in compared] == [r["trial"] for r in rows]  # ranked by the sweep's metric
+    assert CliRunner().invoke(main, ["plot", str(sweep_dir)]).exit_code == 0
+    assert (sweep_dir / "sweep.png").stat().st_size > 10_000
+
+
+def test_an_interrupted_sweep_continues_where_it_stopped(mnist_cache, tmp_path):
+    runs = tmp_path / "runs"
+    settings = [
+        "--set",
+        "train.steps=400",
+        "--set",
+        "train.eval_every=20",
+        "--set",
+        "train.checkpoint_every=40",
+    ]
+    grid = ["--grid", "schedule.lr0=0.002,0.004", "--grid", "train.seed=0,1"]
+    process = subprocess.Popen(
+        sweep_command(str(TINY), *grid, *settings, "--runs-dir", str(runs), "--max-concurrent", "1"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sweep_dir = runs / "tiny-grid"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # one trial finished, the next one part-way
+        assert process.poll() is None, process.communicate()
+        done = [r for r in (trials_csv(sweep_dir) if (sweep_dir / "trials.csv").exists() else [])]
+        second = sweep_dir / "trial-00001" / "metrics.csv"
+        if done and second.exists() and len(read_metrics(second)) >= 3:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert f"continue with: mnistctl sweep --resume {sweep_dir}" in stderr.replace("\n", "")
+    first = sweep_dir / "trial-00000"
+    finished_files = {p: p.read_bytes() for p in (first / "metrics.csv", first / "run.json")}
+    assert load_run(first).record.status is Status.COMPLETED
+
+    run_sweep_process("--resume", str(sweep_dir))
+    rows = trials_csv(sweep_dir)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert {p: p.read_bytes() for p in finished_files} == finished_files  # not trained again
+    resumed = load_run(sweep_dir / "trial-00001")
+    assert len(resumed.record.resumes) >= 1  # continued from its checkpoint, not restarted
+    steps = [int(r["step"]) for r in read_metrics(sweep_dir / "trial-00001" / "metrics.csv")]
+    assert steps == list(range(20, 401, 20))
+
+
+def _kill_when(path: Path, rows: int, timeout: float = 120) -> tuple[int, str]:
+    """Wait until the run at ``path`` has ``rows`` evaluations; kill -9 its process.
+
+    Returns:
+        The killed pid and the Ray node the run was on.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = path / "metrics.csv"
+        if metrics.exists() and len(read_metrics(metrics)) >= rows:
+            record = load_run(path).record
+            os.kill(record.pid, signal.SIGKILL)
+            return record.pid, record.node
+        time.sleep(0.02)
+    raise AssertionError(f"{path} made no progress")
+
+
+def test_a_sweep_on_a_two_node_cluster_survives_a_killed_trial(mnist_cache, tmp_path):
+    """Two Ray nodes on this machine (127.0.0.1), one core each: two identical trials run one
+    per node; one trial's worker is killed mid-run, Tune retries it, and it resumes exactly."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only (see mnistctl.sweep)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        runs = tmp_path / "runs"
+        settings = [
+            "--set",
+            "train.steps=600",
+            "--set",
+            "train.eval_every=20",
+            "--set",
+            "train.checkpoint_every=60",
+        ]
+        process = subprocess.Popen(
+            sweep_command(str(TINY), "--grid", "description=a,b", *settings, "--runs-dir", str(runs),
+                          "--address", cluster.address, "--name", "two-nodes"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        sweep_dir = runs / "two-nodes"
+        killed, node = _kill_when(sweep_dir / "trial-00000", rows=8)
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    a, b = load_run(sweep_dir / "trial-00000"), load_run(sweep_dir / "trial-00001")
+    assert a.record.status is Status.COMPLETED and b.record.status is Status.COMPLETED
+    assert a.record.pid != killed and len(a.record.resumes) == 1  # retried, and resumed in place
+    assert node != b.record.node  # the two trials ran side by side, one on each node
+    rows_a = read_metrics(sweep_dir / "trial-00000" / "metrics.csv")
+    rows_b = read_metrics(sweep_dir / "trial-00001" / "metrics.csv")
+    assert [int(r["step"]) for r in rows_a] == list(range(20, 601, 20))  # each evaluation once
+    columns = ("step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "validation_accuracy")
+    assert [[r[c] for c in columns] for r in rows_a] == [[r[c] for c in columns] for r in rows_b]
