@@ -234,15 +234,17 @@ def _train(
 
     A failure before training begins (a damaged checkpoint, say) leaves the run's files as they
     were and its status ``failed`` with the reason; once the hooks have begun, they record it.
+    ``on_restored(step)`` is called once the variables hold ``step``: restored, or freshly
+    initialised (a resume of a run killed before its first checkpoint starts again at 0).
     """
     try:
         with make_session(g, threads) as session:
             if checkpoint:
                 step = restore(session, g, checkpoint)
-                on_restored(step)
             else:
                 session.run(g.init_op)
                 step = 0
+            on_restored(step)
             g.graph.finalize()  # nothing may add ops inside the loop (a classic TF1 slowdown)
             kept = [
                 EvalRecord.from_row(r) for r in read_metrics(run.path / METRICS_FILE) if r["step"] <= step

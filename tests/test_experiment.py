@@ -127,6 +127,17 @@ def test_a_run_from_before_the_redesign_evaluates_plots_and_resumes(mnist_cache,
     assert record.status is Status.COMPLETED and [r.from_step for r in record.resumes] == [20]
 
 
+def test_a_resume_without_a_checkpoint_starts_again_and_says_so(mnist_cache, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(OLD_RUN, run)
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
+    result = invoke("train", "--resume", run, "-q")
+    assert result.exit_code == 0, result.output
+    record = load_run(run).record
+    assert [r.from_step for r in record.resumes] == [0] and record.status is Status.COMPLETED
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [10, 20]
+
+
 def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
     from mnistctl import experiment
 
