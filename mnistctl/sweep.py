@@ -134,6 +134,7 @@ class SweepSpec:
         resources: per trial.
         max_concurrent: trials at once (default: as many as the cores allow).
         max_failures: how often a failed trial is retried (it resumes its run directory).
+        time_budget_minutes: start no trial after this, and stop the running ones (null: none).
     """
 
     base: str = ""
@@ -150,6 +151,7 @@ class SweepSpec:
     resources: ResourcesSpec = ResourcesSpec()
     max_concurrent: Optional[int] = field(default=None, metadata={"ge": 1})
     max_failures: int = field(default=2, metadata={"ge": 0, "le": 100})
+    time_budget_minutes: Optional[float] = field(default=None, metadata={"gt": 0})
 
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -596,6 +598,7 @@ def run_sweep(
                 search_alg=_search_algorithm(sweep, concurrent),
                 scheduler=_scheduler(sweep),
                 num_samples=sweep.spec.samples,
+                time_budget_s=sweep.spec.time_budget_minutes * 60 if sweep.spec.time_budget_minutes else None,
                 trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
             ),
             run_config=tune.RunConfig(
