@@ -297,7 +297,7 @@ def save(fig: Figure, out: Path) -> Path:
 def sweep_figure(sweep_dir: Path) -> Figure:
     """A sweep at a glance: parallel coordinates (each trial a line from its parameters to its
     metric, coloured by the metric) beside every trial's curve of that metric over the steps."""
-    from mnistctl.sweep import read_sweep_dir, trial_rows
+    from mnistctl.sweep import read_sweep_dir, short_keys, trial_rows
 
     sweep = read_sweep_dir(sweep_dir)
     metric = sweep.spec.metric
@@ -322,7 +322,8 @@ def sweep_figure(sweep_dir: Path) -> Figure:
         coords.axvline(x, color="gray", lw=0.8)
         for y, text in labels:
             coords.text(x + 0.02, y, text, fontsize=8, va="center")
-    coords.set_xticks(xs, [k.rsplit(".", 1)[-1] for k in keys] + [metric], fontsize=9)
+    labels = short_keys(keys)
+    coords.set_xticks(xs, [labels[k] for k in keys] + [metric], fontsize=9)
     coords.set_yticks([])
     coords.set_ylim(-0.05, 1.05)
     coords.set_title("parameters → metric (each line a trial; the thick one is the best)", fontsize=10)

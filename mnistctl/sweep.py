@@ -720,6 +720,7 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
     from ray import tune
 
     space = list(sweep.space)
+    labels = short_keys(space)
 
     def log(message: str) -> None:
         if not quiet:
@@ -727,7 +728,7 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            values = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(trial.config.get(k))}" for k in space)
+            values = ", ".join(f"{labels[k]}={_short(trial.config.get(k))}" for k in space)
             log(f"{trial_dir_name(trial.trial_id)} started: {values}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -745,3 +746,13 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Readable labels for key paths: the last name (``lr0``), or the last two where the last
+    name is shared (``layers[0].filters``, ``layers[1].filters``)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {
+        key: name if last.count(name) == 1 else ".".join(key.split(".")[-2:])
+        for key, name in zip(keys, last, strict=True)
+    }

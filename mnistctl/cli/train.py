@@ -246,6 +246,8 @@ def _short(value, column: str) -> str:
 
 
 def _sweep_table(plan, outcome) -> None:
+    from mnistctl.sweep import short_keys
+
     metric = plan.spec.metric
     rows = outcome.trials
     table = Table(
@@ -253,15 +255,14 @@ def _sweep_table(plan, outcome) -> None:
         title_justify="left",
     )
     columns = ["trial", *plan.space, "status", "steps", metric, "final_test_accuracy", "wall_s"]
+    labels = short_keys(list(plan.space))
     for column in columns:
-        table.add_column(
-            column.rsplit(".", 1)[-1] if column in plan.space else column, no_wrap=column == "trial"
-        )
+        table.add_column(labels.get(column, column), no_wrap=column == "trial")
     for row in rows[:20]:
         table.add_row(*(_short(row.get(c), c) for c in columns))
-    if len(rows) > 20:
-        out.print(f"(the first 20 of {len(rows)}; all in {outcome.sweep_dir / 'trials.csv'})")
     out.print(table)
+    if len(rows) > 20:
+        out.print(f"(the first 20 of {len(rows)}; all of them in {outcome.sweep_dir / 'trials.csv'})")
     if outcome.best:
         out.print(
             f"best: {outcome.best['trial']} ({metric} {outcome.best[metric]:.4f}): "
