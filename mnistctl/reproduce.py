@@ -127,30 +127,113 @@ def reproduce(
     extra_hooks: Sequence[Hook] = (),
     log: Callable[[str], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
+    parallel: Parallel | None = None,
 ) -> list[dict[str, str]]:
     """Train every (config, seed) not yet in the ledger, then rebuild the tables.
 
     Args:
         seeds: seeds 0..N-1 for every config; None: three, but only one for a config whose first
             run took over ``ONE_SEED_AFTER_S``.
+        parallel: train side by side on Ray (the sweep engine) instead of one after another.
 
     Returns:
         The ledger rows of the configs asked for.
     """
+    jobs = [Job(p, s, e, config_sha(e)) for p in configs for s, e in _seeded(p, seeds or 3, overrides)]
+    if parallel is not None:
+        _reproduce_in_parallel(jobs, seeds, runs_dir, docs_dir, parallel, log)
+    else:
+        _reproduce_in_turn(jobs, seeds, runs_dir, docs_dir, extra_hooks, log, should_stop)
+    write_tables(docs_dir)
+    wanted = {label(j.experiment) for j in jobs}
+    return [r for r in read_ledger(docs_dir / LEDGER) if r["config"] in wanted]
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Where and how wide ``reproduce`` runs side by side (see ``mnistctl.sweep.run_jobs``)."""
+
+    max_concurrent: int | None = None
+    address: str | None = None
+    quiet: bool = False
+
+
+def _runnable(job: Job, ledger: list[dict[str, str]], seeds: int | None, log: Callable[[str], None]) -> bool:
+    """Whether ``job`` is still to train: not in the ledger, and not a further seed of a config
+    whose first seed turned out slow (when the number of seeds was left to us)."""
+    name = label(job.experiment)
+    if any((r["config"], int(r["seed"]), r["config_sha"]) == (name, job.seed, job.sha) for r in ledger):
+        return False
+    first = [r for r in ledger if r["config"] == name and r["config_sha"] == job.sha]
+    if seeds is None and job.seed > 0 and first and float(first[0]["wall_s"]) > ONE_SEED_AFTER_S:
+        log(f"{name}: one seed only (a run takes {float(first[0]['wall_s']) / 60:.0f} min)")
+        return False
+    return True
+
+
+def _reproduce_in_parallel(
+    jobs: list[Job],
+    seeds: int | None,
+    runs_dir: Path,
+    docs_dir: Path,
+    parallel: Parallel,
+    log: Callable[[str], None],
+) -> None:
+    """Waves of runs on Ray: every pending job whose config's pace is known (or seed 0 of those
+    whose is not), then the ledger rows of those that finished, until nothing is pending."""
+    from mnistctl.runs import is_run_dir, load_run
+    from mnistctl.sweep import run_jobs
+
+    ledger_path = docs_dir / LEDGER
+    while True:
+        ledger = read_ledger(ledger_path)
+        known = {(r["config"], r["config_sha"]) for r in ledger}
+        wave = [
+            j
+            for j in jobs
+            if _runnable(j, ledger, seeds, log)
+            and (seeds is not None or j.seed == 0 or (label(j.experiment), j.sha) in known)
+        ]
+        if not wave:
+            return
+        named = {f"{label(j.experiment).replace('@', '-')}-seed{j.seed}-{j.sha}": j for j in wave}
+        run_jobs(
+            {name: j.experiment for name, j in named.items()},
+            runs_dir=runs_dir,
+            address=parallel.address,
+            max_concurrent=parallel.max_concurrent,
+            group="reproduce",
+            quiet=parallel.quiet,
+        )
+        finished = 0
+        for name, job in named.items():
+            if not is_run_dir(runs_dir / name):
+                continue  # failed before its run directory was made
+            run = load_run(runs_dir / name)
+            if run.record.status.finished:
+                _append_ledger(ledger_path, summarize_run(run, label(job.experiment), job.seed, job.sha))
+                finished += 1
+        write_tables(docs_dir)
+        if finished < len(named):
+            return  # interrupted or failed: what is left stays pending for the next call
+
+
+def _reproduce_in_turn(
+    jobs: list[Job],
+    seeds: int | None,
+    runs_dir: Path,
+    docs_dir: Path,
+    extra_hooks: Sequence[Hook],
+    log: Callable[[str], None],
+    should_stop: Callable[[], bool],
+) -> None:
     from mnistctl.experiment import resume_experiment, run_experiment  # TensorFlow only when training
 
     ledger_path = docs_dir / LEDGER
-    jobs = [Job(p, s, e, config_sha(e)) for p in configs for s, e in _seeded(p, seeds or 3, overrides)]
     for job in jobs:
-        ledger = read_ledger(ledger_path)
-        done = {(r["config"], int(r["seed"]), r["config_sha"]) for r in ledger}
+        if not _runnable(job, read_ledger(ledger_path), seeds, log):
+            continue
         name = label(job.experiment)
-        if (name, job.seed, job.sha) in done:
-            continue
-        first = [r for r in ledger if r["config"] == name and r["config_sha"] == job.sha]
-        if seeds is None and job.seed > 0 and first and float(first[0]["wall_s"]) > ONE_SEED_AFTER_S:
-            log(f"{name}: one seed only (a run takes {float(first[0]['wall_s']) / 60:.0f} min)")
-            continue
         unfinished = _unfinished_run(runs_dir, job.experiment.name, job.seed, job.sha)
         log(f"{name} seed {job.seed}: " + ("resuming " + unfinished.name if unfinished else "training"))
         if unfinished is not None:
@@ -171,9 +254,6 @@ def reproduce(
             break  # interrupted: the run directory keeps it for next time
         _append_ledger(ledger_path, summarize_run(run, name, job.seed, job.sha))
         write_tables(docs_dir)
-    write_tables(docs_dir)
-    wanted = {label(j.experiment) for j in jobs}
-    return [r for r in read_ledger(ledger_path) if r["config"] in wanted]
 
 
 def label(exp: Experiment) -> str:

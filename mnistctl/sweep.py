@@ -429,9 +429,15 @@ class TrialPlan:
     source: str
     threads: int
     data_dir: str | None = None
+    jobs: dict[str, dict[str, Any]] | None = None  # run_jobs: run directory name -> experiment
 
     def experiment(self, params: dict[str, Any]) -> Experiment:
+        if self.jobs is not None:
+            return parse_experiment(copy.deepcopy(self.jobs[params["job"]]), params["job"])
         return apply_values(parse_experiment(copy.deepcopy(self.base), self.source), params, self.source)
+
+    def run_name(self, params: dict[str, Any], trial_id: str) -> str:
+        return params["job"] if self.jobs is not None else trial_dir_name(trial_id)
 
 
 def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
@@ -443,7 +449,7 @@ def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     from mnistctl.runs import load_run
 
     trial_id = tune.get_context().get_trial_id()
-    name = trial_dir_name(trial_id)
+    name = plan.run_name(params, trial_id)
     run_dir = Path(plan.sweep_dir) / name
     common = dict(
         extra_hooks=[TuneReporter(tune.report)],
@@ -627,6 +633,80 @@ def run_sweep(
     if best is not None:
         write_atomic(sweep_dir / BEST_FILE, json.dumps(best, indent=2) + "\n")
     return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started)
+
+
+def run_jobs(
+    jobs: dict[str, Experiment],
+    *,
+    runs_dir: Path,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    cpus_per_trial: int = 1,
+    group: str = "jobs",
+    quiet: bool = False,
+) -> list[Path]:
+    """Train named experiments side by side on Ray (``reproduce --max-concurrent``): each in
+    ``runs_dir/<name>``, resumed in place when it is there already (unless it is finished).
+
+    Returns:
+        The run directories, in the order of ``jobs``; their records say how each ended.
+    """
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    runs_dir = runs_dir.resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    start_ray(address)
+    available = cluster_cpus()
+    if cpus_per_trial > available:
+        raise SweepError(f"{cpus_per_trial} CPUs per run is more than the {available} CPUs there are")
+    concurrent = max_concurrent or max(1, available // cpus_per_trial)
+    plan = TrialPlan(
+        str(runs_dir), group, {}, "", cpus_per_trial, jobs={n: to_dict(e) for n, e in jobs.items()}
+    )
+    trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus_per_trial})
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(list(jobs))},
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(max_concurrent=concurrent),
+            trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{group}-{stamp}",
+            storage_path=str(runs_dir / ".tune"),
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=0,
+            callbacks=[_job_progress(quiet)],
+        ),
+    )
+    if not quiet:
+        print(f"{len(jobs)} runs, {concurrent} at a time, {cpus_per_trial} CPU each", file=sys.stderr)
+    tuner.fit()
+    return [runs_dir / name for name in jobs]
+
+
+def _job_progress(quiet: bool) -> Any:
+    from ray import tune
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            log(f"{trial.config['job']}: started")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            log(f"{trial.config['job']}: ended at step {result.get('step', 0)}, test accuracy "
+                f"{result.get('test_accuracy', float('nan')):.4f}")  # fmt: skip
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log(f"{trial.config['job']}: failed")
+
+    return Progress()
 
 
 def _search_algorithm(sweep: Sweep, concurrent: int) -> Any:

@@ -120,6 +120,13 @@ def _check_name(name: str) -> None:
     help="fashion: train on Fashion-MNIST (default configs: conv, conv_dropout, record).",
 )
 @set_option
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Train N runs side by side on Ray, one core each (default: one after another, on every core).",
+)
+@click.option("--address", metavar="HOST:PORT", help="Train on this Ray cluster (side by side).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def reproduce(
     configs: tuple[Path, ...],
@@ -128,12 +135,14 @@ def reproduce(
     docs_dir: Path,
     dataset: str,
     overrides: tuple[str, ...],
+    max_concurrent: int | None,
+    address: str | None,
     quiet: bool,
 ) -> None:
     """Train the walk-through's configs (default: all of them) with several seeds and write
     docs/RESULTS.md and docs/results.csv. Finished (config, seed) runs are skipped next time."""
     from mnistctl.config import check_machine, load_config
-    from mnistctl.reproduce import default_configs
+    from mnistctl.reproduce import Parallel, default_configs
     from mnistctl.reproduce import reproduce as run_reproduction
 
     paths = list(configs) or default_configs(dataset)
@@ -150,6 +159,7 @@ def reproduce(
             extra_hooks=[ProgressView(out, True)],
             log=logger(quiet),
             should_stop=stop,
+            parallel=Parallel(max_concurrent, address, quiet) if max_concurrent or address else None,
         )
     table = Table(title=f"{len(rows)} finished runs (see {docs_dir / 'RESULTS.md'})", title_justify="left")
     columns = ("config", "seed", "max_test_accuracy", "final_test_accuracy", "wall_s")
