@@ -492,23 +492,33 @@ def check_address(address: str) -> None:
 
 
 def start_ray(address: str | None) -> None:
-    """Join the cluster at ``address``, or start Ray on this machine bound to 127.0.0.1 only."""
+    """Join the cluster at ``address``, or start Ray on this machine bound to 127.0.0.1 only.
+
+    Call it before anything else imports Ray: Ray decides at import whether a machine-local Ray
+    listens on the machine's network address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
+    """
     import logging
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the sweep prints its own progress
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if address is not None:
+        check_address(address)  # before importing Ray: an unreachable address answers at once
+    else:
+        # Without this, Ray 2.60 binds its services to the machine's network address (and some
+        # to every address) even when told 127.0.0.1; with it, every Ray process of a local
+        # sweep, all started from here and so inheriting it, listens on loopback only.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
+    from ray._private import ray_constants
 
     if ray.is_initialized():
         return
     if address is not None:
-        check_address(address)
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         return
-    # Without this, Ray 2.60 binds its services to the machine's network address even when told
-    # 127.0.0.1; with it, every Ray process of a local sweep listens on loopback only.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before the variable was set
+        raise SweepError("Ray was imported before mnistctl could keep it on 127.0.0.1; start the sweep first")
     ray.init(
         num_cpus=os.cpu_count(),
         include_dashboard=False,
@@ -553,8 +563,6 @@ def run_sweep(
         SweepError: the sweep directory exists already (new) or is not one (resume), the
             cluster is unreachable, or a trial asks for more cores than it has.
     """
-    from ray import tune
-
     resume = sweep_dir is not None
     if sweep_dir is None:
         sweep_dir = (runs_dir or Path("runs")) / sweep.name
@@ -568,7 +576,9 @@ def run_sweep(
         raise SweepError(
             f"resources.cpus_per_trial: {cpus} is more than the {os.cpu_count()} CPUs of this machine"
         )
-    start_ray(address)
+    start_ray(address)  # first: it decides which addresses Ray listens on
+    from ray import tune
+
     available = cluster_cpus()
     if cpus > available:
         where = "the cluster" if address else "this machine"
@@ -651,12 +661,12 @@ def run_jobs(
     Returns:
         The run directories, in the order of ``jobs``; their records say how each ended.
     """
+    runs_dir = runs_dir.resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    start_ray(address)  # first: it decides which addresses Ray listens on
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    runs_dir = runs_dir.resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    start_ray(address)
     available = cluster_cpus()
     if cpus_per_trial > available:
         raise SweepError(f"{cpus_per_trial} CPUs per run is more than the {available} CPUs there are")
