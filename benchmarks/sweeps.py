@@ -44,7 +44,7 @@ def mnistctl(*args: str) -> float:
 def ray_startup() -> float:
     code = (
         "import time; t = time.perf_counter()\n"
-        "from mnistctl.sweep import start_ray; start_ray(None)\n"
+        "from mnistctl.engine import start_ray; start_ray(None)\n"
         "print(time.perf_counter() - t)\n"
         "import ray; ray.shutdown()\n"
     )

@@ -181,8 +181,8 @@ def _reproduce_in_parallel(
 ) -> None:
     """Waves of runs on Ray: every pending job whose config's pace is known (or seed 0 of those
     whose is not), then the ledger rows of those that finished, until nothing is pending."""
+    from mnistctl.engine import run_jobs
     from mnistctl.runs import is_run_dir, load_run
-    from mnistctl.sweep import run_jobs
 
     ledger_path = docs_dir / LEDGER
     while True:

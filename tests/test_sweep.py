@@ -329,7 +329,7 @@ def assert_loopback_only(sockets: list[tuple[str, int]]) -> None:
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
 def test_a_local_ray_listens_on_loopback_only():
     """Every port the local Ray of a sweep opens is on 127.0.0.1, none on the network."""
-    code = "from mnistctl.sweep import start_ray\nstart_ray(None)\nprint('up', flush=True)\ninput()\n"
+    code = "from mnistctl.engine import start_ray\nstart_ray(None)\nprint('up', flush=True)\ninput()\n"
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )

@@ -230,7 +230,9 @@ def sweep(
         plan = sweeps.load_sweep(source, overrides, name)
     else:
         plan = sweeps.grid_sweep(source, grids, overrides, logger(quiet), name)
-    outcome = sweeps.run_sweep(
+    from mnistctl.engine import run_sweep
+
+    outcome = run_sweep(
         plan,
         runs_dir=runs_dir,
         sweep_dir=resume,

@@ -1,0 +1,450 @@
+"""The engine: one run as a Ray Tune trial, many of them side by side on Ray.
+
+A trial is ``run_experiment`` (or ``resume_experiment``, when Tune retries it) with one more
+hook, ``TuneReporter``, that reports each evaluation to Tune. ``run_sweep`` runs a checked
+:class:`mnistctl.sweep.Sweep`; ``run_jobs`` runs named experiments (``reproduce``). Ray runs on
+this machine by default, every process bound to 127.0.0.1 (``start_ray``); ``--address`` joins a
+cluster. Nothing here is imported until a command trains on Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistctl.config import Experiment, dump_yaml, parse_experiment, to_dict
+from mnistctl.files import write_atomic
+from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.metrics import read_metrics
+from mnistctl.runs import METRICS_FILE, Status, find_runs, is_run_dir
+from mnistctl.sweep import (
+    BASE_FILE,
+    BEST_FILE,
+    SWEEP_FILE,
+    TUNE_DIR,
+    Sweep,
+    SweepError,
+    apply_values,
+    dump_sweep,
+    short_keys,
+    short_value,
+    tune_space,
+    write_trials,
+)
+
+CONNECT_TIMEOUT_S = 5.0
+
+# -- one trial, inside a Ray worker --------------------------------------------------------
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """``4f3a2_00003`` -> ``trial-00003``: stable across a sweep's resumes and retries."""
+    return f"trial-{trial_id.rsplit('_', 1)[-1]}"
+
+
+class TuneReporter(Hook):
+    """Reports every evaluation to Ray Tune; ends the run as ``stopped`` when Tune says stop."""
+
+    def __init__(self, report: Callable[[dict[str, Any]], None]) -> None:
+        self.report = report
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        values = {
+            k: v for k, v in record.as_row().items() if isinstance(v, (int, float)) and not math.isnan(v)
+        }
+        metrics = {
+            k: values[k]
+            for k in ("step", "train_accuracy", "test_accuracy", "validation_accuracy")
+            if k in values
+        }
+        try:
+            self.report(metrics)
+        except SystemExit:  # Ray's way of telling a training thread that Tune stopped the trial
+            ctx.stop = Status.STOPPED
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial needs, shipped to the Ray workers (plain data only)."""
+
+    sweep_dir: str
+    sweep_name: str
+    base: dict[str, Any]
+    source: str
+    threads: int
+    data_dir: str | None = None
+    jobs: dict[str, dict[str, Any]] | None = None  # run_jobs: run directory name -> experiment
+
+    def experiment(self, params: dict[str, Any]) -> Experiment:
+        if self.jobs is not None:
+            return parse_experiment(copy.deepcopy(self.jobs[params["job"]]), params["job"])
+        return apply_values(parse_experiment(copy.deepcopy(self.base), self.source), params, self.source)
+
+    def run_name(self, params: dict[str, Any], trial_id: str) -> str:
+        return params["job"] if self.jobs is not None else trial_dir_name(trial_id)
+
+
+def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
+    """One trial: a new run directory, or the same one resumed when Tune retries the trial."""
+    import ray
+    from ray import tune
+
+    from mnistctl.experiment import resume_experiment, run_experiment
+    from mnistctl.runs import load_run
+
+    trial_id = tune.get_context().get_trial_id()
+    name = plan.run_name(params, trial_id)
+    run_dir = Path(plan.sweep_dir) / name
+    common = dict(
+        extra_hooks=[TuneReporter(tune.report)],
+        threads=plan.threads,
+        record={"sweep": plan.sweep_name, "trial": trial_id, "node": ray.get_runtime_context().get_node_id()},
+        data_dir=Path(plan.data_dir) if plan.data_dir else None,
+    )
+    if is_run_dir(run_dir):
+        run = load_run(run_dir)
+        if run.record.status.finished:  # finished before the sweep was stopped: report, and done
+            rows = read_metrics(run_dir / METRICS_FILE)
+            if rows:
+                tune.report({k: v for k, v in rows[-1].items() if not math.isnan(v)})
+            return
+        resume_experiment(run_dir, reclaim=True, **common)
+    else:
+        run_experiment(
+            plan.experiment(params), runs_dir=Path(plan.sweep_dir), name=name, exact_name=True, **common
+        )
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+def check_address(address: str) -> None:
+    """A cluster address that answers, or one line saying it does not (within seconds)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(
+            f"--address {address}: expected HOST:PORT of a Ray cluster's head (e.g. 127.0.0.1:6379)"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise SweepError(
+            f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
+            "start one with 'ray start --head --node-ip-address=127.0.0.1', or leave --address out"
+        ) from None
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at ``address``, or start Ray on this machine bound to 127.0.0.1 only.
+
+    Call it before anything else imports Ray: Ray decides at import whether a machine-local Ray
+    listens on the machine's network address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
+    """
+    import logging
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the sweep prints its own progress
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if address is not None:
+        check_address(address)  # before importing Ray: an unreachable address answers at once
+    else:
+        # Without this, Ray 2.60 binds its services to the machine's network address (and some
+        # to every address) even when told 127.0.0.1; with it, every Ray process of a local
+        # sweep, all started from here and so inheriting it, listens on loopback only.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return
+    if address is not None:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return
+    if ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before the variable was set
+        raise SweepError("Ray was imported before mnistctl could keep it on 127.0.0.1; start the sweep first")
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+@dataclass
+class SweepOutcome:
+    """How a sweep (or its latest part) ended."""
+
+    sweep_dir: Path
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    interrupted: bool
+    wall_s: float
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    runs_dir: Path | None = None,
+    sweep_dir: Path | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    data_dir: Path | None = None,
+    quiet: bool = False,
+) -> SweepOutcome:
+    """Run a sweep on Ray Tune: new under ``runs_dir``, or continued in ``sweep_dir``.
+
+    Progress goes to stderr, a line per trial started and ended (none with ``quiet``).
+
+    Raises:
+        SweepError: the sweep directory exists already (new) or is not one (resume), the
+            cluster is unreachable, or a trial asks for more cores than it has.
+    """
+    resume = sweep_dir is not None
+    if sweep_dir is None:
+        sweep_dir = (runs_dir or Path("runs")) / sweep.name
+        if sweep_dir.exists():
+            raise SweepError(
+                f"{sweep_dir}: exists already; continue it with --resume {sweep_dir}, or --name another"
+            )
+    sweep_dir = sweep_dir.resolve()
+    cpus = sweep.spec.resources.cpus_per_trial
+    if address is None and cpus > (os.cpu_count() or 1):
+        raise SweepError(
+            f"resources.cpus_per_trial: {cpus} is more than the {os.cpu_count()} CPUs of this machine"
+        )
+    start_ray(address)  # first: it decides which addresses Ray listens on
+    from ray import tune
+
+    available = cluster_cpus()
+    if cpus > available:
+        where = "the cluster" if address else "this machine"
+        raise SweepError(f"resources.cpus_per_trial: {cpus} is more than the {available} CPUs of {where}")
+    concurrent = max_concurrent or sweep.spec.max_concurrent or max(1, available // cpus)
+    if not resume:
+        sweep_dir.mkdir(parents=True)
+        write_atomic(sweep_dir / BASE_FILE, dump_yaml(sweep.base))
+        write_atomic(sweep_dir / SWEEP_FILE, dump_sweep(sweep))
+    plan = TrialPlan(str(sweep_dir), sweep.name, to_dict(sweep.base), str(sweep_dir / BASE_FILE), cpus,
+                     str(data_dir) if data_dir else None)  # fmt: skip
+    trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus})
+    progress = _progress(sweep, sweep_dir, quiet)
+    started = time.time()
+    tune_path = sweep_dir / TUNE_DIR
+    if resume:
+        if not tune.Tuner.can_restore(str(tune_path)):
+            raise SweepError(f"{sweep_dir}: Ray Tune saved no state there yet; start the sweep again")
+        tuner = tune.Tuner.restore(
+            str(tune_path),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=tune_space(sweep),
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(sweep),
+            tune_config=tune.TuneConfig(
+                metric=sweep.spec.metric,
+                mode="max",
+                search_alg=_search_algorithm(sweep, concurrent),
+                scheduler=_scheduler(sweep),
+                num_samples=sweep.spec.samples,
+                time_budget_s=sweep.spec.time_budget_minutes * 60 if sweep.spec.time_budget_minutes else None,
+                trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(sweep_dir),
+                failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+                callbacks=[progress],
+            ),
+        )
+    if not quiet:
+        what = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
+        print(
+            f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
+            file=sys.stderr,
+        )
+    tuner.fit()
+    # Tune's own word on each trial: TERMINATED (finished, or stopped early by the scheduler),
+    # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
+    statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
+    interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
+    _mark_stopped(sweep_dir, {trial for trial, status in statuses.items() if status == "TERMINATED"})
+    trials = write_trials(sweep_dir)
+    best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
+    if best is not None:
+        write_atomic(sweep_dir / BEST_FILE, json.dumps(best, indent=2) + "\n")
+    return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started)
+
+
+def run_jobs(
+    jobs: dict[str, Experiment],
+    *,
+    runs_dir: Path,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    cpus_per_trial: int = 1,
+    group: str = "jobs",
+    quiet: bool = False,
+) -> list[Path]:
+    """Train named experiments side by side on Ray (``reproduce --max-concurrent``): each in
+    ``runs_dir/<name>``, resumed in place when it is there already (unless it is finished).
+
+    Returns:
+        The run directories, in the order of ``jobs``; their records say how each ended.
+    """
+    runs_dir = runs_dir.resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    start_ray(address)  # first: it decides which addresses Ray listens on
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    available = cluster_cpus()
+    if cpus_per_trial > available:
+        raise SweepError(f"{cpus_per_trial} CPUs per run is more than the {available} CPUs there are")
+    concurrent = max_concurrent or max(1, available // cpus_per_trial)
+    plan = TrialPlan(
+        str(runs_dir), group, {}, "", cpus_per_trial, jobs={n: to_dict(e) for n, e in jobs.items()}
+    )
+    trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus_per_trial})
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search(list(jobs))},
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(max_concurrent=concurrent),
+            trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{group}-{stamp}",
+            storage_path=str(runs_dir / ".tune"),
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=0,
+            callbacks=[_job_progress(quiet)],
+        ),
+    )
+    if not quiet:
+        print(f"{len(jobs)} runs, {concurrent} at a time, {cpus_per_trial} CPU each", file=sys.stderr)
+    tuner.fit()
+    return [runs_dir / name for name in jobs]
+
+
+def _job_progress(quiet: bool) -> Any:
+    from ray import tune
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            log(f"{trial.config['job']}: started")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            log(f"{trial.config['job']}: ended at step {result.get('step', 0)}, test accuracy "
+                f"{result.get('test_accuracy', float('nan')):.4f}")  # fmt: skip
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log(f"{trial.config['job']}: failed")
+
+    return Progress()
+
+
+def _search_algorithm(sweep: Sweep, concurrent: int) -> Any:
+    from ray.tune.search import BasicVariantGenerator
+
+    if sweep.spec.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=sweep.spec.seed), max_concurrent=concurrent)
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=sweep.spec.seed)
+
+
+def _scheduler(sweep: Sweep) -> Any:
+    asha = sweep.spec.scheduler.asha if sweep.spec.scheduler else None
+    if asha is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=sweep.base.train.steps,
+        grace_period=asha.grace_steps,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
+def _mark_stopped(sweep_dir: Path, finished: set[str]) -> None:
+    """Trials that Tune ended without error before their last step were stopped early (their
+    process is gone, so their records may still claim it): say so, for compare and resume."""
+    for run in find_runs([sweep_dir]):
+        record = run.record
+        if record.trial not in finished or record.status.finished:
+            continue
+        deadline = time.time() + 10
+        while run.status.claimed and time.time() < deadline:  # wait for the process to exit
+            time.sleep(0.2)
+            run = type(run)(run.path, _reload(run).record)
+        if not run.record.status.finished:
+            run.update(status=Status.STOPPED)
+
+
+def _reload(run: Any) -> Any:
+    from mnistctl.runs import load_run
+
+    return load_run(run.path)
+
+
+def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
+    """A Tune callback that tells the user about trials and keeps trials.csv current.
+
+    Made on demand so that this module imports without Ray (compare and plot read sweeps);
+    Tune pickles it with the sweep's state, so it holds plain data and prints by itself."""
+    from ray import tune
+
+    space = list(sweep.space)
+    labels = short_keys(space)
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            values = ", ".join(f"{labels[k]}={short_value(trial.config.get(k))}" for k in space)
+            log(f"{trial_dir_name(trial.trial_id)} started: {values}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            value = result.get(sweep.spec.metric)
+            shown = f"{sweep.spec.metric} {value:.4f}" if isinstance(value, float) else "no result"
+            log(f"{trial_dir_name(trial.trial_id)} ended at step {result.get('step', 0)}: {shown}")
+            write_trials(sweep_dir)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log(f"{trial_dir_name(trial.trial_id)} failed (see {sweep_dir / trial_dir_name(trial.trial_id)})")
+
+    return Progress()
