@@ -34,6 +34,7 @@ from mnistctl.runs import (
     TENSORBOARD_DIR,
     Resume,
     Run,
+    RunLock,
     RunRecorder,
     Status,
     cpu_has_bfloat16,
@@ -98,8 +99,9 @@ def run_experiment(
         dataset_sha256=data.checksums,
         **(record or {}),
     )
-    hooks = [*build_hooks(run, exp, g), *extra_hooks]
-    _train(run, exp, g, data, hooks=hooks, should_stop=should_stop, threads=threads)
+    with RunLock(run.path):
+        hooks = [*build_hooks(run, exp, g), *extra_hooks]
+        _train(run, exp, g, data, hooks=hooks, should_stop=should_stop, threads=threads)
     return run
 
 
@@ -168,46 +170,48 @@ def resume_experiment(
         ResumeError: when the run is still alive, is complete, or its config would change in a
             way that is not allowed (the message lists the differing keys).
     """
-    run = load_run(run_dir)
-    if run.status.claimed and not reclaim:
-        raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
-    recorded = run.experiment()
-    source = str(run_dir / CONFIG_FILE)
-    exp = load_config(config, overrides) if config else apply_to(recorded, overrides, source)
-    changes = diff_configs(recorded, exp)
-    check_changes(run_dir, changes, force)
-    check_machine(exp, source)
-    checkpoint = latest_in(run.path / CHECKPOINT_DIR / LATEST)
-    step = step_of(checkpoint) if checkpoint else 0
-    if step >= exp.train.steps:
-        raise ResumeError(
-            f"{run_dir}: already trained {step} of {exp.train.steps} steps; "
-            f"extend it with --set train.steps=N (N > {step})"
+    load_run(run_dir)  # one clear line if it is not a run directory, before the lock file is made
+    with RunLock(run_dir):  # one writer at a time: a second resume is refused here
+        run = load_run(run_dir)
+        if run.status.claimed and not reclaim:
+            raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
+        recorded = run.experiment()
+        source = str(run_dir / CONFIG_FILE)
+        exp = load_config(config, overrides) if config else apply_to(recorded, overrides, source)
+        changes = diff_configs(recorded, exp)
+        check_changes(run_dir, changes, force)
+        check_machine(exp, source)
+        checkpoint = latest_in(run.path / CHECKPOINT_DIR / LATEST)
+        step = step_of(checkpoint) if checkpoint else 0
+        if step >= exp.train.steps:
+            raise ResumeError(
+                f"{run_dir}: already trained {step} of {exp.train.steps} steps; "
+                f"extend it with --set train.steps=N (N > {step})"
+            )
+        data = load_experiment_data(exp, data_dir=data_dir, log=log)
+        _check_precision(exp, log)
+        g = build_graph(exp)
+        run.update(
+            status=Status.RESUMING, error=None, pid=os.getpid(), host=socket.gethostname(), **(record or {})
         )
-    data = load_experiment_data(exp, data_dir=data_dir, log=log)
-    _check_precision(exp, log)
-    g = build_graph(exp)
-    run.update(
-        status=Status.RESUMING, error=None, pid=os.getpid(), host=socket.gethostname(), **(record or {})
-    )
-    log(f"resuming {run.name} from step {step}" + (f" ({_describe(changes)})" if changes else ""))
+        log(f"resuming {run.name} from step {step}" + (f" ({_describe(changes)})" if changes else ""))
 
-    def record_resume(restored: int) -> None:
-        write_atomic(run.path / CONFIG_FILE, dump_yaml(exp))
-        run.update(resumes=[*run.record.resumes, Resume(utc_now(), restored, changes)])
+        def record_resume(restored: int) -> None:
+            write_atomic(run.path / CONFIG_FILE, dump_yaml(exp))
+            run.update(resumes=[*run.record.resumes, Resume(utc_now(), restored, changes)])
 
-    _train(
-        run,
-        exp,
-        g,
-        data,
-        hooks=[*build_hooks(run, exp, g), *extra_hooks],
-        should_stop=should_stop,
-        checkpoint=checkpoint,
-        on_restored=record_resume,
-        threads=threads,
-    )
-    return run
+        _train(
+            run,
+            exp,
+            g,
+            data,
+            hooks=[*build_hooks(run, exp, g), *extra_hooks],
+            should_stop=should_stop,
+            checkpoint=checkpoint,
+            on_restored=record_resume,
+            threads=threads,
+        )
+        return run
 
 
 def _check_precision(exp: Experiment, log: Log) -> None:

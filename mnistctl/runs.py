@@ -45,6 +45,7 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 DISTRIBUTIONS_FILE = "distributions.csv"
 PREDICTIONS_FILE = "predictions.npz"
+LOCK_FILE = ".lock"  # held (flock) by the process that trains the run; says which one
 
 # A running process rewrites run.json at least this often; older means it died.
 HEARTBEAT_S = 30.0
@@ -238,6 +239,39 @@ def _alive(record: RunRecord) -> bool:
             return True
         return time.time() - float(record.heartbeat or 0) < 10 * HEARTBEAT_S
     return time.time() - float(record.heartbeat or 0) < 3 * HEARTBEAT_S
+
+
+class RunLock:
+    """An OS lock on a run directory, held by the one process that writes it.
+
+    ``flock`` on ``RUN_DIR/.lock``: the kernel releases it when the process dies, however it
+    dies, so a crashed run is never left locked, and a second writer is refused at once with
+    the pid that holds it (the file's text).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.run_dir}: in use by {holder}; let it finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
 def peak_rss_mb() -> float:

@@ -27,7 +27,9 @@ def invoke(*args):
 
 
 def files_of(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    """Every file of a run but its lock (which says who held the run last)."""
+    files = sorted(p for p in run.rglob("*") if p.is_file() and p.name != ".lock")
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_the_default_hooks_can_be_replaced(mnist_cache, tmp_path):
     exp = load_config(TINY, ["train.steps=20", "train.eval_every=10"])
     run = run_experiment(exp, runs_dir=tmp_path, build_hooks=lambda run, exp, g: [RunRecorder(run), Report()])
     assert run.record.status is Status.COMPLETED and seen == [10, 20]
-    assert sorted(p.name for p in run.path.iterdir()) == ["config.yaml", "run.json"]
+    assert sorted(p.name for p in run.path.iterdir()) == [".lock", "config.yaml", "run.json"]
 
 
 def test_a_run_from_before_the_redesign_evaluates_plots_and_resumes(mnist_cache, tmp_path):
@@ -136,6 +138,38 @@ def test_a_resume_without_a_checkpoint_starts_again_and_says_so(mnist_cache, tmp
     record = load_run(run).record
     assert [r.from_step for r in record.resumes] == [0] and record.status is Status.COMPLETED
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [10, 20]
+
+
+def test_two_resumes_of_one_run_at_once_one_trains_the_other_is_refused(validated_run, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    run = tmp_path / "shared"
+    shutil.copytree(validated_run, run)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "mnistctl", "train", "--resume", str(run), "--set", "train.steps=2000", "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while load_run(run).record.status is not Status.RUNNING:  # the first one holds the run
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = invoke("train", "--resume", run, "--set", "train.steps=2000")
+        assert second.exit_code == 2
+        assert f"{run}: in use by pid {first.pid} on" in second.output
+    finally:
+        first.terminate()  # SIGTERM: a checkpoint, then status interrupted
+        first.communicate(timeout=60)
+    steps = [r["step"] for r in read_metrics(run / "metrics.csv")]
+    assert steps == sorted(set(steps))  # each evaluation once
+    assert load_run(run).record.status is Status.INTERRUPTED
 
 
 def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
