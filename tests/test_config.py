@@ -363,3 +363,17 @@ def test_reading_a_run_never_checks_the_reading_machine(trained_run, monkeypatch
 
 def test_flatten_gives_dotted_paths():
     assert flatten({"a": {"b": [{"c": 1}, 2]}, "d": []}) == {"a.b[0].c": 1, "a.b[1]": 2, "d": []}
+
+
+def test_numbers_in_exponent_notation_are_numbers(write_config):
+    """YAML 1.1 reads 1e-3 as text (it wants 1.0e-3); people write 1e-3, so it is a number."""
+    path = write_config(GOOD.replace("lr0: 0.003", "lr0: 3e-3"))
+    assert load_config(path).schedule.lr0 == 0.003
+    assert load_config(path, ["schedule.lr0=1e-3"]).schedule.lr0 == 0.001
+    with pytest.raises(ConfigError, match=r"train\.steps: expected an integer >= 1"):
+        load_config(path, ["train.steps=1e3"])  # counts stay integers
+
+
+def test_messages_are_printed_literally(write_config):
+    result = CliRunner().invoke(main, ["validate", str(write_config(GOOD)), "--set", "tags=[a]"])
+    assert result.exit_code == 2 and result.output.startswith("error: --set tags=[a]: tags: unknown key")

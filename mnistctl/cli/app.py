@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from mnistctl import __version__
 from mnistctl.config import DATASETS
@@ -29,15 +30,15 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except MnistctlError as error:
-            err.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+        except MnistctlError as error:  # printed literally: [brackets] in a message are text
+            err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             sys.exit(130)
         except OSError as error:  # a full disk, a read-only directory: say so, in one line
             where = f" ({error.filename})" if error.filename else ""
-            err.print(f"[bold red]error:[/] {error.strerror or error}{where}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(error.strerror or error) + where)}", soft_wrap=True)
             sys.exit(2)
 
 
@@ -76,7 +77,7 @@ def dataset_choice(*extra: str) -> click.Choice:
 
 def logger(quiet: bool) -> Callable[[str], None]:
     """Where library progress messages go: dim lines on stderr, or nowhere with --quiet."""
-    return (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{msg}[/]"))
+    return (lambda msg: None) if quiet else (lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
 
 
 def check_figure_path(path: Path | None) -> None:

@@ -119,6 +119,8 @@ def check_value(value: Any, hint: Any, path: str, bounds: typing.Mapping) -> Any
         _check_bounds(value, "an integer", bounds, path)
         return value
     if hint is float:
+        if isinstance(value, str) and _EXPONENT.match(value.strip()):
+            value = float(value)  # 1e-3: YAML 1.1 reads it as text (it wants 1.0e-3); people write it
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise Invalid(path, f"expected {range_text('a number', bounds)}, got {shown(value)}")
         _check_bounds(value, "a number", bounds, path)
@@ -126,6 +128,7 @@ def check_value(value: Any, hint: Any, path: str, bounds: typing.Mapping) -> Any
     raise TypeError(f"no rule for {hint!r} at {path}")  # a schema bug, not a user error
 
 
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _BOUNDS = {"ge": (">=", float.__ge__), "gt": (">", float.__gt__)}
 _BOUNDS.update({"le": ("<=", float.__le__), "lt": ("<", float.__lt__)})
 
