@@ -178,7 +178,7 @@ def test_an_interrupted_sweep_continues_where_it_stopped(mnist_cache, tmp_path):
         "--set",
         "train.checkpoint_every=40",
     ]
-    grid = ["--grid", "schedule.lr0=0.002,0.004", "--grid", "train.seed=0,1"]
+    grid = ["--grid", "schedule.lr0=0.002,0.004"]
     process = subprocess.Popen(
         sweep_command(str(TINY), *grid, *settings, "--runs-dir", str(runs), "--max-concurrent", "1"),
         cwd=ROOT,
@@ -205,7 +205,7 @@ def test_an_interrupted_sweep_continues_where_it_stopped(mnist_cache, tmp_path):
 
     run_sweep_process("--resume", str(sweep_dir))
     rows = trials_csv(sweep_dir)
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
     assert {p: p.read_bytes() for p in finished_files} == finished_files  # not trained again
     resumed = load_run(sweep_dir / "trial-00001")
     assert len(resumed.record.resumes) >= 1  # continued from its checkpoint, not restarted
