@@ -1,11 +1,16 @@
 """Save and restore: the latest checkpoint (for resuming) and the best one (for eval/export).
 
-``tf.compat.v1.train.Saver`` writes each checkpoint under a temporary name and renames it,
-and updates its ``checkpoint`` index file last, so a crash leaves the previous one usable.
+``tf.compat.v1.train.Saver`` writes each checkpoint under a temporary name and renames it, its
+``.index`` last, so a checkpoint with an ``.index`` and its data is complete. The slots are
+managed from the files themselves, not from TensorFlow's ``checkpoint`` text index (which this
+module rewrites for TensorFlow's tools): a damaged index loses nothing, the promised number of
+checkpoints is kept across processes, and leftovers of a save cut short are cleaned away.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 from mnistctl._tf import tf
@@ -17,6 +22,10 @@ from mnistctl.runs import CHECKPOINT_DIR, Status, is_run_dir
 
 LATEST = "latest"
 BEST = "best"
+# Checkpoints kept per slot. Two latest: if the newest is being written when the process dies,
+# the one before it remains.
+KEEP = {LATEST: 2, BEST: 1}
+_NAME = re.compile(r"^model-(\d+)")
 
 
 class CheckpointError(MnistctlError):
@@ -29,15 +38,17 @@ class Checkpoints:
     def __init__(self, run_dir: Path, graph: Graph) -> None:
         self.root = run_dir / CHECKPOINT_DIR
         with graph.graph.as_default():
-            # max_to_keep=2: if the newest is being written when the process dies, one remains.
-            self._latest = tf.compat.v1.train.Saver(max_to_keep=2, save_relative_paths=True)
-            self._best = tf.compat.v1.train.Saver(max_to_keep=1, save_relative_paths=True)
+            # Retention is tidy()'s, from the files: a Saver knows only its own process's saves.
+            self._saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
 
     def save(self, session: tf.compat.v1.Session, slot: str, step: int) -> str:
         directory = self.root / slot
         directory.mkdir(parents=True, exist_ok=True)
-        saver = self._best if slot == BEST else self._latest
-        return saver.save(session, str(directory / "model"), global_step=step, write_meta_graph=False)
+        prefix = self._saver.save(
+            session, str(directory / "model"), global_step=step, write_meta_graph=False, write_state=False
+        )
+        tidy(directory, KEEP[slot])
+        return prefix
 
 
 class CheckpointHook(Hook):
@@ -75,39 +86,55 @@ class CheckpointHook(Hook):
 
 def drop_checkpoints_after(run_dir: Path, step: int) -> None:
     """Delete checkpoints saved after ``step`` (a resume redoes those steps)."""
-    for slot in (BEST, LATEST):
+    for slot, keep in KEEP.items():
         directory = run_dir / CHECKPOINT_DIR / slot
-        if not directory.is_dir():
-            continue
-        state = tf.train.get_checkpoint_state(str(directory))
-        kept = [p for p in (state.all_model_checkpoint_paths if state else []) if step_of(p) <= step]
-        for path in directory.glob("model-*"):
-            if step_of(path.name.split(".")[0]) > step:
-                path.unlink()
-        if kept:  # the index file TensorFlow reads, with paths relative to the directory
-            names = [Path(p).name for p in kept]
-            lines = [f'model_checkpoint_path: "{names[-1]}"'] + [
-                f'all_model_checkpoint_paths: "{n}"' for n in names
-            ]
-            write_atomic(directory / "checkpoint", "\n".join(lines) + "\n")
-        else:
-            (directory / "checkpoint").unlink(missing_ok=True)
+        if directory.is_dir():
+            tidy(directory, keep, until=step)
 
 
 def step_of(prefix: str) -> int:
     """The step in a checkpoint prefix (``.../model-1200`` -> 1200), or -1."""
-    try:
-        return int(str(prefix).rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+    match = _NAME.match(Path(str(prefix)).name)
+    return int(match.group(1)) if match else -1
+
+
+def complete_steps(directory: Path) -> list[int]:
+    """The steps of the complete checkpoints in a slot (an ``.index`` and its data), oldest first."""
+    steps = []
+    for index in directory.glob("model-*.index"):
+        step = step_of(index.name)
+        if step >= 0 and index.name == f"model-{step}.index" and any(directory.glob(f"model-{step}.data-*")):
+            steps.append(step)
+    return sorted(steps)
+
+
+def tidy(directory: Path, keep: int, until: int | None = None) -> None:
+    """Keep the newest ``keep`` complete checkpoints (none after step ``until``); delete the
+    others and anything a save cut short left behind; rewrite the index TensorFlow reads."""
+    steps = [s for s in complete_steps(directory) if until is None or s <= until]
+    kept = {f"model-{s}" for s in steps[-keep:]}
+    for path in directory.iterdir():
+        belongs = path.name.split(".")[0] in kept and "temp" not in path.name
+        if belongs or path.name == "checkpoint":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    names = sorted(kept, key=step_of)
+    if names:  # the index TensorFlow's tools read, paths relative to the directory
+        lines = [f'model_checkpoint_path: "{names[-1]}"'] + [
+            f'all_model_checkpoint_paths: "{n}"' for n in names
+        ]
+        write_atomic(directory / "checkpoint", "\n".join(lines) + "\n")
+    else:
+        (directory / "checkpoint").unlink(missing_ok=True)
 
 
 def latest_in(directory: Path) -> str | None:
-    """The newest checkpoint prefix recorded in a slot directory, if its files exist."""
-    prefix = tf.train.latest_checkpoint(str(directory))
-    if prefix and Path(prefix + ".index").is_file():
-        return prefix
-    return None
+    """The newest complete checkpoint in a slot directory, found from its files."""
+    steps = complete_steps(directory) if directory.is_dir() else []
+    return str(directory / f"model-{steps[-1]}") if steps else None
 
 
 def resolve(target: Path) -> tuple[Path, str]:

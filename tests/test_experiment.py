@@ -180,3 +180,40 @@ def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
     experiment._check_precision(load_config(TINY, ["train.precision=bfloat16"]), said.append)
     experiment._check_precision(load_config(TINY), said.append)
     assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]
+
+
+def test_a_damaged_checkpoint_index_loses_nothing(validated_run, tmp_path):
+    """The slots are read from the checkpoint files, not from TensorFlow's little text index."""
+    run = tmp_path / "garbled"
+    shutil.copytree(validated_run, run)
+    for slot in ("latest", "best"):
+        (run / "checkpoints" / slot / "checkpoint").write_text("model_checkpoint_path: \x00\x01 garbage\n")
+    best = sorted(p.name for p in (run / "checkpoints" / "best").iterdir() if p.name != "checkpoint")
+    report = json.loads(invoke("eval", run, "--json").output)
+    assert report["step"] == load_run(run).record.best_step
+    result = invoke("train", "--resume", run, "--set", "train.steps=120", "-q")
+    assert result.exit_code == 0, result.output
+    assert load_run(run).record.resumes[-1].from_step == 100  # not 0
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == list(range(10, 121, 10))
+    kept = sorted(p.name for p in (run / "checkpoints" / "best").iterdir() if p.name != "checkpoint")
+    assert kept == best or load_run(run).record.best_step > 100  # the best survives unless beaten
+
+
+def test_checkpoints_keep_their_number_across_resumes_and_leftovers_go(validated_run, tmp_path):
+    from mnistctl.checkpoints import complete_steps
+
+    run = tmp_path / "often"
+    shutil.copytree(validated_run, run)
+    latest = run / "checkpoints" / "latest"
+    (latest / "model-30.data-00000-of-00001").write_bytes(b"left by a kill")  # data without index
+    (latest / "model-110_temp").mkdir()  # a save cut short
+    for steps in (120, 140, 160, 180):
+        result = invoke("train", "--resume", run, "--set", f"train.steps={steps}", "-q")
+        assert result.exit_code == 0, result.output
+    assert complete_steps(latest) == [160, 180]
+    assert sorted(p.name for p in latest.iterdir()) == sorted(
+        ["checkpoint", *(f"model-{s}.index" for s in (160, 180)),
+         *(f"model-{s}.data-00000-of-00001" for s in (160, 180))]
+    )  # fmt: skip
+    assert len(complete_steps(run / "checkpoints" / "best")) == 1
+    assert 'model_checkpoint_path: "model-180"' in (latest / "checkpoint").read_text()
