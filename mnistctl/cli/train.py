@@ -258,21 +258,28 @@ def _short(value, column: str) -> str:
 
 
 def _sweep_table(plan, outcome) -> None:
+    """The trials, best first: a table in a terminal, aligned plain text elsewhere (a log)."""
     from mnistctl.sweep import short_keys
 
     metric = plan.spec.metric
     rows = outcome.trials
-    table = Table(
-        title=f"{len(rows)} trials in {outcome.wall_s:.0f} s, best first by {metric} ({outcome.sweep_dir})",
-        title_justify="left",
-    )
-    columns = ["trial", *plan.space, "status", "steps", metric, "final_test_accuracy", "wall_s"]
+    title = f"{len(rows)} trials in {outcome.wall_s:.0f} s, best first by {metric} ({outcome.sweep_dir})"
+    columns = ["trial", *plan.space, "status", "steps", metric, "final_test_accuracy"]
     labels = short_keys(list(plan.space))
-    for column in columns:
-        table.add_column(labels.get(column, column), no_wrap=column == "trial")
-    for row in rows[:20]:
-        table.add_row(*(_short(row.get(c), c) for c in columns))
-    out.print(table)
+    headers = [labels.get(c, c) for c in columns]
+    cells = [[_short(row.get(c), c) for c in columns] for row in rows[:20]]
+    if out.is_terminal:
+        table = Table(title=title, title_justify="left")
+        for header in headers:
+            table.add_column(header, no_wrap=True)
+        for line in cells:
+            table.add_row(*line)
+        out.print(table)
+    else:
+        widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+        out.print(title)
+        for line in [headers, *cells]:
+            out.print("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip())
     if len(rows) > 20:
         out.print(f"(the first 20 of {len(rows)}; all of them in {outcome.sweep_dir / 'trials.csv'})")
     if outcome.best:
