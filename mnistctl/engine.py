@@ -9,6 +9,7 @@ cluster. Nothing here is imported until a command trains on Ray.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -52,24 +53,35 @@ def trial_dir_name(trial_id: str) -> str:
 
 
 class TuneReporter(Hook):
-    """Reports every evaluation to Ray Tune; ends the run as ``stopped`` when Tune says stop."""
+    """Reports every evaluation to Ray Tune; ends the run as ``stopped`` when Tune says stop.
+
+    The last evaluation is reported only at ``end``, after the other hooks have ended (this
+    hook comes last): Tune stops a trial as soon as it has its last result, and the run's final
+    checkpoint and record must be written by then.
+    """
 
     def __init__(self, report: Callable[[dict[str, Any]], None]) -> None:
         self.report = report
+        self._last: dict[str, float] | None = None
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        values = {
-            k: v for k, v in record.as_row().items() if isinstance(v, (int, float)) and not math.isnan(v)
-        }
         metrics = {
-            k: values[k]
-            for k in ("step", "train_accuracy", "test_accuracy", "validation_accuracy")
-            if k in values
+            k: v
+            for k, v in record.as_row().items()
+            if k in ("step", "train_accuracy", "test_accuracy", "validation_accuracy") and not math.isnan(v)
         }
+        if ctx.step >= ctx.total_steps:
+            self._last = metrics
+            return
         try:
             self.report(metrics)
         except SystemExit:  # Ray's way of telling a training thread that Tune stopped the trial
             ctx.stop = Status.STOPPED
+
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        if self._last is not None and status is Status.COMPLETED:
+            with contextlib.suppress(SystemExit):
+                self.report(self._last)
 
 
 @dataclass(frozen=True)

@@ -219,3 +219,25 @@ def test_best_row_takes_the_first_maximum_and_ignores_nan():
     assert best_row(rows, "m")["step"] == 2
     assert best_row([{"step": 1, "m": math.nan}], "m") is None
     assert best_row([], "m") is None
+
+
+def test_a_sweep_trial_reports_its_last_result_after_every_other_hook_has_ended():
+    """Tune stops a trial once it has the last result: the run must be complete by then."""
+    from mnistctl.engine import TuneReporter
+
+    log = []
+    reporter = TuneReporter(lambda metrics: log.append(("tune", "report", metrics["step"])))
+    fit(context(FakeSession(fake_graph())), tiny_data(), [Recorder(log), reporter])
+    events = [entry[:3] for entry in log if entry[1] in ("report", "end")]
+    assert events == [("tune", "report", 5), ("h", "end", 10), ("tune", "report", 10)]
+
+
+def test_a_trial_that_tune_stops_ends_as_stopped():
+    from mnistctl.engine import TuneReporter
+
+    def stop(metrics):
+        raise SystemExit(0)  # what Ray's report does in a trial it has stopped
+
+    session = FakeSession(fake_graph())
+    status = fit(context(session, steps=20), tiny_data(), [TuneReporter(stop)])
+    assert status is Status.STOPPED and session.steps == 5
