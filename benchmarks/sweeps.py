@@ -30,14 +30,17 @@ CONV_DROPOUT = ROOT / "configs" / "conv_dropout.yaml"
 THROUGHPUT = ["--set", "train.steps=1500", "--set", "train.eval_every=1500", "--set", "data.test_size=1000"]
 
 
-def mnistctl(*args: str) -> float:
-    """Run a mnistctl command in a fresh process; its whole wall time in seconds."""
+def mnistctl(*args: str, log: Path | None = None) -> float:
+    """Run a mnistctl command in a fresh process; its whole wall time in seconds. With ``log``,
+    what it printed is kept there."""
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "mnistctl", *args], cwd=ROOT, capture_output=True, text=True
     )
     if result.returncode != 0:
         raise SystemExit(f"mnistctl {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    if log is not None:
+        log.write_text(result.stderr + result.stdout)
     return time.perf_counter() - started
 
 
