@@ -287,12 +287,23 @@ def grid_sweep(
 def resolve_sweep(
     spec: SweepSpec, base_path: Path, source: str, overrides: tuple[str, ...], name: str
 ) -> Sweep:
-    """Check everything about a sweep that can be checked before a trial runs."""
-    from mnistctl.config import is_valid_name
+    """Check everything about a sweep that can be checked before a trial runs.
 
-    base = load_config(base_path, overrides)
+    The base config gets the file's ``set`` first, then the command line's ``--set``, which wins.
+    """
+    from mnistctl.config import apply_to, is_valid_name
+
+    base = load_config(base_path)
     if spec.set:
         base = apply_values(base, spec.set, f"{source}: set")
+    if overrides:
+        base = apply_to(base, overrides, str(base_path))
+    asha = spec.scheduler.asha if spec.scheduler else None
+    if asha is not None and asha.grace_steps >= base.train.steps:
+        raise ConfigError(
+            f"{source}: scheduler.asha.grace_steps: {asha.grace_steps} is not below train.steps "
+            f"({base.train.steps}): no trial could be stopped early"
+        )
     space = {}
     for key, value in spec.space.items():
         where = sub("space", key)

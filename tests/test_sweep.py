@@ -338,3 +338,11 @@ def test_a_local_ray_listens_on_loopback_only():
         assert_loopback_only(listening(process.pid))
     finally:
         process.communicate("\n", timeout=60)
+
+
+def test_set_on_the_command_line_wins_over_the_sweep_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD + "scheduler: {asha: {grace_steps: 20}}\n")
+    assert load_sweep(path, ("train.steps=80",)).base.train.steps == 80  # the file says 60
+    with pytest.raises(ConfigError, match=r"grace_steps: 20 is not below train\.steps \(20\)"):
+        load_sweep(path, ("train.steps=20",))
