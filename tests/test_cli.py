@@ -150,6 +150,7 @@ def test_fast_commands_do_not_import_tensorflow(args, trained_run):
         "import sys\nfrom mnistctl.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONFIGS.parent)
     assert result.returncode == 0, result.stderr
