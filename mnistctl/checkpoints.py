@@ -44,9 +44,15 @@ class Checkpoints:
     def save(self, session: tf.compat.v1.Session, slot: str, step: int) -> str:
         directory = self.root / slot
         directory.mkdir(parents=True, exist_ok=True)
-        prefix = self._saver.save(
-            session, str(directory / "model"), global_step=step, write_meta_graph=False, write_state=False
-        )
+        try:
+            prefix = self._saver.save(
+                session, str(directory / "model"), global_step=step, write_meta_graph=False, write_state=False
+            )
+        except tf.errors.OpError as err:  # a full disk, say: the earlier checkpoints are kept
+            tidy(directory, KEEP[slot])  # and what the failed save left behind goes
+            raise CheckpointError(
+                f"{directory}: cannot save the checkpoint of step {step}: {_cause(err)}"
+            ) from None
         tidy(directory, KEEP[slot])
         return prefix
 
@@ -193,6 +199,15 @@ def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
     except (tf.errors.OpError, ValueError) as err:
         raise CheckpointError(f"{prefix}: damaged checkpoint ({_first_line(err)})") from None
     return int(session.run(graph.global_step))
+
+
+def _cause(err: Exception) -> str:
+    """The operating system's words in a TensorFlow I/O error (``No space left on device``)."""
+    text = getattr(err, "message", None) or str(err)
+    for line in text.splitlines():
+        if "; " in line and "/" in line.split("; ")[0]:
+            return line.rsplit("; ", 1)[1].strip()
+    return _first_line(err)
 
 
 def _first_line(err: Exception) -> str:
