@@ -22,7 +22,7 @@ from mnistctl.data import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
-from mnistctl.loop import fit
+from mnistctl.loop import Diverged, fit
 from mnistctl.metrics import CsvWriter, DistributionWriter, PredictionWriter, TensorBoardWriter, read_metrics
 from mnistctl.model import Graph, build_graph, count_parameters, make_session
 from mnistctl.runs import (
@@ -266,6 +266,16 @@ def _train(
     except KeyboardInterrupt:
         if run.record.status.claimed:  # before the hooks began: nothing was changed
             run.update(status=Status.INTERRUPTED)
+        raise
+    except Diverged as err:
+        kept = latest_in(run.path / CHECKPOINT_DIR / LATEST)
+        where = (
+            f"its last good checkpoint (step {step_of(kept)}) is kept"
+            if kept
+            else "no checkpoint was saved before it"
+        )
+        err.args = (f"{err}; {where}",)
+        run.update(error=str(err))
         raise
     except MnistctlError as err:
         if run.record.status.claimed:

@@ -134,8 +134,8 @@ def fit(
                     raise
                 status = Status.DIVERGED
                 raise Diverged(
-                    f"the loss became NaN or infinite at step {step + 1}; the run stopped and keeps its "
-                    "last good checkpoint. Try a lower learning rate (--set schedule...)"
+                    f"the loss became NaN or infinite at step {step + 1}; the run stopped. "
+                    "Try a lower learning rate (--set schedule...)"
                 ) from None
             ctx.session_s += time.perf_counter() - t1
             ctx.last_batch = idx

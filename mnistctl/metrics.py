@@ -132,12 +132,18 @@ class TensorBoardWriter(Hook):
                 )
         weights, biases = ctx.session.run([list(ctx.graph.weights), list(ctx.graph.biases)])
         for var, value in zip(ctx.graph.weights + ctx.graph.biases, weights + biases, strict=True):
-            summary.value.add(tag=var.op.name, histo=self._histogram(value))
+            histogram = self._histogram(value)
+            if histogram is not None:
+                summary.value.add(tag=var.op.name, histo=histogram)
         self._writer.add_summary(summary, record.step)
         self._writer.flush()
 
     def _histogram(self, values: np.ndarray):
+        """A histogram of the finite values (a diverging run's weights may not all be), or None."""
         values = np.ravel(values).astype(np.float64)
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return None
         counts, edges = np.histogram(values, bins=30)
         return self._tf.compat.v1.HistogramProto(
             min=float(values.min()),

@@ -122,6 +122,11 @@ BAD_CASES = [
         "train.precision: unknown precision 'float16'; expected one of: float32, bfloat16",
     ),
     ("stride: 2}", "stride: 0}", "model.layers[1].stride: expected an integer >= 1, got 0"),
+    (
+        "kernel: 5,",
+        "kernel: 200,",
+        "model.layers[0].kernel: kernel 200 is larger than the 28x28 input (padding: same)",
+    ),
     ("stride: 2}", "stride: 2.5}", "model.layers[1].stride: expected an integer >= 1, got 2.5"),
     ("stride: 2}", "stride: '2'}", "model.layers[1].stride: expected an integer >= 1, got '2'"),
     ("stride: 2}", "stride: true}", "model.layers[1].stride: expected an integer >= 1, got True"),
@@ -372,6 +377,27 @@ def test_numbers_in_exponent_notation_are_numbers(write_config):
     assert load_config(path, ["schedule.lr0=1e-3"]).schedule.lr0 == 0.001
     with pytest.raises(ConfigError, match=r"train\.steps: expected an integer >= 1"):
         load_config(path, ["train.steps=1e3"])  # counts stay integers
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.init.relu_bias=1e39",
+            "model.init.relu_bias: expected a number >= -100 and <= 100, got 1e+39",
+        ),
+        ("model.init.stddev=1e39", "model.init.stddev: expected a number > 0 and <= 100, got 1e+39"),
+        ("train.loss_scale=1e39", "train.loss_scale: expected a number > 0 and <= 1000000.0, got 1e+39"),
+        (
+            "schedule.lr0=1e39",
+            "schedule.lr0: expected a number float32 can hold (at most 3.4e+38), got 1e+39",
+        ),
+    ],
+)
+def test_numbers_float32_cannot_hold_are_refused(write_config, override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(GOOD), [override])
+    assert str(caught.value) == f"--set {override}: {message}"
 
 
 def test_messages_are_printed_literally(write_config):

@@ -162,9 +162,20 @@ def test_divergence_stops_with_status_and_advice(mnist_cache, tmp_path):
     assert (
         "the loss became NaN or infinite at step 2;" in result.output
         and "lower learning rate" in result.output
+        and "no checkpoint was saved before it" in result.output  # true: none was
     )
     (run,) = tmp_path.iterdir()
-    assert meta(run)["status"] == "diverged"
+    assert meta(run)["status"] == "diverged" and "no checkpoint was saved" in meta(run)["error"]
+
+
+def test_weights_that_overflow_do_not_crash_the_writers(mnist_cache, tmp_path):
+    """A wild rate can leave some weights infinite while the loss stays finite: the histograms
+    skip what is not finite instead of failing the run with a traceback."""
+    result = invoke(
+        "train", TINY, "--runs-dir", tmp_path, "--quiet", "--set", "optimizer={name: sgd}",
+        "--set", "schedule={name: constant, lr: 100}", "--set", "train.loss_scale=1000000",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_two_runs_in_the_same_second_get_separate_directories(tmp_path):

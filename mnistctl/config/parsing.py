@@ -124,10 +124,15 @@ def check_value(value: Any, hint: Any, path: str, bounds: typing.Mapping) -> Any
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise Invalid(path, f"expected {range_text('a number', bounds)}, got {shown(value)}")
         _check_bounds(value, "a number", bounds, path)
+        if abs(value) > FLOAT32_MAX:  # numbers end up in float32, where this would be infinite
+            raise Invalid(
+                path, f"expected a number float32 can hold (at most {FLOAT32_MAX:.3g}), got {shown(value)}"
+            )
         return float(value)
     raise TypeError(f"no rule for {hint!r} at {path}")  # a schema bug, not a user error
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _BOUNDS = {"ge": (">=", float.__ge__), "gt": (">", float.__gt__)}
 _BOUNDS.update({"le": ("<=", float.__le__), "lt": ("<", float.__lt__)})

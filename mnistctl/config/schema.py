@@ -115,9 +115,9 @@ def _check_window(shape: Shape, kernel: int, stride: int, padding: str, what: st
     if len(shape) != 3:
         raise Invalid("", f"a {what} layer cannot follow a dense layer")
     height, width, _ = shape
-    if padding == "valid" and kernel > min(height, width):
+    if kernel > min(height, width):  # with padding "same" too: large enough, it aborts TensorFlow
         key = "kernel" if what == "conv" else "size"
-        raise Invalid(key, f"{key} {kernel} is larger than the {height}x{width} input (padding: valid)")
+        raise Invalid(key, f"{key} {kernel} is larger than the {height}x{width} input (padding: {padding})")
     if stride > min(height, width):
         raise Invalid(
             "stride",
@@ -207,8 +207,9 @@ class InitConfig:
     """
 
     weights: Literal["truncated_normal", "zeros"] = "truncated_normal"
-    stddev: float = field(default=0.1, metadata={"gt": 0})
-    relu_bias: float = 0.1
+    # Bounds keep every value well inside float32, where TensorFlow computes.
+    stddev: float = field(default=0.1, metadata={"gt": 0, "le": 100})
+    relu_bias: float = field(default=0.1, metadata={"ge": -100, "le": 100})
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ class AdamConfig(OptimizerConfig):
     tag: ClassVar[str] = "adam"
     beta1: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
     beta2: float = field(default=0.999, metadata={"ge": 0, "lt": 1})
-    epsilon: float = field(default=1e-8, metadata={"gt": 0})
+    epsilon: float = field(default=1e-8, metadata={"gt": 0, "le": 1})
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ class TrainConfig:
     eval_every: int = field(default=100, metadata={"ge": 1})
     checkpoint_every: int = field(default=1000, metadata={"ge": 1})
     eval_batch_size: int = field(default=1000, metadata={"ge": 1, "le": 10000})
-    loss_scale: float = field(default=1.0, metadata={"gt": 0})
+    loss_scale: float = field(default=1.0, metadata={"gt": 0, "le": 1e6})
     seed: int = field(default=0, metadata={"ge": 0, "lt": 2**31})
     precision: Literal["float32", "bfloat16"] = "float32"
 
