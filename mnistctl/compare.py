@@ -98,13 +98,16 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
     differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     rows = []
     for run, config in zip(runs, configs, strict=True):
-        row = summarize(run)
+        try:
+            row = summarize(run)
+        except MnistctlError as err:  # one damaged run: shown as such, the others as usual
+            row = {"run": run.name, "status": "damaged", "error": str(err)}
         row.update({k: config.get(k) for k in differing})
         rows.append(row)
     shown = [
         c
         for c in RESULT_COLUMNS
-        if c not in OPTIONAL_COLUMNS or any(r[c] not in (None, "test") for r in rows)
+        if c not in OPTIONAL_COLUMNS or any(r.get(c) not in (None, "test") for r in rows)
     ]
     columns = shown + differing
     if sort:

@@ -8,3 +8,7 @@ class MnistctlError(Exception):
     """
 
     exit_code = 2
+
+
+class DamagedFileError(MnistctlError):
+    """A file of a run that cannot be read: binary junk, a truncated archive, wrong columns."""

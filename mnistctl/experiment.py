@@ -173,6 +173,7 @@ def resume_experiment(
     load_run(run_dir)  # one clear line if it is not a run directory, before the lock file is made
     with RunLock(run_dir):  # one writer at a time: a second resume is refused here
         run = load_run(run_dir)
+        read_metrics(run.path / METRICS_FILE)  # a damaged metrics.csv stops here, before any change
         if run.status.claimed and not reclaim:
             raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
         recorded = run.experiment()

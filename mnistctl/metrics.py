@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistctl.errors import DamagedFileError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import FIELDS, EvalRecord, Hook, TrainContext
 
@@ -55,18 +57,19 @@ def _fmt(value: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as numbers; a torn last line (from a crash) is skipped."""
-    if not path.is_file():
-        return []
+    """Rows of a metrics.csv as numbers; a torn last line (from a crash) is skipped.
+
+    Raises:
+        DamagedFileError: the file is not text, or not metrics (its columns are others).
+    """
     rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                rows.append({k: float(row[k]) if row.get(k) not in (None, "") else math.nan for k in FIELDS})
-            except (TypeError, ValueError):
-                continue
-            if math.isnan(rows[-1]["step"]) or math.isnan(rows[-1]["test_accuracy"]):
-                rows.pop()  # a torn line
+    for row in read_rows(path, required=("step", "test_accuracy")):
+        try:
+            rows.append({k: float(row[k]) if row.get(k) not in (None, "") else math.nan for k in FIELDS})
+        except (TypeError, ValueError):
+            continue
+        if math.isnan(rows[-1]["step"]) or math.isnan(rows[-1]["test_accuracy"]):
+            rows.pop()  # a torn line
     return rows
 
 
@@ -220,11 +223,25 @@ def _step(row: dict[str, str]) -> float:
         return math.inf  # a torn line: never kept
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path, required: tuple[str, ...] = ("step",)) -> list[dict[str, str]]:
+    """The rows of a CSV file a run wrote ([] when it is not there yet).
+
+    Raises:
+        DamagedFileError: naming the file, when it is not UTF-8 CSV with the ``required`` columns.
+    """
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DamagedFileError(f"{path}: damaged: not a CSV text file ({type(err).__name__})") from None
+    missing = [c for c in required if c not in columns]
+    if missing and (rows or columns):
+        raise DamagedFileError(f"{path}: damaged: no {', '.join(missing)} column")
+    return rows
 
 
 def read_distributions(path: Path) -> dict[str, np.ndarray]:
@@ -248,7 +265,10 @@ class PredictionWriter(Hook):
         self.best: tuple[int, np.ndarray] | None = None
 
     def begin(self, ctx: TrainContext) -> None:
-        saved = read_predictions(self.path) if ctx.start_step else None
+        try:
+            saved = read_predictions(self.path) if ctx.start_step else None
+        except DamagedFileError:  # only the best step's predictions are lost: they are redone
+            saved = None
         if saved is not None and int(saved["best_step"]) <= ctx.start_step:
             self.best = (int(saved["best_step"]), saved["best_predictions"])
 
@@ -278,7 +298,17 @@ class PredictionWriter(Hook):
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of predictions.npz (None when it is not there yet).
+
+    Raises:
+        DamagedFileError: naming the file, when it is truncated or not an archive of arrays.
+    """
     if not path.is_file():
         return None
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DamagedFileError(
+            f"{path}: damaged: not a readable archive of arrays ({type(err).__name__})"
+        ) from None

@@ -165,6 +165,14 @@ class RunRecord:
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
+        for key in ("heartbeat", "wall_s", "peak_rss_mb", "best_test_accuracy", "best_validation_accuracy"):
+            if values.get(key) is not None and not isinstance(values[key], (int, float)):
+                raise ValueError(f"{key} is {values[key]!r}, not a number")
+        for key in ("pid", "steps_done", "steps_total", "best_step", "seed", "parameters"):
+            if values.get(key) is not None and (
+                isinstance(values[key], bool) or not isinstance(values[key], int)
+            ):
+                raise ValueError(f"{key} is {values[key]!r}, not a whole number")
         values["status"] = Status.parse(data.get("status"))
         if isinstance(data.get("final"), dict):
             values["final"] = EvalRecord.from_row(data["final"])
@@ -408,14 +416,25 @@ def is_run_dir(path: Path) -> bool:
     return (path / META_FILE).is_file() and (path / CONFIG_FILE).is_file()
 
 
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Runs named directly, or every run inside a runs directory, oldest first."""
+def find_runs(paths: list[Path], damaged: list[RunError] | None = None) -> list[Run]:
+    """Runs named directly, or every run inside a runs directory, oldest first.
+
+    Args:
+        damaged: where to put the errors of runs inside a runs directory whose run.json cannot
+            be read, skipping them (default: the first one is raised).
+    """
     runs = []
     for path in paths:
         if is_run_dir(path):
             runs.append(load_run(path))
         elif path.is_dir():
-            runs.extend(load_run(p) for p in sorted(path.iterdir()) if p.is_dir() and is_run_dir(p))
+            for inside in sorted(p for p in path.iterdir() if p.is_dir() and is_run_dir(p)):
+                try:
+                    runs.append(load_run(inside))
+                except RunError as err:
+                    if damaged is None:
+                        raise
+                    damaged.append(err)
         else:
             raise RunError(f"{path}: no such run or runs directory")
     return runs

@@ -89,3 +89,63 @@ def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
     assert not runs.cpu_has_bfloat16()
     monkeypatch.setattr(runs, "CPUINFO", tmp_path / "missing")
     assert runs.cpu_model() and not runs.cpu_has_bfloat16()
+
+
+def _damaged_copies(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    for name in ("fine", "junk-metrics", "bad-heartbeat", "junk-distributions", "cut-predictions"):
+        shutil.copytree(OLD_RUN, runs / name)
+    (runs / "junk-metrics" / "metrics.csv").write_bytes(b"\x89PNG\x00\xff\xfe" * 100)
+    data = json.loads((runs / "bad-heartbeat" / "run.json").read_text())
+    (runs / "bad-heartbeat" / "run.json").write_text(json.dumps({**data, "heartbeat": "x"}))
+    (runs / "junk-distributions" / "distributions.csv").write_bytes(b"\xff\x00" * 50)
+    predictions = runs / "cut-predictions" / "predictions.npz"
+    predictions.write_bytes(predictions.read_bytes()[:300])
+    return runs
+
+
+def test_compare_shows_damaged_runs_as_damaged_and_lists_the_rest(tmp_path):
+    from click.testing import CliRunner
+
+    from mnistctl.cli import main
+
+    runs = _damaged_copies(tmp_path)
+    result = CliRunner().invoke(main, ["compare", str(runs), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("[") :])
+    status = {row["run"]: row["status"] for row in rows}
+    assert status == {"cut-predictions": "completed", "fine": "completed", "junk-distributions": "completed",
+                      "junk-metrics": "damaged"}  # fmt: skip
+    assert (
+        f"{runs / 'bad-heartbeat' / 'run.json'}: not a run record (heartbeat is 'x', not a number)"
+        in result.output
+    )
+    assert f"{runs / 'junk-metrics' / 'metrics.csv'}: damaged: not a CSV text file" in result.output
+
+
+@pytest.mark.parametrize(
+    ("run", "args", "message"),
+    [
+        ("junk-metrics", ["plot"], "metrics.csv: damaged: not a CSV text file (UnicodeDecodeError)"),
+        (
+            "junk-distributions",
+            ["plot"],
+            "distributions.csv: damaged: not a CSV text file (UnicodeDecodeError)",
+        ),
+        ("cut-predictions", ["plot"], "predictions.npz: damaged: not a readable archive of arrays"),
+        ("bad-heartbeat", ["plot"], "run.json: not a run record (heartbeat is 'x', not a number)"),
+        ("junk-metrics", ["train", "--resume"], "metrics.csv: damaged: not a CSV text file"),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, run, args, message):
+    from click.testing import CliRunner
+
+    from mnistctl.cli import main
+
+    runs = _damaged_copies(tmp_path)
+    before = (runs / run / "run.json").read_bytes()
+    result = CliRunner().invoke(main, [*args, str(runs / run)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {runs / run}") and message in line, line
+    assert (runs / run / "run.json").read_bytes() == before  # nothing changed

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from mnistctl.cli.app import check_figure_path, data_dir_option, err, main, out, set_option
@@ -110,12 +111,22 @@ def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bo
     from mnistctl.runs import find_runs
     from mnistctl.sweep import is_sweep_dir, ranking_column
 
-    runs = find_runs(list(paths) or [Path("runs")])
+    damaged: list[MnistctlError] = []
+    runs = find_runs(list(paths) or [Path("runs")], damaged)
+    for error in damaged:  # a run whose run.json is unreadable: named, and the others shown
+        err.print(f"[yellow]damaged:[/] {escape(str(error))}", soft_wrap=True)
     if not runs:
-        raise MnistctlError(f"no runs found in {', '.join(map(str, paths or ['runs']))}")
+        raise (
+            damaged[0]
+            if damaged
+            else MnistctlError(f"no runs found in {', '.join(map(str, paths or ['runs']))}")
+        )
     if sort_key is None and len(paths) == 1 and is_sweep_dir(paths[0]):
         sort_key, reverse = ranking_column(paths[0]), True
     columns, rows = compare_runs(runs, sort_key, reverse)
+    for row in rows:
+        if row.get("status") == "damaged":
+            err.print(f"[yellow]damaged:[/] {escape(row['error'])}", soft_wrap=True)
     if fmt != "table":
         click.echo(render(columns, rows, fmt))
         return
