@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import socket
 from importlib import resources
 from typing import Any
 
@@ -17,7 +18,9 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mnistctl.errors import MnistctlError
 from mnistctl.images import ImageError, preprocess
 
 MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
@@ -40,6 +43,13 @@ def create_app(predictor: Any) -> FastAPI:
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404, 405...: the same {"error": ...} shape as every other refusal
+        return JSONResponse(
+            {"error": f"{request.method} {request.url.path}: {exc.detail}"}, status_code=exc.status_code
+        )
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
@@ -105,6 +115,8 @@ def parse_instances(body: bytes) -> np.ndarray:
     float32 images [N, 28, 28, 1] in [0, 1]; BadRequest naming the first problem."""
     try:
         payload = json.loads(body, parse_constant=_no_constants)
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise BadRequest(f"malformed JSON: {err}") from None
     if not isinstance(payload, dict) or not ({"instances", "inputs"} & set(payload)):
@@ -128,8 +140,11 @@ def parse_instances(body: bytes) -> np.ndarray:
     images = np.empty((len(instances), 28, 28, 1), dtype=np.float32)
     for i, instance in enumerate(instances):
         try:
-            array = np.asarray(instance, dtype=np.float64)
-        except (ValueError, TypeError):
+            array = np.asarray(instance)
+            if array.dtype.kind not in "iuf":  # text, true/false and mixtures are not pixels
+                raise TypeError
+            array = array.astype(np.float64)
+        except (ValueError, TypeError, OverflowError):
             raise BadRequest(f"{where}[{i}]: expected numbers in nested lists of shape [28, 28, 1]") from None
         if array.shape not in ((28, 28, 1), (28, 28), (784,)):
             raise BadRequest(f"{where}[{i}]: expected shape [28, 28, 1], got {list(array.shape)}")
@@ -151,10 +166,37 @@ def _freeze_garbage() -> None:
     gc.freeze()
 
 
-def serve(predictor: Any, host: str, port: int) -> None:
-    """Run the server until interrupted."""
+class ServeError(MnistctlError):
+    """An address the server cannot listen on."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, before anything is loaded or announced.
+
+    Raises:
+        ServeError: the host is unknown or the port is taken, in one line.
+    """
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ServeError(
+            f"--host {host}: no such address ({getattr(err, 'strerror', None) or err})"
+        ) from None
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ServeError(f"{host}:{port}: cannot listen there ({err.strerror})") from None
+    return sock
+
+
+def serve(predictor: Any, sock: socket.socket) -> None:
+    """Serve on a socket from :func:`bind` until interrupted."""
     import uvicorn
 
     app = create_app(predictor)
     _freeze_garbage()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -226,6 +226,11 @@ BAD = [
     (b'{"instances": []}', "application/json", 400, '"instances" is empty'),
     (b'{"images": []}', "application/json", 400, 'expected a JSON object with "instances"'),
     (b"{}", "text/plain", 415, "content type 'text/plain' not accepted"),
+    (json.dumps({"instances": [[["0.5"]] * 28] * 28}).encode(), "application/json", 400, "expected numbers"),
+    (json.dumps({"instances": [[[True]] * 28] * 28}).encode(), "application/json", 400, "expected numbers"),
+    (b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}", "application/json", 400, "nested too deeply"),
+    (b'{"instances": ' + b"[" * 5000, "application/json", 400, "malformed JSON"),
+    (b'{"instances": [' + b"9" * 400 + b"]}", "application/json", 400, "expected numbers"),
 ]
 
 
@@ -237,6 +242,28 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(
     got, answer = request(f"{url}/v1/models/mnist:predict", body, content_type)
     assert got == status and message in answer["error"]
     assert request(f"{url}/healthz")[0] == 200
+
+
+def test_unknown_paths_and_methods_get_the_same_json_error(server):
+    url, _ = server
+    assert request(f"{url}/nowhere") == (404, {"error": "GET /nowhere: Not Found"})
+    status, body = request(f"{url}/healthz", b"{}")
+    assert status == 405 and body == {"error": "POST /healthz: Method Not Allowed"}
+
+
+def test_serve_on_a_taken_port_is_one_line_before_the_banner(trained_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = invoke("serve", trained_run, "--port", port)
+        assert result.exit_code == 2 and "serving" not in result.output
+        assert (
+            result.output.strip() == f"error: 127.0.0.1:{port}: cannot listen there (Address already in use)"
+        )
+    result = invoke("serve", trained_run, "--host", "no-such-host.invalid")
+    assert result.exit_code == 2 and result.output.startswith(
+        "error: --host no-such-host.invalid: no such address"
+    )
 
 
 def test_oversized_body_is_refused_before_it_is_read(server):

@@ -67,8 +67,11 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
 def serve(source: Path, host: str, port: int) -> None:
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
-    from mnistctl.export import Predictor
+    from mnistctl.serve import bind
     from mnistctl.serve import serve as run_server
+
+    sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
+    from mnistctl.export import Predictor
 
     predictor = Predictor(source)
     out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")
@@ -76,4 +79,4 @@ def serve(source: Path, host: str, port: int) -> None:
         f'  POST http://{host}:{port}/v1/models/mnist:predict  {{"instances": [28x28x1 floats in 0..1, ...]}}'
     )
     out.print(f"  POST http://{host}:{port}/predict  (body: a PNG or JPEG, Content-Type: image/png)")
-    run_server(predictor, host, port)
+    run_server(predictor, sock)
