@@ -8,6 +8,7 @@ names the problem, as TensorFlow Serving does, and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import socket
@@ -26,6 +27,8 @@ from mnistctl.images import ImageError, preprocess
 MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
 MAX_IMAGE_BYTES = 2 << 20
 MAX_INSTANCES = 256
+BODY_TIMEOUT_S = 10.0  # a body that sends nothing for this long is answered 408
+MAX_CONNECTIONS = 512  # beyond this, uvicorn answers 503 at once
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
 
 
@@ -35,8 +38,13 @@ class BadRequest(Exception):
         self.message, self.status = message, status
 
 
-def create_app(predictor: Any) -> FastAPI:
-    """The ASGI app around a loaded :class:`mnistctl.export.Predictor`."""
+def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+    """The ASGI app around a loaded :class:`mnistctl.export.Predictor`.
+
+    Args:
+        body_timeout_s: a request body that sends nothing for this long is answered 408 and
+            its connection closed, so slow senders cannot hold the server's connections.
+    """
     app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None)
     page = resources.files("mnistctl").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -65,7 +73,7 @@ def create_app(predictor: Any) -> FastAPI:
 
     @app.post("/v1/models/mnist:predict")
     async def predict_tf_serving(request: Request) -> dict[str, Any]:
-        body = await _read_body(request, MAX_JSON_BYTES, ("application/json",))
+        body = await _read_body(request, MAX_JSON_BYTES, ("application/json",), body_timeout_s)
         images = parse_instances(body)
         probabilities = await run_in_threadpool(predictor.predict, images)
         return {
@@ -77,7 +85,7 @@ def create_app(predictor: Any) -> FastAPI:
 
     @app.post("/predict")
     async def predict_image(request: Request) -> dict[str, Any]:
-        body = await _read_body(request, MAX_IMAGE_BYTES, IMAGE_TYPES)
+        body = await _read_body(request, MAX_IMAGE_BYTES, IMAGE_TYPES, body_timeout_s)
         try:
             image = await run_in_threadpool(preprocess, body, "upload")
         except ImageError as err:
@@ -89,7 +97,7 @@ def create_app(predictor: Any) -> FastAPI:
     return app
 
 
-async def _read_body(request: Request, limit: int, types: tuple[str, ...]) -> bytes:
+async def _read_body(request: Request, limit: int, types: tuple[str, ...], timeout_s: float) -> bytes:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in types:
         raise BadRequest(
@@ -99,11 +107,17 @@ async def _read_body(request: Request, limit: int, types: tuple[str, ...]) -> by
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"request body of {int(declared):,} bytes is over the limit of {limit:,}", 413)
     body = b""
-    async for chunk in request.stream():  # counted as it arrives: a lying Content-Length is no way around
-        body += chunk
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return body
+        except asyncio.TimeoutError:
+            raise BadRequest(f"request body stalled: nothing arrived for {timeout_s:g} s", 408) from None
+        body += chunk  # counted as it arrives: a lying Content-Length is no way around
         if len(body) > limit:
             raise BadRequest(f"request body is over the limit of {limit:,} bytes", 413)
-    return body
 
 
 def _no_constants(name: str) -> float:
@@ -198,5 +212,7 @@ def serve(predictor: Any, sock: socket.socket) -> None:
 
     app = create_app(predictor)
     _freeze_garbage()
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5
+    )
     uvicorn.Server(config).run(sockets=[sock])

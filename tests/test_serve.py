@@ -160,7 +160,8 @@ def server(exported):
 
     predictor = Predictor(exported)
     port = free_port()
-    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(predictor, body_timeout_s=2)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -264,6 +265,25 @@ def test_serve_on_a_taken_port_is_one_line_before_the_banner(trained_run):
     assert result.exit_code == 2 and result.output.startswith(
         "error: --host no-such-host.invalid: no such address"
     )
+
+
+def test_a_body_that_stalls_is_answered_408_and_the_server_keeps_serving(server):
+    import http.client
+
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=15)
+    connection.putrequest("POST", "/v1/models/mnist:predict")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", "100000")
+    connection.endheaders()
+    connection.send(b'{"instances": ')  # 14 of 100,000 bytes, then nothing
+    started = time.monotonic()
+    response = connection.getresponse()
+    assert response.status == 408 and "stalled" in json.loads(response.read())["error"]
+    assert time.monotonic() - started < 10  # the fixture's timeout is 2 s
+    connection.close()
+    assert request(f"{url}/healthz")[0] == 200
 
 
 def test_oversized_body_is_refused_before_it_is_read(server):
