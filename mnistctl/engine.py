@@ -26,7 +26,7 @@ from mnistctl.config import Experiment, dump_yaml, parse_experiment, to_dict
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
 from mnistctl.metrics import read_metrics
-from mnistctl.runs import METRICS_FILE, Status, find_runs, is_run_dir
+from mnistctl.runs import METRICS_FILE, Status, find_runs, is_run_dir, load_run
 from mnistctl.sweep import (
     BASE_FILE,
     BEST_FILE,
@@ -111,7 +111,6 @@ def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     from ray import tune
 
     from mnistctl.experiment import resume_experiment, run_experiment
-    from mnistctl.runs import load_run
 
     trial_id = tune.get_context().get_trial_id()
     name = plan.run_name(params, trial_id)
@@ -419,15 +418,9 @@ def _mark_stopped(sweep_dir: Path, finished: set[str]) -> None:
         deadline = time.time() + 10
         while run.status.claimed and time.time() < deadline:  # wait for the process to exit
             time.sleep(0.2)
-            run = type(run)(run.path, _reload(run).record)
+            run = load_run(run.path)
         if not run.record.status.finished:
             run.update(status=Status.STOPPED)
-
-
-def _reload(run: Any) -> Any:
-    from mnistctl.runs import load_run
-
-    return load_run(run.path)
 
 
 def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
