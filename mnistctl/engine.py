@@ -361,12 +361,20 @@ def run_jobs(
     return [runs_dir / name for name in jobs]
 
 
-def _job_progress(quiet: bool) -> Any:
-    from ray import tune
+def _printer(quiet: bool) -> Callable[[str], None]:
+    """Progress lines on stderr; plain data, so Tune can pickle the callbacks that use it."""
 
     def log(message: str) -> None:
         if not quiet:
             print(message, file=sys.stderr, flush=True)
+
+    return log
+
+
+def _job_progress(quiet: bool) -> Any:
+    from ray import tune
+
+    log = _printer(quiet)
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -433,9 +441,7 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
     space = list(sweep.space)
     labels = short_keys(space)
 
-    def log(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
+    log = _printer(quiet)
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
