@@ -346,3 +346,14 @@ def test_set_on_the_command_line_wins_over_the_sweep_file(tmp_path):
     assert load_sweep(path, ("train.steps=80",)).base.train.steps == 80  # the file says 60
     with pytest.raises(ConfigError, match=r"grace_steps: 20 is not below train\.steps \(20\)"):
         load_sweep(path, ("train.steps=20",))
+
+
+def test_key_labels_are_short_and_unambiguous():
+    from mnistctl.sweep import short_keys
+
+    keys = ["model.layers[0].filters", "model.layers[1].filters", "schedule.decay_steps"]
+    assert short_keys(keys) == {
+        "model.layers[0].filters": "layers[0].filters",
+        "model.layers[1].filters": "layers[1].filters",
+        "schedule.decay_steps": "decay_steps",
+    }
