@@ -30,10 +30,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
+from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
@@ -218,9 +217,9 @@ class Run:
         if self._experiment is None:
             path = self.path / CONFIG_FILE
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-                raise RunError(f"{path}: cannot read the run's config ({err})") from None
+                raw = read_yaml(path)
+            except ConfigError as err:
+                raise RunError(f"cannot read the run's config: {err}") from None
             self._experiment = parse_experiment(raw, str(path))
         return self._experiment
 

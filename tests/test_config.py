@@ -336,6 +336,12 @@ def test_billion_laughs_is_refused_fast(write_config):
         ("train.stpes=3", "--set train.stpes=3: train.stpes: unknown key; expected one of: steps,"),
         ("train.steps=-5", "--set train.steps=-5: train.steps: expected an integer >= 1"),
         ("model.layers[0].stride=[1", "--set model.layers[0].stride=[1: cannot parse the value '[1'"),
+        ("model.layers[a].units=1", "--set model.layers[a].units=1: bad key path 'model.layers[a].units'"),
+        ("model.layers[-5].units=3", "--set model.layers[-5].units=3: model.layers has 4 entries"),
+        # A negative index counts from the end, and an error names the entry it reached.
+        ("model.layers[-1].units=3", "--set model.layers[-1].units=3: model.layers[3].units: the output"),
+        ("model.nope=1", "--set model.nope=1: model.nope: unknown key; expected one of: layers,"),
+        ("tags=[a]", "--set tags=[a]: tags: unknown key"),
     ],
 )
 def test_bad_overrides_name_the_flag(write_config, override, message):

@@ -93,8 +93,10 @@ def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
 
 def _damaged_copies(tmp_path: Path) -> Path:
     runs = tmp_path / "runs"
-    for name in ("fine", "junk-metrics", "bad-heartbeat", "junk-distributions", "cut-predictions"):
+    names = ("fine", "junk-metrics", "bad-heartbeat", "junk-distributions", "cut-predictions", "bad-yaml")
+    for name in names:
         shutil.copytree(OLD_RUN, runs / name)
+    (runs / "bad-yaml" / "config.yaml").write_text("model:\n  layers: [\n  - {a: 1\n")
     (runs / "junk-metrics" / "metrics.csv").write_bytes(b"\x89PNG\x00\xff\xfe" * 100)
     data = json.loads((runs / "bad-heartbeat" / "run.json").read_text())
     (runs / "bad-heartbeat" / "run.json").write_text(json.dumps({**data, "heartbeat": "x"}))
@@ -115,7 +117,7 @@ def test_compare_shows_damaged_runs_as_damaged_and_lists_the_rest(tmp_path):
     rows = json.loads(result.output[result.output.index("[") :])
     status = {row["run"]: row["status"] for row in rows}
     assert status == {"cut-predictions": "completed", "fine": "completed", "junk-distributions": "completed",
-                      "junk-metrics": "damaged"}  # fmt: skip
+                      "junk-metrics": "damaged", "bad-yaml": "completed"}  # fmt: skip
     assert (
         f"{runs / 'bad-heartbeat' / 'run.json'}: not a run record (heartbeat is 'x', not a number)"
         in result.output
@@ -135,6 +137,8 @@ def test_compare_shows_damaged_runs_as_damaged_and_lists_the_rest(tmp_path):
         ("cut-predictions", ["plot"], "predictions.npz: damaged: not a readable archive of arrays"),
         ("bad-heartbeat", ["plot"], "run.json: not a run record (heartbeat is 'x', not a number)"),
         ("junk-metrics", ["train", "--resume"], "metrics.csv: damaged: not a CSV text file"),
+        ("bad-yaml", ["eval"], "config.yaml: line 3, column 3: invalid YAML: expected the node content"),
+        ("bad-yaml", ["train", "--resume"], "config.yaml: line 3, column 3: invalid YAML"),
     ],
 )
 def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, run, args, message):
@@ -147,5 +151,6 @@ def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, run, args, message):
     result = CliRunner().invoke(main, [*args, str(runs / run)])
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
-    assert line.startswith(f"error: {runs / run}") and message in line, line
+    assert runs / run in [Path(word.rstrip(":")).parent for word in line.split()], line  # names the file
+    assert line.startswith("error: ") and message in line, line
     assert (runs / run / "run.json").read_bytes() == before  # nothing changed

@@ -94,8 +94,8 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict[str, str
         if not sep or not key.strip():
             raise ConfigError(f"--set {expression}: expected key.path=value")
         tokens = split_key(key.strip(), f"--set {expression}")
-        set_path(raw, tokens, parse_value(text, f"--set {expression}"), f"--set {expression}")
-        applied[join_path(tokens)] = expression
+        value = parse_value(text, f"--set {expression}")
+        applied[join_path(set_path(raw, tokens, value, f"--set {expression}"))] = expression
     return applied
 
 
@@ -120,17 +120,25 @@ def join_path(tokens: typing.Sequence[str | int]) -> str:
     return out
 
 
-def set_path(raw: dict, tokens: list[str | int], value: Any, where: str) -> None:
-    """Set the value at a key path inside nested mappings and lists (made as needed)."""
+def set_path(raw: dict, tokens: list[str | int], value: Any, where: str) -> list[str | int]:
+    """Set the value at a key path inside nested mappings and lists (made as needed).
+
+    A negative list index counts from the end, as in Python (``layers[-1]`` is the output layer).
+
+    Returns:
+        The key path with negative indices made positive, so that errors name the entry set.
+    """
     node: Any = raw
+    resolved: list[str | int] = []
     for i, token in enumerate(tokens):
         last = i == len(tokens) - 1
-        parent = join_path(tokens[:i]) or "(top level)"
+        parent = join_path(resolved) or "(top level)"
         if isinstance(token, int):
             if not isinstance(node, list):
                 raise ConfigError(f"{where}: {parent} is not a list")
             if not -len(node) <= token < len(node):
                 raise ConfigError(f"{where}: {parent} has {len(node)} entries")
+            token %= len(node)
             if last:
                 node[token] = value
             else:
@@ -142,3 +150,5 @@ def set_path(raw: dict, tokens: list[str | int], value: Any, where: str) -> None
                 node[token] = value
             else:
                 node = node.setdefault(token, {})
+        resolved.append(token)
+    return resolved
