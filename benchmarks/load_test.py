@@ -5,12 +5,18 @@ single-image TF-Serving-format requests from N client threads with keep-alive co
 seconds, and reports requests/s, latency percentiles and errors. Loopback only, bounded in time.
 
     python benchmarks/load_test.py RUN_DIR|EXPORT_DIR [--clients 32] [--seconds 20] [--json]
+
+With ``--big-uploads N`` it measures memory instead: N uploads of a 4096x4096 RGBA PNG (a digit
+drawn small in a large white canvas, about 80 KB compressed and 64 MB decoded) POSTed to
+/predict, ``--clients`` at a time, and the server's resident memory when idle, at its peak and
+after the uploads.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
 import os
 import platform
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--big-uploads", type=int, default=0, metavar="N")
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 300:
         parser.error("--clients must be 1-256 and --seconds 0-300")
@@ -82,6 +89,9 @@ def main() -> None:
     )
     try:
         wait_healthy(port, server)
+        if args.big_uploads:
+            report(big_uploads(port, server.pid, args.big_uploads, args.clients), args.json)
+            return
         rng = np.random.default_rng(0)
         image = rng.random((28, 28, 1)).round(3).tolist()
         body = json.dumps({"instances": [image]}).encode()
@@ -122,6 +132,88 @@ def main() -> None:
             f"{result['clients']} clients for {result['seconds']} s: {result['requests']} requests "
             f"({result['requests_per_s']}/s), {result['errors']} errors; latency p50 {result['p50_ms']} ms, "
             f"p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
+        )
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def big_png() -> bytes:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (4096, 4096), (255, 255, 255, 255))
+    ImageDraw.Draw(image).line([(2000, 1800), (2100, 2300)], fill=(0, 0, 0, 255), width=40)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def big_uploads(port: int, pid: int, count: int, concurrency: int) -> dict:
+    """POST ``count`` large PNGs, ``concurrency`` at a time, sampling the server's memory."""
+    body = big_png()
+    time.sleep(1.0)
+    idle = rss_mb(pid)
+    peak = [idle]
+    statuses: list[int] = []
+    sending = threading.Event()
+    sending.set()
+
+    def sample() -> None:
+        while sending.is_set():
+            peak.append(rss_mb(pid))
+            time.sleep(0.05)
+
+    def upload() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection.request("POST", "/predict", body, {"Content-Type": "image/png"})
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+        connection.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    for first in range(0, count, concurrency):
+        wave = [threading.Thread(target=upload) for _ in range(min(concurrency, count - first))]
+        for t in wave:
+            t.start()
+        for t in wave:
+            t.join()
+    elapsed = time.monotonic() - started
+    sending.clear()
+    sampler.join()
+    time.sleep(1.0)
+    after = rss_mb(pid)
+    return {
+        "uploads": count,
+        "concurrency": concurrency,
+        "png_kb": round(len(body) / 1024),
+        "statuses": sorted(set(statuses)),
+        "seconds": round(elapsed, 1),
+        "idle_mb": round(idle),
+        "peak_mb": round(max(peak)),
+        "after_mb": round(after),
+        "after_over_idle": round(after / idle, 2),
+        "peak_over_idle": round(max(peak) / idle, 2),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+def report(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        r = result
+        print(
+            f"{r['uploads']} uploads of a {r['png_kb']} KB 4096x4096 PNG, {r['concurrency']} at a time, "
+            f"in {r['seconds']} s (HTTP {r['statuses']}): memory idle {r['idle_mb']} MB, "
+            f"peak {r['peak_mb']} MB ({r['peak_over_idle']}x), "
+            f"after {r['after_mb']} MB ({r['after_over_idle']}x)"
         )
 
 

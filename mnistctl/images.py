@@ -17,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mnistctl.errors import MnistctlError
 
 MAX_PIXELS = 4096 * 4096  # larger than any sensible digit picture; refuse before decoding
+# The digit ends up 20 pixels tall: a working copy of at most 512 pixels a side loses nothing
+# that survives that, and keeps each request's float arrays at 1 MB instead of 64 MB.
+WORKING_SIDE = 512
 MAX_BYTES = 10 << 20
 INK_THRESHOLD = 0.2  # a pixel at >= 20% of the strongest ink counts as ink for the bounding box
 
@@ -26,7 +29,11 @@ class ImageError(MnistctlError):
 
 
 def load_image(data: bytes, name: str = "image") -> Image.Image:
-    """Decode PNG/JPEG/... bytes, refusing non-images and absurd sizes before decoding them."""
+    """Decode PNG/JPEG/... bytes, refusing non-images and absurd sizes before decoding them.
+
+    The result is at most :data:`WORKING_SIDE` pixels a side: JPEGs are decoded at a reduced
+    scale directly, other formats are shrunk as soon as they are decoded.
+    """
     if len(data) > MAX_BYTES:
         raise ImageError(f"{name}: {len(data):,} bytes; images up to {MAX_BYTES:,} bytes are accepted")
     if not data:
@@ -40,13 +47,27 @@ def load_image(data: bytes, name: str = "image") -> Image.Image:
                 raise ImageError(
                     f"{name}: {width}x{height} pixels is too large (at most {MAX_PIXELS:,} pixels)"
                 )
+            image.draft(None, (WORKING_SIDE, WORKING_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             image.load()
+            image = _shrunk(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: too many pixels to be a digit picture") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image Pillow can read (PNG, JPEG, ...)") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageError(f"{name}: damaged image ({err})") from None
+    return image
+
+
+def _shrunk(image: Image.Image) -> Image.Image:
+    """``image`` with at most WORKING_SIDE pixels a side, averaging (not dropping) the ink."""
+    if max(image.size) <= WORKING_SIDE:
+        return image
+    if image.mode == "P":  # palette images resize by nearest neighbour: lose no strokes
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("L")
+    image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
     return image
 
 

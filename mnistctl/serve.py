@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import socket
 from importlib import resources
 from typing import Any
@@ -28,6 +29,9 @@ MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
 MAX_IMAGE_BYTES = 2 << 20
 MAX_INSTANCES = 256
 BODY_TIMEOUT_S = 10.0  # a body that sends nothing for this long is answered 408
+# Decoding a picture can briefly take 64 MB (a 4096x4096 RGBA PNG); more decodes at once than
+# there are cores would not finish sooner, only hold more memory (docs/BENCHMARKS.md).
+DECODE_SLOTS = max(1, min(4, os.cpu_count() or 1))
 MAX_CONNECTIONS = 512  # beyond this, uvicorn answers 503 at once
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
 
@@ -47,6 +51,7 @@ def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAP
     """
     app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None)
     page = resources.files("mnistctl").joinpath("static/index.html").read_text(encoding="utf-8")
+    decoding = asyncio.Semaphore(DECODE_SLOTS)
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
@@ -87,7 +92,8 @@ def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAP
     async def predict_image(request: Request) -> dict[str, Any]:
         body = await _read_body(request, MAX_IMAGE_BYTES, IMAGE_TYPES, body_timeout_s)
         try:
-            image = await run_in_threadpool(preprocess, body, "upload")
+            async with decoding:
+                image = await run_in_threadpool(preprocess, body, "upload")
         except ImageError as err:
             raise BadRequest(str(err)) from None
         probabilities = await run_in_threadpool(predictor.predict, image[None])
@@ -206,13 +212,74 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+HEADERS_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
+
+
+def uvicorn_config(app: FastAPI, headers_timeout_s: float = HEADERS_TIMEOUT_S, **where: Any) -> Any:
+    """The server's settings: bounded connections, slow senders timed out (``where``: host, port)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        http=_headers_deadline_protocol(headers_timeout_s),
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=5,
+        **where,
+    )
+
+
+def _headers_deadline_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline for a request's headers.
+
+    uvicorn times out a connection only while it idles after a response: one that opens and
+    sends nothing, or half its headers, is held for ever (slowloris). The body has its own
+    deadline (:func:`_read_body`); this covers the time before the app sees the request.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadersDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._watch_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _watch_headers(self) -> None:
+            # h11 leaves IDLE for the client once a request's headers are complete.
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self._deadline is None:
+                self._deadline = self.loop.call_later(timeout_s, self._give_up)
+            elif not waiting:
+                self._disarm()
+
+        def _give_up(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+    return HeadersDeadline
+
+
 def serve(predictor: Any, sock: socket.socket) -> None:
     """Serve on a socket from :func:`bind` until interrupted."""
     import uvicorn
 
     app = create_app(predictor)
     _freeze_garbage()
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])

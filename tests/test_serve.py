@@ -156,13 +156,12 @@ def server(exported):
     import uvicorn
 
     from mnistctl.export import Predictor
-    from mnistctl.serve import create_app
+    from mnistctl.serve import create_app, uvicorn_config
 
     predictor = Predictor(exported)
     port = free_port()
     app = create_app(predictor, body_timeout_s=2)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
+    instance = uvicorn.Server(uvicorn_config(app, headers_timeout_s=2, host="127.0.0.1", port=port))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -288,6 +287,35 @@ def test_a_body_that_stalls_is_answered_408_and_the_server_keeps_serving(server)
     assert request(f"{url}/healthz")[0] == 200
 
 
+def test_many_slow_senders_are_all_timed_out_while_the_server_keeps_serving(server):
+    """200 connections that stall in their body, 100 that send half their headers, 100 that send
+    nothing: all are closed within the fixture's 2 s deadlines, and /healthz answers meanwhile."""
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    bodies = [start_post(url, declared_length=100_000) for _ in range(200)]
+    for connection in bodies:
+        connection.send(b'{"instances": ')
+    half_headers, silent = [], []
+    for _ in range(100):
+        half_headers.append(socket.create_connection((host, int(port)), timeout=15))
+        half_headers[-1].sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        silent.append(socket.create_connection((host, int(port)), timeout=15))
+    started = time.monotonic()
+    status, _ = request(f"{url}/healthz")
+    assert status == 200 and time.monotonic() - started < 2  # not queued behind the slow ones
+    statuses = []
+    for connection in bodies:
+        response = connection.getresponse()
+        statuses.append(response.status)
+        connection.close()
+    assert statuses == [408] * 200
+    for sock in half_headers + silent:
+        assert sock.recv(1024) == b""  # closed by the server, with nothing to say
+        sock.close()
+    assert time.monotonic() - started < 10
+    assert request(f"{url}/healthz")[0] == 200
+
+
 def test_oversized_body_is_refused_before_it_is_read(server):
     url, _ = server
     connection = start_post(url, declared_length=9 << 20)  # the 9 MiB body is never sent
@@ -319,6 +347,74 @@ def test_concurrent_requests(server, test_digits):
     for t in threads:
         t.join()
     assert results == [200] * 80
+
+
+def big_picture(digit: np.ndarray, side: int = 4096, format: str = "PNG") -> bytes:
+    """``digit`` drawn as dark ink in the middle of a large white RGBA canvas."""
+    canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    ink = Image.fromarray(255 - digit).resize((side // 4, side // 4), Image.BICUBIC).convert("RGBA")
+    canvas.paste(ink, (side // 3, side // 3))
+    buffer = io.BytesIO()
+    canvas.convert("RGB" if format == "JPEG" else "RGBA").save(buffer, format=format)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG"])
+def test_a_large_picture_is_decoded_small_and_reads_as_the_small_one_does(test_digits, format):
+    from mnistctl.images import WORKING_SIDE, load_image
+
+    images, _ = test_digits
+    data = big_picture(images[0], format=format)
+    assert max(load_image(data).size) <= WORKING_SIDE
+    small = preprocess(as_png(images[0], scale=8))
+    assert np.abs(preprocess(data) - small).mean() < 0.03
+
+
+def resident_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from /proc")
+def test_many_large_uploads_at_once_are_decoded_a_few_at_a_time_and_memory_returns(
+    server, test_digits, monkeypatch
+):
+    """32 uploads of a 4096x4096 RGBA PNG (64 MB each decoded), 32 at a time, to a real server."""
+    from mnistctl import serve
+
+    url, _ = server
+    body = big_picture(test_digits[0][0])
+    decoding, most = [0], [0]
+    lock = threading.Lock()
+
+    def counting(data, name):
+        with lock:
+            decoding[0] += 1
+            most[0] = max(most[0], decoding[0])
+        try:
+            return preprocess(data, name)
+        finally:
+            with lock:
+                decoding[0] -= 1
+
+    monkeypatch.setattr(serve, "preprocess", counting)
+    request(f"{url}/predict", body, "image/png")  # warm-up: first-use allocations are not growth
+    idle = resident_mb()
+    results = []
+
+    def upload():
+        results.append(request(f"{url}/predict", body, "image/png"))
+
+    threads = [threading.Thread(target=upload) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [status for status, _ in results] == [200] * 32
+    assert {answer["class"] for _, answer in results} == {int(test_digits[1][0])}
+    assert 1 <= most[0] <= serve.DECODE_SLOTS
+    # Before the fix: decodes all at once, 320 MB of float arrays each, and kept (+2 GB here).
+    assert resident_mb() - idle < 300
 
 
 def test_drawing_page_in_a_real_browser(server):
