@@ -23,7 +23,7 @@ from mnistctl.config import Experiment, flatten, load_config, to_dict
 from mnistctl.files import write_atomic
 from mnistctl.hooks import Hook, best_row
 from mnistctl.metrics import read_metrics
-from mnistctl.runs import METRICS_FILE, Run, find_runs
+from mnistctl.runs import METRICS_FILE, Run, RunLock, find_runs
 
 # The walk-through's published figures: its maximum test accuracy over a run, evaluated on the
 # 10k test images every 100 steps.
@@ -46,6 +46,7 @@ ONE_SEED_AFTER_S = 300.0  # a config whose first run takes longer gets only that
 ADDED_LATER: dict[str, object] = {"train.precision": "float32"}
 
 LEDGER = "reproduce-runs.csv"
+LEDGER_LOCK = ".reproduce.lock"  # held by the one `reproduce` writing the ledger (git-ignored)
 LEDGER_FIELDS = (
     "config", "seed", "config_sha", "steps", "max_test_accuracy", "max_step", "final_test_accuracy",
     "first_99_step", "wall_s", "images_per_s", "cpu", "cores", "tensorflow", "finished_at", "run",
@@ -140,11 +141,14 @@ def reproduce(
         The ledger rows of the configs asked for.
     """
     jobs = [Job(p, s, e, config_sha(e)) for p in configs for s, e in _seeded(p, seeds or 3, overrides)]
-    if parallel is not None:
-        _reproduce_in_parallel(jobs, seeds, runs_dir, docs_dir, parallel, log)
-    else:
-        _reproduce_in_turn(jobs, seeds, runs_dir, docs_dir, extra_hooks, log, should_stop)
-    write_tables(docs_dir)
+    # One reproduction per ledger at a time: two would train the same (config, seed) twice and
+    # each rewrite the ledger without the other's rows.
+    with RunLock(docs_dir, LEDGER_LOCK):
+        if parallel is not None:
+            _reproduce_in_parallel(jobs, seeds, runs_dir, docs_dir, parallel, log)
+        else:
+            _reproduce_in_turn(jobs, seeds, runs_dir, docs_dir, extra_hooks, log, should_stop)
+        write_tables(docs_dir)
     wanted = {label(j.experiment) for j in jobs}
     return [r for r in read_ledger(docs_dir / LEDGER) if r["config"] in wanted]
 

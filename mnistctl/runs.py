@@ -249,21 +249,23 @@ def _alive(record: RunRecord) -> bool:
 
 
 class RunLock:
-    """An OS lock on a run directory, held by the one process that writes it.
+    """An OS lock on a run directory (or a results folder), held by the one process that writes it.
 
     ``flock`` on ``RUN_DIR/.lock``: the kernel releases it when the process dies, however it
     dies, so a crashed run is never left locked, and a second writer is refused at once with
     the pid that holds it (the file's text).
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, lock_file: str = LOCK_FILE) -> None:
         self.run_dir = run_dir
+        self.lock_file = lock_file
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
         import fcntl
 
-        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import socket
 
 from click.testing import CliRunner
 
@@ -156,3 +158,16 @@ def test_reproduce_side_by_side_through_the_sweep_engine(mnist_cache, tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and len(list(csv.DictReader((docs / "reproduce-runs.csv").open()))) == 2
     assert {name: (runs / name / "metrics.csv").read_bytes() for name in made} == before
+
+
+def test_a_second_reproduce_into_the_same_ledger_is_refused(tmp_path):
+    from mnistctl.reproduce import LEDGER_LOCK
+    from mnistctl.runs import RunLock
+
+    docs = tmp_path / "docs"
+    with RunLock(docs, LEDGER_LOCK):  # as a first `reproduce` still training holds it
+        result = invoke("reproduce", CONFIGS / "tiny.yaml", "--runs-dir", tmp_path / "runs", "--docs", docs)
+    assert result.exit_code == 2, result.output
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    assert result.output.strip() == f"error: {docs}: in use by {holder}; let it finish or stop it first"
+    assert not (tmp_path / "runs").exists() and not (docs / "reproduce-runs.csv").exists()
