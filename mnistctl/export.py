@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from mnistctl._tf import tf
 from mnistctl.checkpoints import CheckpointError, resolve
 from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
+from mnistctl.ensemble import Member, describe_members
 from mnistctl.errors import MnistctlError
 from mnistctl.model import build_logits, checkpoint_names
 from mnistctl.runs import Run, load_run
@@ -29,6 +31,7 @@ v1 = tf.compat.v1
 SIGNATURE = "serving_default"
 TAG = "serve"
 INFO_FILE = "mnistctl.json"  # what was exported, next to the SavedModel files
+INPUT = {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]}
 
 
 class ExportError(MnistctlError):
@@ -74,25 +77,80 @@ def export_saved_model(target: Path, out: Path, *, overwrite: bool = False) -> d
     run_dir, prefix = resolve(target)
     run = load_run(run_dir)
     exp = run.experiment()
+    _check_target(out, overwrite)
+    g = build_inference_graph(exp)
+    with v1.Session(graph=g.graph) as session:
+        _restore(session, g, prefix)
+        return _write(session, g, out, describe(run, exp, prefix))
+
+
+def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write one SavedModel whose ``serving_default`` averages the members' probabilities.
+
+    Same input and outputs as a single model's export; each member's layers sit under its own
+    name scope (``member0/``, ...) with the variables of its selected checkpoint.
+    """
+    _check_target(out, overwrite)
+    graph = tf.Graph()
+    with graph.as_default():
+        images = v1.placeholder(tf.float32, [None, *IMAGE_SHAPE], name="images")
+        global_step = v1.train.get_or_create_global_step()  # read by dropout seeds only; off here
+        restores, outputs = [], []
+        for i, member in enumerate(members):
+            exp = member.experiment
+            with tf.name_scope(f"member{i}"):
+                logits, _ = build_logits(images, exp, tf.constant(False), global_step)
+                outputs.append(tf.nn.softmax(logits))
+            scoped = [v for v in v1.global_variables() if v.op.name.startswith(f"member{i}/")]
+            names = checkpoint_names(scoped, exp.model.ema_decay is not None)
+            names = {name.removeprefix(f"member{i}/"): v for name, v in names.items()}
+            restores.append((v1.train.Saver(names), member.checkpoint))
+        probabilities = tf.identity(tf.add_n(outputs) / len(outputs), name="probabilities")
+        classes = tf.argmax(probabilities, axis=1, name="classes")
+        initialize = v1.variables_initializer([global_step])
+    g = InferenceGraph(graph, images, probabilities, classes, averaged=False)
+    first = members[0].experiment
+    info = {
+        "run": None,
+        "run_name": f"ensemble of {len(members)} runs",
+        "config": first.name,
+        "dataset": first.data.dataset,
+        "classes": _class_names(first),
+        "input": INPUT,
+        "members": describe_members(members),
+    }
+    with v1.Session(graph=graph) as session:
+        session.run(initialize)
+        for saver, prefix in restores:
+            try:
+                saver.restore(session, prefix)
+            except (tf.errors.OpError, ValueError) as err:
+                raise CheckpointError(
+                    f"{prefix}: cannot restore the model ({str(err).splitlines()[0]})"
+                ) from None
+        return _write(session, g, out, info)
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
             raise ExportError(f"{out}: already exists (use --force to replace it)")
         if not (out / "saved_model.pb").is_file():
             raise ExportError(f"{out}: exists and is not a SavedModel; refusing to replace it")
-    g = build_inference_graph(exp)
+
+
+def _write(session: v1.Session, g: InferenceGraph, out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Save the session's graph as a SavedModel at ``out``, with ``info`` beside it."""
     # Build in a temporary directory beside the target and rename: never half an export.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        with v1.Session(graph=g.graph) as session:
-            _restore(session, g, prefix)
-            builder = v1.saved_model.Builder(str(staging / "model"))
-            signature = v1.saved_model.predict_signature_def(
-                inputs={"images": g.images}, outputs={"probabilities": g.probabilities, "classes": g.classes}
-            )
-            builder.add_meta_graph_and_variables(session, [TAG], signature_def_map={SIGNATURE: signature})
-            builder.save()
-        info = describe(run, exp, prefix)
+        builder = v1.saved_model.Builder(str(staging / "model"))
+        signature = v1.saved_model.predict_signature_def(
+            inputs={"images": g.images}, outputs={"probabilities": g.probabilities, "classes": g.classes}
+        )
+        builder.add_meta_graph_and_variables(session, [TAG], signature_def_map={SIGNATURE: signature})
+        builder.save()
         (staging / "model" / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -113,7 +171,7 @@ def describe(run: Run, exp: Experiment, prefix: str) -> dict[str, Any]:
         "dataset": exp.data.dataset,
         "best_test_accuracy": run.record.best_test_accuracy,
         "classes": _class_names(exp),
-        "input": {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]},
+        "input": INPUT,
     }
 
 

@@ -38,7 +38,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
 
 
 @main.command("eval")
-@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--gallery", type=click.Path(path_type=Path), help="Draw the misrecognised digits to this PNG/SVG."
@@ -46,16 +46,46 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
 @click.option(
     "--confusion", type=click.Path(path_type=Path), help="Draw the confusion matrix to this PNG/SVG."
 )
+@click.option(
+    "--split",
+    type=click.Choice(["test", "validation"]),
+    default="test",
+    show_default=True,
+    help="Evaluate on the test images, or on the runs' validation hold-out (data.validation).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=2),
+    help="From a directory of runs, average only the best K by their selection metric.",
+)
 @data_dir_option
 def eval_(
-    target: Path, as_json: bool, gallery: Path | None, confusion: Path | None, data_dir: Path | None
+    targets: tuple[Path, ...],
+    as_json: bool,
+    gallery: Path | None,
+    confusion: Path | None,
+    split: str,
+    top: int | None,
+    data_dir: Path | None,
 ) -> None:
-    """Evaluate TARGET on the test set: a run directory (its best checkpoint) or a checkpoint."""
-    from mnistctl.evaluate import evaluate_checkpoint
+    """Evaluate TARGETS on the test set: a run directory (its selected checkpoint) or a checkpoint;
+    several runs, or a directory of runs (a sweep), are evaluated as an ensemble that averages
+    their probabilities."""
+    from mnistctl.ensemble import is_ensemble, members_of
 
     check_figure_path(gallery)
     check_figure_path(confusion)
-    report = evaluate_checkpoint(target, data_dir=data_dir)
+    if is_ensemble(targets):
+        members = members_of(targets, split=split, top=top, log=lambda line: err.print(escape(line)))
+        from mnistctl.evaluate import evaluate_ensemble
+
+        ensemble = evaluate_ensemble(members, data_dir=data_dir, split=split)
+        report = ensemble.ensemble
+    else:
+        from mnistctl.evaluate import evaluate_checkpoint
+
+        ensemble = None
+        report = evaluate_checkpoint(targets[0], data_dir=data_dir, split=split)
     if gallery is not None or confusion is not None:
         import numpy as np
 
@@ -68,12 +98,25 @@ def eval_(
             figure = plots.confusion_figure(np.array(report.confusion), report.classes)
             err.print(f"confusion matrix: {plots.save(figure, confusion)}")
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps((ensemble or report).as_dict(), indent=2))
         return
-    out.print(f"run: {report.run}\ncheckpoint: {report.checkpoint} (step {report.step})")
+    if ensemble is None:
+        out.print(f"run: {escape(report.run)}\ncheckpoint: {escape(report.checkpoint)} (step {report.step})")
+    else:
+        members = Table(title=f"{report.run}, soft voting", title_justify="left")
+        for column in ("run", "step", f"{report.split} accuracy", "loss"):
+            members.add_column(column, justify="left" if column == "run" else "right")
+        for m in ensemble.members:
+            members.add_row(
+                escape(Path(m.run).name), str(m.step), f"{m.test_accuracy:.4f}", f"{m.test_loss:.4f}"
+            )
+        members.add_row(
+            "[bold]ensemble[/]", "", f"[bold]{report.test_accuracy:.4f}[/]", f"{report.test_loss:.4f}"
+        )
+        out.print(members)
     out.print(
-        f"test accuracy: [bold]{report.test_accuracy:.4f}[/]  loss: {report.test_loss:.4f}  "
-        f"({report.count:,} {report.dataset} test images)"
+        f"{report.split} accuracy: [bold]{report.test_accuracy:.4f}[/]  loss: {report.test_loss:.4f}  "
+        f"({report.count:,} {report.dataset} {report.split} images)"
     )
     table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
     table.add_column("true")

@@ -6,23 +6,39 @@ import json
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from mnistctl.cli.app import main, out
+from mnistctl.cli.app import err, main, out
 
 
 @main.command()
-@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the SavedModel."
 )
 @click.option("--force", is_flag=True, help="Replace an existing export.")
-def export(target: Path, out_dir: Path, force: bool) -> None:
-    """Export TARGET (a run directory's best checkpoint, or a checkpoint) as a TensorFlow SavedModel
-    (tag serve, signature serving_default): the format TensorFlow Serving loads."""
-    from mnistctl.export import export_saved_model
+@click.option(
+    "--top",
+    type=click.IntRange(min=2),
+    help="From a directory of runs, average only the best K by their selection metric.",
+)
+def export(targets: tuple[Path, ...], out_dir: Path, force: bool, top: int | None) -> None:
+    """Export TARGETS (a run directory's selected checkpoint, or a checkpoint) as a TensorFlow
+    SavedModel (tag serve, signature serving_default): the format TensorFlow Serving loads.
+    Several runs, or a directory of runs, export as one model that averages their probabilities."""
+    from mnistctl.ensemble import is_ensemble, members_of
 
-    info = export_saved_model(target, out_dir, overwrite=force)
-    out.print(f"exported {info['run_name']} step {info['step']} to {out_dir}")
+    if is_ensemble(targets):
+        members = members_of(targets, top=top, log=lambda line: err.print(escape(line)))
+        from mnistctl.export import export_ensemble
+
+        info = export_ensemble(members, out_dir, overwrite=force)
+        out.print(f"exported an ensemble of {len(members)} runs to {escape(str(out_dir))}")
+    else:
+        from mnistctl.export import export_saved_model
+
+        info = export_saved_model(targets[0], out_dir, overwrite=force)
+        out.print(f"exported {escape(info['run_name'])} step {info['step']} to {escape(str(out_dir))}")
     out.print(
         "input: images float32 [N, 28, 28, 1] in [0, 1]; outputs: probabilities [N, 10], classes [N]; "
         f"try: saved_model_cli show --dir {out_dir} --all"

@@ -1,0 +1,187 @@
+"""Ensembles: several tiny runs evaluated and exported as one model that averages them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+
+from .conftest import CONFIGS
+
+SMALL = ["--set", "data.validation=200", "--set", "train.steps=40"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def runs(mnist_cache, tmp_path_factory) -> Path:
+    """Three tiny runs with a validation hold-out: seeds 0 and 1, and seed 2 with moving-average
+    weights (so a member is evaluated with its averages, as it would be alone)."""
+    folder = tmp_path_factory.mktemp("ensemble") / "runs"
+    for seed, extra in ((0, []), (1, []), (2, ["--set", "model.ema_decay=0.9"])):
+        args = ["train", CONFIGS / "tiny.yaml", "--runs-dir", folder, "--name", f"seed{seed}", "--quiet"]
+        result = invoke(*args, *SMALL, "--set", f"train.seed={seed}", *extra)
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+def members(runs: Path) -> list[Path]:
+    """The three runs, seed 0 first (their names start with the time they were made)."""
+    return sorted(p for p in runs.iterdir() if p.is_dir())
+
+
+def test_the_ensemble_is_the_mean_of_the_members_probabilities(runs):
+    from mnistctl.data import load_dataset
+    from mnistctl.export import Predictor
+
+    result = invoke("eval", *members(runs), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    # By hand: each member alone, as `predict` loads it, then the average.
+    test = load_dataset("mnist").subset(1000, 500, 200)
+    images = test.test_images.astype(np.float32) / 255.0
+    alone = [Predictor(path).predict(images) for path in members(runs)]
+    mean = np.mean(alone, axis=0)
+    labels = test.test_labels
+    for one, member in zip(alone, report["members"], strict=True):
+        assert member["test_accuracy"] == pytest.approx(np.mean(one.argmax(axis=1) == labels))
+    ensemble = report["ensemble"]
+    assert ensemble["test_accuracy"] == pytest.approx(np.mean(mean.argmax(axis=1) == labels))
+    picked = mean[np.arange(len(labels)), labels]
+    assert ensemble["test_loss"] == pytest.approx(float(-np.log(picked).mean()), rel=1e-4)
+    assert ensemble["count"] == 500 and ensemble["split"] == "test"
+    assert np.array(ensemble["confusion"]).sum() == 500
+    # Averaging helps or at least does not fall below the weakest member.
+    assert ensemble["test_accuracy"] >= min(m["test_accuracy"] for m in report["members"])
+
+
+def test_members_are_evaluated_one_at_a_time(runs, monkeypatch):
+    """Memory holds one member's graph: each session is closed before the next is made."""
+    from mnistctl import evaluate
+    from mnistctl.ensemble import members_of
+
+    open_sessions, most, made = [0], [0], [0]
+    make_session = evaluate.make_session
+
+    class Counted:
+        def __init__(self, g):
+            self.session = make_session(g)
+
+        def __enter__(self):
+            open_sessions[0] += 1
+            made[0] += 1
+            most[0] = max(most[0], open_sessions[0])
+            return self.session.__enter__()
+
+        def __exit__(self, *exc):
+            open_sessions[0] -= 1
+            return self.session.__exit__(*exc)
+
+    monkeypatch.setattr(evaluate, "make_session", Counted)
+    report = evaluate.evaluate_ensemble(members_of(members(runs)))
+    assert made[0] == 3 and most[0] == 1 and len(report.members) == 3
+
+
+def test_a_directory_of_runs_is_an_ensemble_and_top_keeps_the_best_by_validation(runs):
+    from mnistctl.runs import load_run
+
+    result = invoke("eval", runs, "--top", "2", "--json", "--split", "validation")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    by_validation = sorted(members(runs), key=lambda p: load_run(p).record.best_validation_accuracy)
+    assert {Path(m["run"]).name for m in report["members"]} == {p.name for p in by_validation[1:]}
+    assert report["ensemble"]["split"] == "validation" and report["ensemble"]["count"] == 200
+
+
+def test_the_ensemble_export_predicts_as_eval_does(runs, tmp_path):
+    from mnistctl.data import load_dataset
+    from mnistctl.evaluate import evaluate_ensemble
+    from mnistctl.export import Predictor
+    from mnistctl.ensemble import members_of
+
+    out = tmp_path / "model"
+    result = invoke("export", *members(runs), "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "exported an ensemble of 3 runs" in result.output
+    info = json.loads((out / "mnistctl.json").read_text())
+    assert [m["run_name"] for m in info["members"]] == [p.name for p in members(runs)]
+    predictor = Predictor(out)
+    assert predictor.info["members"] == info["members"]  # what /metadata shows
+    images = load_dataset("mnist").test_images[:500].astype(np.float32) / 255.0
+    exported = predictor.predict(images)
+    report = evaluate_ensemble(members_of(members(runs)))
+    assert np.array_equal(exported.argmax(axis=1), report.ensemble.predictions)
+    assert np.allclose(exported.max(axis=1), report.ensemble.confidence, atol=1e-5)
+
+    again = invoke("export", *members(runs), "--out", out)  # exists, no --force: refused
+    assert again.exit_code == 2 and f"{out}: already exists (use --force to replace it)" in again.output
+
+
+def _copy(runs: Path, tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(members(runs)[0], copy)
+    return copy
+
+
+def _crashed(copy: Path) -> None:
+    record = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**record, "status": "running", "pid": 2**22 + 7}))
+
+
+def _no_checkpoint(copy: Path) -> None:
+    shutil.rmtree(copy / "checkpoints")
+
+
+def _other_test_set(copy: Path) -> None:
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("test_size: 500", "test_size: 400"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_crashed, "{copy}: the run is crashed, not finished (finish it with mnistctl train --resume); leave it out"),
+        (_no_checkpoint, "{copy}: the run has no checkpoint yet"),
+        (_other_test_set, "{copy}: data.test_size is 400 where {first} has 500; members must be tested on the same images"),
+    ],
+)  # fmt: skip
+def test_members_that_cannot_be_averaged_are_refused_and_nothing_is_written(runs, tmp_path, damage, message):
+    copy = _copy(runs, tmp_path, "member")
+    damage(copy)
+    for command in (["eval"], ["export", "--out", tmp_path / "model"]):
+        result = invoke(command[0], members(runs)[0], copy, *command[1:])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"error: {message.format(copy=copy, first=members(runs)[0].name)}"
+    assert not (tmp_path / "model").exists()
+
+
+def test_an_ensemble_needs_two_runs(runs, tmp_path):
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copytree(members(runs)[0], lonely / "seed0")
+    shutil.copytree(members(runs)[0], lonely / "stub")
+    _no_checkpoint(lonely / "stub")
+    result = invoke("eval", lonely)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"{lonely / 'stub'}: leaving it out: it has no checkpoint",
+        f"error: {lonely}: an ensemble needs at least two finished runs, found 1",
+    ]
+    twice = invoke("eval", members(runs)[0], members(runs)[0])
+    assert twice.exit_code == 2 and "named twice; each member counts once" in twice.output
+
+
+def test_validation_needs_a_hold_out(trained_run):
+    result = invoke("eval", trained_run, "--split", "validation")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {trained_run}: the run has no validation hold-out (data.validation); use --split test"
+    )
