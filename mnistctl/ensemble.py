@@ -168,3 +168,24 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of probabilities (the ensemble has no logits)."""
     picked = probabilities[np.arange(len(labels)), labels].astype(np.float64)
     return float(-np.log(np.maximum(picked, np.finfo(np.float32).tiny)).mean())
+
+
+def choose_size(ranked: Sequence[np.ndarray], labels: np.ndarray) -> tuple[int, list[float]]:
+    """How many of the ranked members to average, judged on held-out images.
+
+    Args:
+        ranked: each member's probabilities on the hold-out, best member first.
+
+    Returns:
+        The chosen number (the best accuracy of the first n averaged; among equals, the lowest
+        log loss), and the accuracy for every n.
+    """
+    accuracies, losses = [], []
+    total = np.zeros_like(ranked[0], dtype=np.float64)
+    for n, p in enumerate(ranked, start=1):
+        total += p
+        mean = (total / n).astype(np.float32)
+        accuracies.append(float(np.mean(mean.argmax(axis=1) == labels)))
+        losses.append(log_loss(mean, labels))
+    best = max(range(len(ranked)), key=lambda i: (accuracies[i], -losses[i]))
+    return best + 1, accuracies

@@ -36,13 +36,17 @@ class EvalReport:
     per_class_accuracy: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     classes: list[str]
-    images: np.ndarray  # the images, labels, predictions and confidence (not in as_dict)
+    images: np.ndarray  # the images, labels, predictions and probabilities (not in as_dict)
     labels: np.ndarray
     predictions: np.ndarray
-    confidence: np.ndarray
+    probabilities: np.ndarray
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
 
     def as_dict(self) -> dict[str, Any]:
-        arrays = ("images", "labels", "predictions", "confidence")
+        arrays = ("images", "labels", "predictions", "probabilities")
         return {k: v for k, v in self.__dict__.items() if k not in arrays}
 
 
@@ -148,5 +152,5 @@ def _report(
         images=data.validation_images if split == "validation" else data.test_images,
         labels=labels,
         predictions=predictions,
-        confidence=result.probabilities.max(axis=1),
+        probabilities=result.probabilities,
     )

@@ -46,6 +46,7 @@ ONE_SEED_AFTER_S = 300.0  # a config whose first run takes longer gets only that
 ADDED_LATER: dict[str, object] = {"train.precision": "float32"}
 
 LEDGER = "reproduce-runs.csv"
+ENSEMBLES = "ensembles.json"  # written by benchmarks/ensemble_record.py, shown in RESULTS.md
 LEDGER_LOCK = ".reproduce.lock"  # held by the one `reproduce` writing the ledger (git-ignored)
 LEDGER_FIELDS = (
     "config", "seed", "config_sha", "steps", "max_test_accuracy", "max_step", "final_test_accuracy",
@@ -356,7 +357,10 @@ def write_tables(docs_dir: Path) -> None:
     writer.writeheader()
     writer.writerows(table)
     write_atomic(docs_dir / "results.csv", out.getvalue())
-    write_atomic(docs_dir / "RESULTS.md", _markdown(table, aggregate(ledger, current=False), ledger))
+    ensembles_path = docs_dir / ENSEMBLES
+    ensembles = json.loads(ensembles_path.read_text()) if ensembles_path.is_file() else {}
+    markdown = _markdown(table, aggregate(ledger, current=False), ledger, ensembles)
+    write_atomic(docs_dir / "RESULTS.md", markdown)
 
 
 def _markdown_row(row: dict[str, object], label: str = "") -> str:
@@ -369,7 +373,10 @@ def _markdown_row(row: dict[str, object], label: str = "") -> str:
 
 
 def _markdown(
-    table: list[dict[str, object]], earlier: list[dict[str, object]], ledger: list[dict[str, str]]
+    table: list[dict[str, object]],
+    earlier: list[dict[str, object]],
+    ledger: list[dict[str, str]],
+    ensembles: dict[str, dict] | None = None,
 ) -> str:
     header = (
         "| config | published (max) | ours: max test accuracy | ours: final test accuracy | gap (points) "
@@ -422,6 +429,8 @@ def _markdown(
             "|---|---|---|---|---|---|---|---|---|",
             *(_markdown_row(row) for row in others),
         ]
+    if ensembles:
+        lines += _ensembles_markdown(ensembles)
     if earlier:
         lines += [
             "",
@@ -445,6 +454,48 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
+    lines = [
+        "",
+        "## Ensembles",
+        "",
+        "Soft voting (the mean of the members' probabilities, `mnistctl eval RUN RUN ...`). Each",
+        "member trains with the last 5,000 training images held out; members are ranked, and their",
+        "number chosen, on that hold-out alone; the test set is read once, for the chosen ensemble",
+        "(`benchmarks/ensemble_record.py`). *Single* is the members' own test accuracy at their",
+        "validation-chosen checkpoints, mean ± standard deviation.",
+        "",
+        "| sweep | dataset | members (chosen of trained) | validation accuracy | **test accuracy** "
+        "| single: test accuracy | training (sum / wall) | machine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in ensembles.values():
+        lines.append(
+            f"| `{e['sweep']}` (`{e['config']}`) | {e['dataset']} "
+            f"| {e['chosen_size']} of {len(e['members'])} "
+            f"| {e['ensemble_validation_accuracy']:.4f} | **{e['ensemble_test_accuracy']:.4f}** "
+            f"| {e['single_test_accuracy_mean']:.4f} ± {e['single_test_accuracy_std']:.4f} "
+            f"| {e['training_s_sum'] / 3600:.1f} h / {(e['training_s_wall'] or 0) / 3600:.1f} h "
+            f"| {e['machine']}, {e['measured']} |"
+        )
+    for e in ensembles.values():
+        lines += [
+            "",
+            f"`{e['sweep']}`: validation accuracy of the best n members averaged, n = 1, 2, ...: "
+            + ", ".join(f"{a:.4f}" for a in e["validation_accuracy_by_size"])
+            + ".",
+            "",
+            "| member | seed | validation accuracy | test accuracy | chosen | wall time |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {m['run']} | {m['seed']} | {m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} "
+                f"| {'yes' if m['chosen'] else 'no'} | {m['wall_s']:.0f} s |"
+                for m in e["members"]
+            ),
+        ]
+    return lines
 
 
 def _machines(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> str:

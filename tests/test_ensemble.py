@@ -103,9 +103,9 @@ def test_a_directory_of_runs_is_an_ensemble_and_top_keeps_the_best_by_validation
 
 def test_the_ensemble_export_predicts_as_eval_does(runs, tmp_path):
     from mnistctl.data import load_dataset
+    from mnistctl.ensemble import members_of
     from mnistctl.evaluate import evaluate_ensemble
     from mnistctl.export import Predictor
-    from mnistctl.ensemble import members_of
 
     out = tmp_path / "model"
     result = invoke("export", *members(runs), "--out", out)
@@ -148,11 +148,17 @@ def _other_test_set(copy: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (_crashed, "{copy}: the run is crashed, not finished (finish it with mnistctl train --resume); leave it out"),
+        (
+            _crashed,
+            "{copy}: the run is crashed, not finished (finish it with mnistctl train --resume); leave it out",
+        ),
         (_no_checkpoint, "{copy}: the run has no checkpoint yet"),
-        (_other_test_set, "{copy}: data.test_size is 400 where {first} has 500; members must be tested on the same images"),
+        (
+            _other_test_set,
+            "{copy}: data.test_size is 400 where {first} has 500; members must be tested on the same images",
+        ),
     ],
-)  # fmt: skip
+)
 def test_members_that_cannot_be_averaged_are_refused_and_nothing_is_written(runs, tmp_path, damage, message):
     copy = _copy(runs, tmp_path, "member")
     damage(copy)
@@ -185,3 +191,51 @@ def test_validation_needs_a_hold_out(trained_run):
     assert result.output.strip() == (
         f"error: {trained_run}: the run has no validation hold-out (data.validation); use --split test"
     )
+
+
+def test_choose_size_takes_the_most_accurate_prefix_and_breaks_ties_by_loss():
+    from mnistctl.ensemble import choose_size
+
+    labels = np.array([0, 1, 2, 0])
+
+    def probs(*rows):
+        return np.array(rows, dtype=np.float32)
+
+    a = probs([0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.0, 0.4], [0.9, 0.05, 0.05])  # 3 of 4
+    b = probs([0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.1, 0.9, 0.0])  # 3 of 4
+    c = probs([0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])  # 0 of 4
+    size, curve = choose_size([a, b, c], labels)
+    # a alone 3/4; a+b: image 2 becomes right (0.3 vs 0.65) and image 3 stays (0.5 vs 0.475): 4/4
+    assert curve == [0.75, 1.0, 0.5] and size == 2  # c then outvotes them on images 2 and 3
+    size, curve = choose_size([a, a], labels)  # equal accuracy and loss: the fewer members
+    assert curve == [0.75, 0.75] and size == 1
+
+
+def test_the_record_script_chooses_on_validation_and_writes_the_results_section(runs, tmp_path):
+    import importlib.util
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "ensemble_record", ROOT / "benchmarks" / "ensemble_record.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.record(runs)
+    assert len(result["members"]) == 3 and 1 <= result["chosen_size"] <= 3
+    validation = [m["validation_accuracy"] for m in result["members"]]
+    assert validation == sorted(validation, reverse=True)  # ranked on validation only
+    assert result["ensemble_validation_accuracy"] == max(result["validation_accuracy_by_size"])
+    chosen = [m["run"] for m in result["members"] if m["chosen"]]
+    from mnistctl.ensemble import members_of
+    from mnistctl.evaluate import evaluate_ensemble
+
+    if len(chosen) > 1:  # the test accuracy is that of the chosen members, averaged
+        test = evaluate_ensemble(members_of([runs / name for name in chosen])).ensemble.test_accuracy
+        assert result["ensemble_test_accuracy"] == round(test, 4)
+
+    from mnistctl.reproduce import ENSEMBLES, _ensembles_markdown
+
+    (tmp_path / ENSEMBLES).write_text(json.dumps({result["sweep"]: result}))
+    text = "\n".join(_ensembles_markdown({result["sweep"]: result}))
+    assert f"**{result['ensemble_test_accuracy']:.4f}**" in text and "## Ensembles" in text

@@ -1,0 +1,110 @@
+"""An ensemble record chosen without looking at the test set, from a finished sweep of members.
+
+    mnistctl sweep configs/sweeps/record_ensemble.yaml --max-concurrent 2   # the members (resumable:
+                                                                           # --resume runs/record_ensemble)
+    python benchmarks/ensemble_record.py runs/record_ensemble               # choose, then test once
+
+1. Every finished member is evaluated on the validation hold-out (the last 5,000 training
+   images, which no member trained on) and ranked by its own validation accuracy.
+2. The number of members is the n whose first-n average is most accurate on validation
+   (ties: the lower validation loss) - ``mnistctl.ensemble.choose_size``.
+3. Only then is the test set read: once, for the chosen ensemble; each member's test accuracy
+   at its validation-selected checkpoint is reported beside it, never used.
+
+Writes the result under the sweep's name in docs/ensembles.json; ``mnistctl reproduce`` (and
+this script) rebuild docs/RESULTS.md, whose "Ensembles" section shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mnistctl.ensemble import choose_size, members_of  # noqa: E402
+from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
+from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
+from mnistctl.runs import cpu_model  # noqa: E402
+
+
+def _seconds(text: str | None) -> float | None:
+    return dt.datetime.fromisoformat(text).timestamp() if text else None
+
+
+def record(sweep_dir: Path, data_dir: Path | None = None) -> dict:
+    started = time.perf_counter()
+    members = members_of([sweep_dir], split="validation", log=print)
+    validation = evaluate_ensemble(members, data_dir=data_dir, split="validation")
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (-validation.members[i].test_accuracy, validation.members[i].test_loss),
+    )
+    labels = validation.ensemble.labels
+    size, curve = choose_size([validation.members[i].probabilities for i in order], labels)
+    chosen = [members[i] for i in order[:size]]
+    test = evaluate_ensemble(chosen, data_dir=data_dir, split="test")  # the one look at the test set
+
+    rows = []
+    for rank, i in enumerate(order):
+        run = members[i].run
+        rows.append(
+            {
+                "run": run.name,
+                "seed": members[i].experiment.train.seed,
+                "step": validation.members[i].step,
+                "validation_accuracy": round(validation.members[i].test_accuracy, 4),
+                "test_accuracy": run.record.best_test_accuracy,  # at the validation-chosen step
+                "chosen": rank < size,
+                "wall_s": run.record.wall_s,
+            }
+        )
+    starts = [_seconds(m.run.record.started_at) for m in members]
+    ends = [_seconds(m.run.record.ended_at) for m in members]
+    singles = [r["test_accuracy"] for r in rows]
+    first = members[0].experiment
+    return {
+        "sweep": sweep_dir.name,
+        "config": first.name,
+        "dataset": first.data.dataset,
+        "train_images": 60000 - (first.data.validation or 0),
+        "validation_images": len(labels),
+        "members": rows,
+        "validation_accuracy_by_size": [round(a, 4) for a in curve],
+        "chosen_size": size,
+        "ensemble_validation_accuracy": round(curve[size - 1], 4),
+        "ensemble_test_accuracy": round(test.ensemble.test_accuracy, 4),
+        "ensemble_test_loss": round(test.ensemble.test_loss, 4),
+        "single_test_accuracy_mean": round(statistics.mean(singles), 4),
+        "single_test_accuracy_std": round(statistics.stdev(singles), 4) if len(singles) > 1 else 0.0,
+        "training_s_sum": round(sum(r["wall_s"] or 0 for r in rows)),
+        "training_s_wall": round(max(ends) - min(starts)) if None not in starts + ends else None,
+        "choose_and_test_s": round(time.perf_counter() - started),
+        "machine": f"{cpu_model()}, {members[0].run.record.machine.get('cores', '?')} cores",
+        "measured": dt.date.today().isoformat(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args()
+    result = record(args.sweep_dir, args.data_dir)
+    path = args.docs / ENSEMBLES
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known[result["sweep"]] = result
+    path.write_text(json.dumps(known, indent=2) + "\n")
+    write_tables(args.docs)
+    print(json.dumps({k: v for k, v in result.items() if k != "members"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
