@@ -42,6 +42,7 @@ from mnistctl.runs import (
     load_run,
     utc_now,
 )
+from mnistctl.stopping import StoppingRules
 
 HookFactory = Callable[[Run, Experiment, Graph], list[Hook]]
 Log = Callable[[str], None]
@@ -100,9 +101,18 @@ def run_experiment(
         **(record or {}),
     )
     with RunLock(run.path):
-        hooks = [*build_hooks(run, exp, g), *extra_hooks]
+        hooks = _hooks(run, exp, g, build_hooks, extra_hooks)
         _train(run, exp, g, data, hooks=hooks, should_stop=should_stop, threads=threads)
     return run
+
+
+def _hooks(
+    run: Run, exp: Experiment, g: Graph, build_hooks: HookFactory, extra_hooks: Sequence[Hook]
+) -> list[Hook]:
+    """The stopping rules (part of what the config asks, whoever replaces the writers), then
+    the writers, then the caller's own."""
+    rules = [StoppingRules(exp.train)] if StoppingRules.wanted(exp.train) else []
+    return [*rules, *build_hooks(run, exp, g), *extra_hooks]
 
 
 class ResumeError(MnistctlError):
@@ -111,8 +121,9 @@ class ResumeError(MnistctlError):
 
 # Keys a resume may change. Steps: always (that is how a finished run is extended); the rest
 # only with --force, since they change the results but not the graph's variables.
-ALWAYS_RESUMABLE = ("train.steps", "description")
+ALWAYS_RESUMABLE = ("train.steps", "train.stop_at", "train.early_stopping", "description")
 RESUMABLE_WITH_FORCE = ("train.", "schedule.", "data.test_size")
+STOPPING_KEYS = ("train.stop_at", "train.early_stopping")
 
 
 def check_changes(run_dir: Path, changes: list[dict], force: bool) -> None:
@@ -181,6 +192,11 @@ def resume_experiment(
         exp = load_config(config, overrides) if config else apply_to(recorded, overrides, source)
         changes = diff_configs(recorded, exp)
         check_changes(run_dir, changes, force)
+        if run.status.ended_by_rule and not any(c["key"].startswith(STOPPING_KEYS) for c in changes):
+            raise ResumeError(
+                f"{run_dir}: {run.record.stop_reason or run.status}; to train on, change or remove "
+                "that rule (--set train.stop_at=null, --set train.early_stopping=null)"
+            )
         check_machine(exp, source)
         checkpoint = latest_in(run.path / CHECKPOINT_DIR / LATEST)
         step = step_of(checkpoint) if checkpoint else 0
@@ -206,7 +222,7 @@ def resume_experiment(
             exp,
             g,
             data,
-            hooks=[*build_hooks(run, exp, g), *extra_hooks],
+            hooks=_hooks(run, exp, g, build_hooks, extra_hooks),
             should_stop=should_stop,
             checkpoint=checkpoint,
             on_restored=record_resume,
@@ -262,6 +278,7 @@ def _train(
                 start_step=step,
                 run_dir=run.path,
                 best=best_row(kept, exp.selection_metric),
+                history=kept,
             )
             fit(ctx, data, hooks, should_stop=should_stop)
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -110,6 +110,9 @@ class TrainContext:
     # A hook sets this to end training cleanly after the current step, with this status
     # (a sweep's scheduler stopping a trial early: ``stopped``).
     stop: Status | None = None
+    stop_reason: str | None = None  # said with ``stop``, for run.json
+    # The evaluations before ``start_step`` (a resumed run's), oldest first.
+    history: list[EvalRecord] = field(default_factory=list)
     # Where the training steps' time goes: inside session.run vs picking batches + hooks.
     session_s: float = 0.0
     steps_s: float = 0.0

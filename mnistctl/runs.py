@@ -70,6 +70,8 @@ class Status(str, Enum):
     DIVERGED = "diverged"  # the loss became NaN or infinite
     FAILED = "failed"  # an error; run.json's ``error`` says which
     STOPPED = "stopped"  # ended early on purpose (a sweep's scheduler): not resumed
+    TARGET_REACHED = "target_reached"  # train.stop_at's target was met: trained enough
+    EARLY_STOPPED = "early_stopped"  # train.early_stopping: no improvement for its patience
     CRASHED = "crashed"  # the process died without a word (kill -9, power cut)
     UNKNOWN = "unknown"  # a value this version does not know
 
@@ -83,8 +85,13 @@ class Status(str, Enum):
 
     @property
     def finished(self) -> bool:
-        """Trained to its last step and ended cleanly."""
-        return self is Status.COMPLETED
+        """Trained to its last step, or as far as its stopping rules wanted, and ended cleanly."""
+        return self in (Status.COMPLETED, Status.TARGET_REACHED, Status.EARLY_STOPPED)
+
+    @property
+    def ended_by_rule(self) -> bool:
+        """Ended by ``train.stop_at`` or ``train.early_stopping`` (``stop_reason`` says how)."""
+        return self in (Status.TARGET_REACHED, Status.EARLY_STOPPED)
 
     @property
     def resumable(self) -> bool:
@@ -94,7 +101,13 @@ class Status(str, Enum):
     @property
     def checkpointed_at_end(self) -> bool:
         """Ended in a state worth a final checkpoint and predictions."""
-        return self in (Status.COMPLETED, Status.INTERRUPTED, Status.STOPPED)
+        return self in (
+            Status.COMPLETED,
+            Status.INTERRUPTED,
+            Status.STOPPED,
+            Status.TARGET_REACHED,
+            Status.EARLY_STOPPED,
+        )
 
     @classmethod
     def parse(cls, value: Any) -> Status:
@@ -155,6 +168,7 @@ class RunRecord:
     timing: Timing = field(default_factory=Timing)
     resumes: list[Resume] = field(default_factory=list)
     error: str | None = None
+    stop_reason: str | None = None  # why a stopping rule ended the run (train.stop_at, ...)
     sweep: str | None = None  # the sweep this run is a trial of (its directory's name)
     trial: str | None = None  # the trial's id in that sweep
     node: str | None = None  # the Ray node that trained it last (sweeps)
@@ -491,6 +505,7 @@ class RunRecorder(Hook):
         steps = ctx.step - ctx.start_step
         self.run.update(
             status=status,
+            stop_reason=ctx.stop_reason if status.ended_by_rule else None,
             ended_at=utc_now(),
             steps_done=ctx.step,
             wall_s=time.time() - self._started,

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from mnistctl.cli.app import data_dir_option, dataset_choice, err, logger, main, out, quiet_option, set_option
@@ -90,7 +91,12 @@ def _report(run: Run) -> None:
             f"final test accuracy: [bold]{record.final.test_accuracy:.4f}[/] ({best}), "
             f"{record.wall_s or 0:.0f} s, {record.timing.images_per_s or 0:,.0f} img/s"
         )
-    out.print(f"run: {run.path}")
+    if record.status.ended_by_rule:
+        out.print(
+            f"{record.status} after {record.steps_done} of {record.steps_total} steps: "
+            + escape(record.stop_reason or "")
+        )
+    out.print(f"run: {escape(str(run.path))}")
 
 
 def _check_name(name: str) -> None:

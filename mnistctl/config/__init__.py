@@ -35,6 +35,7 @@ from mnistctl.config.schema import (
     ConvLayer,
     DataConfig,
     DenseLayer,
+    EarlyStopping,
     Experiment,
     InitConfig,
     LayerConfig,
@@ -42,6 +43,7 @@ from mnistctl.config.schema import (
     ModelConfig,
     OptimizerConfig,
     SgdConfig,
+    StopAt,
     TrainConfig,
 )
 from mnistctl.config.serialize import diff_configs, dump_yaml
@@ -60,6 +62,7 @@ __all__ = [
     "ConvLayer",
     "DataConfig",
     "DenseLayer",
+    "EarlyStopping",
     "Experiment",
     "InitConfig",
     "LayerConfig",
@@ -68,6 +71,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "SgdConfig",
+    "StopAt",
     "TrainConfig",
     "apply_to",
     "check_machine",

@@ -97,6 +97,13 @@ def check_experiment(exp: Experiment) -> None:
         train_images -= exp.data.validation
     if exp.train.batch_size > train_images:
         raise Invalid("train.batch_size", f"is larger than the {train_images} training images")
+    for rule in ("stop_at", "early_stopping"):
+        setting = getattr(exp.train, rule)
+        if setting and setting.metric == "validation_accuracy" and not exp.data.validation:
+            raise Invalid(
+                f"train.{rule}.metric",
+                "validation_accuracy needs a hold-out: set data.validation (or use test_accuracy)",
+            )
 
 
 def memory_bytes() -> int:

@@ -304,6 +304,37 @@ class DataConfig:
     augment: Optional[AugmentConfig] = None
 
 
+StopMetric = Literal["validation_accuracy", "test_accuracy"]
+
+
+@dataclass(frozen=True)
+class StopAt:
+    """End the run after the first evaluation at which ``metric`` reaches ``value``.
+
+    Attributes:
+        metric: ``validation_accuracy`` (needs ``data.validation``) or ``test_accuracy``.
+        value: the target, a fraction (0.99 for 99%).
+    """
+
+    metric: StopMetric = "validation_accuracy"
+    value: float = field(default=0.99, metadata={"gt": 0, "le": 1})
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """End the run when ``metric`` has not improved for ``patience`` evaluations in a row.
+
+    Attributes:
+        metric: ``validation_accuracy`` (needs ``data.validation``) or ``test_accuracy``.
+        patience: evaluations without an improvement before the run ends.
+        min_delta: an improvement must beat the best so far by more than this.
+    """
+
+    metric: StopMetric = "validation_accuracy"
+    patience: int = field(default=5, metadata={"ge": 1, "le": 10**6})
+    min_delta: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop.
@@ -320,6 +351,8 @@ class TrainConfig:
         precision: ``float32``, or ``bfloat16``: TensorFlow's oneDNN auto mixed precision
             computes convolutions and matrix products in bfloat16 (variables stay float32).
             Faster on CPUs with AVX512_BF16 or AMX; slower elsewhere.
+        stop_at: end early once a metric reaches a target (null: train every step).
+        early_stopping: end early once a metric stops improving (null: never).
     """
 
     steps: int = field(default=10000, metadata={"ge": 1, "le": 10**9})
@@ -330,6 +363,8 @@ class TrainConfig:
     loss_scale: float = field(default=1.0, metadata={"gt": 0, "le": 1e6})
     seed: int = field(default=0, metadata={"ge": 0, "lt": 2**31})
     precision: Literal["float32", "bfloat16"] = "float32"
+    stop_at: Optional[StopAt] = None
+    early_stopping: Optional[EarlyStopping] = None
 
 
 @dataclass(frozen=True)
