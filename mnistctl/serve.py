@@ -1,18 +1,22 @@
 """The HTTP server: TensorFlow Serving's REST predict API, image upload, and a drawing page.
 
-Built on FastAPI (Starlette) and served by uvicorn. The model is loaded once; each request's
-``session.run`` happens in Starlette's thread pool, so slow requests never block the event loop
-and concurrent ones run side by side. Every bad request gets a 4xx JSON ``{"error": ...}`` that
-names the problem, as TensorFlow Serving does, and the server keeps serving.
+Built on FastAPI (Starlette) and served by uvicorn. The model is loaded once; concurrent
+requests are merged into batches, each one ``session.run`` on a worker thread
+(:mod:`mnistctl.batching`), so slow requests never block the event loop. Every bad request
+gets a 4xx JSON ``{"error": ...}`` that names the problem, as TensorFlow Serving does, and the
+server keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
 import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -22,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mnistctl.batching import Batcher
 from mnistctl.errors import MnistctlError
 from mnistctl.images import ImageError, preprocess
 
@@ -42,14 +47,51 @@ class BadRequest(Exception):
         self.message, self.status = message, status
 
 
-def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+@dataclass(frozen=True)
+class Batching:
+    """How ``serve`` merges concurrent requests (see :mod:`mnistctl.batching`)."""
+
+    max_batch: int = 64  # images per session.run at most; 1 turns batching off
+    max_wait_ms: float = 0.0  # how long a batch that is not full waits for more
+    threads: int = max(1, min(4, os.cpu_count() or 1))  # batches in flight at once
+
+
+def create_app(
+    predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S, batching: Batching | None = Batching()
+) -> FastAPI:
     """The ASGI app around a loaded :class:`mnistctl.export.Predictor`.
 
     Args:
         body_timeout_s: a request body that sends nothing for this long is answered 408 and
             its connection closed, so slow senders cannot hold the server's connections.
+        batching: merge concurrent requests into one ``session.run`` (None: one run each).
     """
-    app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None)
+    batcher = None
+    if batching is not None and batching.max_batch > 1:
+        batcher = Batcher(
+            predictor.predict,
+            max_batch=batching.max_batch,
+            max_wait_s=batching.max_wait_ms / 1000,
+            threads=batching.threads,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batcher is not None:
+            batcher.close()
+
+    app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    counts = {"requests": 0}  # changed only on the event loop's thread
+
+    async def predict(images: np.ndarray) -> np.ndarray:
+        if batcher is not None:
+            probabilities = await asyncio.wrap_future(batcher.submit(images))
+        else:
+            probabilities = await run_in_threadpool(predictor.predict, images)
+        counts["requests"] += 1
+        return probabilities
+
     page = resources.files("mnistctl").joinpath("static/index.html").read_text(encoding="utf-8")
     decoding = asyncio.Semaphore(DECODE_SLOTS)
 
@@ -70,7 +112,11 @@ def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAP
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "requests": predictor.requests}
+        return {
+            "status": "ok",
+            "requests": counts["requests"],
+            "batches": batcher.batches if batcher is not None else counts["requests"],
+        }
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
@@ -80,7 +126,7 @@ def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAP
     async def predict_tf_serving(request: Request) -> dict[str, Any]:
         body = await _read_body(request, MAX_JSON_BYTES, ("application/json",), body_timeout_s)
         images = parse_instances(body)
-        probabilities = await run_in_threadpool(predictor.predict, images)
+        probabilities = await predict(images)
         return {
             "predictions": [
                 {"probabilities": [float(p) for p in row], "classes": int(np.argmax(row))}
@@ -96,7 +142,7 @@ def create_app(predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAP
                 image = await run_in_threadpool(preprocess, body, "upload")
         except ImageError as err:
             raise BadRequest(str(err)) from None
-        probabilities = await run_in_threadpool(predictor.predict, image[None])
+        probabilities = await predict(image[None])
         (result,) = predictor.labelled(probabilities)
         return {**result, "image": np.round(image, 3).tolist()}
 
@@ -276,10 +322,10 @@ def _headers_deadline_protocol(timeout_s: float) -> type:
     return HeadersDeadline
 
 
-def serve(predictor: Any, sock: socket.socket) -> None:
+def serve(predictor: Any, sock: socket.socket, batching: Batching | None = Batching()) -> None:
     """Serve on a socket from :func:`bind` until interrupted."""
     import uvicorn
 
-    app = create_app(predictor)
+    app = create_app(predictor, batching=batching)
     _freeze_garbage()
     uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])

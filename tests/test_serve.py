@@ -349,6 +349,34 @@ def test_concurrent_requests(server, test_digits):
     assert results == [200] * 80
 
 
+def test_concurrent_distinct_requests_each_get_their_own_answer(server, test_digits):
+    """32 clients at once, each with its own digits: merged into batches, answered apart."""
+    url, predictor = server
+    images = test_digits[0][:64].astype(np.float32) / 255
+    expected = predictor.predict(images)
+    results = {}
+    before = request(f"{url}/healthz")[1]
+
+    def client(i):
+        for j in (i, i + 32):
+            body = json.dumps({"instances": [images[j][..., None].tolist()]}).encode()
+            status, answer = request(f"{url}/v1/models/mnist:predict", body)
+            results[j] = (status, answer["predictions"][0])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(64))
+    for j, (status, prediction) in results.items():
+        assert status == 200 and prediction["classes"] == int(expected[j].argmax())
+        assert np.allclose(prediction["probabilities"], expected[j], atol=1e-5)
+    after = request(f"{url}/healthz")[1]
+    assert after["requests"] - before["requests"] == 64
+    assert after["batches"] - before["batches"] < 64  # some requests shared a model run
+
+
 def big_picture(digit: np.ndarray, side: int = 4096, format: str = "PNG") -> bytes:
     """``digit`` drawn as dark ink in the middle of a large white RGBA canvas."""
     canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))

@@ -80,10 +80,24 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
-def serve(source: Path, host: str, port: int) -> None:
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 256),
+    default=64,
+    show_default=True,
+    help="Merge concurrent requests into one model run of at most this many images (1: no batching).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0, 1000),
+    default=0.0,
+    show_default=True,
+    help="How long a batch that is not full waits for more requests.",
+)
+def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: float) -> None:
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
-    from mnistctl.serve import bind
+    from mnistctl.serve import Batching, bind
     from mnistctl.serve import serve as run_server
 
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
@@ -95,4 +109,6 @@ def serve(source: Path, host: str, port: int) -> None:
         f'  POST http://{host}:{port}/v1/models/mnist:predict  {{"instances": [28x28x1 floats in 0..1, ...]}}'
     )
     out.print(f"  POST http://{host}:{port}/predict  (body: a PNG or JPEG, Content-Type: image/png)")
-    run_server(predictor, sock)
+    if max_batch > 1:
+        out.print(f"  concurrent requests are merged into batches of up to {max_batch} images")
+    run_server(predictor, sock, Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms))
