@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--big-uploads", type=int, default=0, metavar="N")
+    parser.add_argument("--max-batch", type=int, default=64, help="serve's --max-batch (1: no batching)")
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0)
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 300:
         parser.error("--clients must be 1-256 and --seconds 0-300")
@@ -82,7 +84,17 @@ def main() -> None:
     port = free_port()
     mnistctl = Path(sys.executable).with_name("mnistctl")
     server = subprocess.Popen(
-        [str(mnistctl), "serve", str(args.source), "--port", str(port)],
+        [
+            str(mnistctl),
+            "serve",
+            str(args.source),
+            "--port",
+            str(port),
+            "--max-batch",
+            str(args.max_batch),
+            "--batch-wait-ms",
+            str(args.batch_wait_ms),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -115,6 +127,8 @@ def main() -> None:
     ms = np.array(latencies) * 1000
     result = {
         "clients": args.clients,
+        "max_batch": args.max_batch,
+        "batch_wait_ms": args.batch_wait_ms,
         "seconds": round(elapsed, 1),
         "requests": len(latencies),
         "errors": len(errors),

@@ -12,13 +12,17 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mnistctl._tf import tf
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
-from mnistctl.model import Graph
 from mnistctl.runs import CHECKPOINT_DIR, Status, is_run_dir
+
+if TYPE_CHECKING:  # finding checkpoints (resolve, latest_in) needs no TensorFlow; saving does
+    import tensorflow as tf
+
+    from mnistctl.model import Graph
 
 LATEST = "latest"
 BEST = "best"
@@ -36,12 +40,16 @@ class Checkpoints:
     """The run's two checkpoint slots."""
 
     def __init__(self, run_dir: Path, graph: Graph) -> None:
+        from mnistctl._tf import tf
+
         self.root = run_dir / CHECKPOINT_DIR
         with graph.graph.as_default():
             # Retention is tidy()'s, from the files: a Saver knows only its own process's saves.
             self._saver = tf.compat.v1.train.Saver(max_to_keep=None, save_relative_paths=True)
 
     def save(self, session: tf.compat.v1.Session, slot: str, step: int) -> str:
+        from mnistctl._tf import tf
+
         directory = self.root / slot
         directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -176,6 +184,8 @@ def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
         CheckpointError: naming the variable and shapes when the checkpoint was made for
             another architecture, or the file when it is damaged.
     """
+    from mnistctl._tf import tf
+
     try:
         reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     except (tf.errors.OpError, ValueError) as err:

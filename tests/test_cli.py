@@ -154,3 +154,37 @@ def test_fast_commands_do_not_import_tensorflow(args, trained_run):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONFIGS.parent)
     assert result.returncode == 0, result.stderr
+
+
+def run_in_a_terminal(args: list[str], timeout: float = 120) -> bytes:
+    """Run ``python -m mnistctl ARGS`` with stdout and stderr on a pseudo-terminal; all it wrote."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnistctl", *args], stdout=follower, stderr=follower, cwd=CONFIGS.parent
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(timeout=timeout)
+    os.close(leader)
+    return output
+
+
+def test_commands_that_load_tensorflow_say_so_on_a_terminal_only(trained_run):
+    shown = run_in_a_terminal(["eval", str(trained_run)])
+    assert shown.startswith("loading TensorFlow…\r\x1b[K".encode()), shown[:200]
+    assert b"test accuracy:" in shown
+    piped = subprocess.run(
+        [sys.executable, "-m", "mnistctl", "eval", str(trained_run)], capture_output=True, cwd=CONFIGS.parent
+    )
+    assert piped.returncode == 0 and b"loading" not in piped.stdout + piped.stderr

@@ -7,8 +7,9 @@ graphs, so ``--help``, ``validate``, ``compare`` and ``data info`` start fast.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,24 @@ def check_figure_path(path: Path | None) -> None:
         from mnistctl.plots import check_figure_path as check
 
         check(path)
+
+
+@contextlib.contextmanager
+def loading_tensorflow() -> Iterator[None]:
+    """Say "loading TensorFlow" on the terminal while the import takes its seconds.
+
+    A plain line, written before the import (which silences file descriptor 2 while it runs)
+    and wiped after it; nothing when stderr is not a terminal or TensorFlow is already loaded.
+    """
+    shown = "tensorflow" not in sys.modules and sys.stderr.isatty()
+    if shown:
+        sys.stderr.write("loading TensorFlow…")
+        sys.stderr.flush()
+    try:
+        import mnistctl._tf  # noqa: F401  (the slow part)
+
+        yield
+    finally:
+        if shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()

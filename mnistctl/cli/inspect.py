@@ -9,7 +9,15 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from mnistctl.cli.app import check_figure_path, data_dir_option, err, main, out, set_option
+from mnistctl.cli.app import (
+    check_figure_path,
+    data_dir_option,
+    err,
+    loading_tensorflow,
+    main,
+    out,
+    set_option,
+)
 from mnistctl.compare import FORMATS
 from mnistctl.errors import MnistctlError
 
@@ -77,12 +85,14 @@ def eval_(
     check_figure_path(confusion)
     if is_ensemble(targets):
         members = members_of(targets, split=split, top=top, log=lambda line: err.print(escape(line)))
-        from mnistctl.evaluate import evaluate_ensemble
+        with loading_tensorflow():
+            from mnistctl.evaluate import evaluate_ensemble
 
         ensemble = evaluate_ensemble(members, data_dir=data_dir, split=split)
         report = ensemble.ensemble
     else:
-        from mnistctl.evaluate import evaluate_checkpoint
+        with loading_tensorflow():
+            from mnistctl.evaluate import evaluate_checkpoint
 
         ensemble = None
         report = evaluate_checkpoint(targets[0], data_dir=data_dir, split=split)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from mnistctl.cli.app import err, main, out
+from mnistctl.cli.app import err, loading_tensorflow, main, out
 
 
 @main.command()
@@ -30,12 +30,14 @@ def export(targets: tuple[Path, ...], out_dir: Path, force: bool, top: int | Non
 
     if is_ensemble(targets):
         members = members_of(targets, top=top, log=lambda line: err.print(escape(line)))
-        from mnistctl.export import export_ensemble
+        with loading_tensorflow():
+            from mnistctl.export import export_ensemble
 
         info = export_ensemble(members, out_dir, overwrite=force)
         out.print(f"exported an ensemble of {len(members)} runs to {escape(str(out_dir))}")
     else:
-        from mnistctl.export import export_saved_model
+        with loading_tensorflow():
+            from mnistctl.export import export_saved_model
 
         info = export_saved_model(targets[0], out_dir, overwrite=force)
         out.print(f"exported {escape(info['run_name'])} step {info['step']} to {escape(str(out_dir))}")
@@ -60,7 +62,8 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     from mnistctl.images import read_image_file
 
     inputs = [read_image_file(path) for path in images]  # every file is checked before the model loads
-    from mnistctl.export import Predictor
+    with loading_tensorflow():
+        from mnistctl.export import Predictor
 
     predictor = Predictor(source)
     results = predictor.labelled(predictor.predict(np.stack(inputs)))
@@ -101,7 +104,8 @@ def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: flo
     from mnistctl.serve import serve as run_server
 
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
-    from mnistctl.export import Predictor
+    with loading_tensorflow():
+        from mnistctl.export import Predictor
 
     predictor = Predictor(source)
     out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")

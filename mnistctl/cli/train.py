@@ -9,7 +9,17 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from mnistctl.cli.app import data_dir_option, dataset_choice, err, logger, main, out, quiet_option, set_option
+from mnistctl.cli.app import (
+    data_dir_option,
+    dataset_choice,
+    err,
+    loading_tensorflow,
+    logger,
+    main,
+    out,
+    quiet_option,
+    set_option,
+)
 from mnistctl.cli.views import ProgressView, StopOnSignal, WatchView
 from mnistctl.hooks import Hook
 from mnistctl.runs import Run, Status
@@ -58,7 +68,8 @@ def train(
             _check_name(name)
     elif name is not None:
         raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
-    from mnistctl.experiment import resume_experiment, run_experiment
+    with loading_tensorflow():
+        from mnistctl.experiment import resume_experiment, run_experiment
 
     hooks: list[Hook] = [ProgressView(out, quiet)] + ([WatchView(watch)] if watch else [])
     common = dict(data_dir=data_dir, extra_hooks=hooks, log=logger(quiet))
