@@ -188,6 +188,19 @@ def _serving_session(graph: tf.Graph) -> v1.Session:
     return v1.Session(graph=graph, config=config)
 
 
+def saved_model_path(source: Path) -> Path | None:
+    """The SavedModel at ``source``: the folder itself, or - for a TF Serving base path
+    (``models/mnist`` holding ``1/``, ``2/``, ...) - its highest numbered version, as TF Serving
+    would serve. None when there is none."""
+    if (source / "saved_model.pb").is_file():
+        return source
+    if source.is_dir():
+        versions = [p for p in source.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+        if versions:
+            return max(versions, key=lambda p: int(p.name))
+    return None
+
+
 class Predictor:
     """A model loaded once, from a run directory or an exported SavedModel, for many calls.
 
@@ -196,8 +209,9 @@ class Predictor:
 
     def __init__(self, source: Path) -> None:
         self.source = source
-        if (source / "saved_model.pb").is_file():
-            self._load_saved_model(source)
+        saved_model = saved_model_path(source)
+        if saved_model is not None:
+            self._load_saved_model(saved_model)
         else:
             self._load_run(source)
         self._lock = threading.Lock()  # guards only the counters below
@@ -216,6 +230,7 @@ class Predictor:
         info_path = path / INFO_FILE
         self.info = json.loads(info_path.read_text()) if info_path.is_file() else {"run": None}
         self.info["source"] = "saved_model"
+        self.info["version"] = int(path.name) if path.name.isdigit() else 1
 
     def _load_run(self, target: Path) -> None:
         run_dir, prefix = resolve(target)

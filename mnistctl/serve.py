@@ -38,6 +38,25 @@ BODY_TIMEOUT_S = 10.0  # a body that sends nothing for this long is answered 408
 # there are cores would not finish sooner, only hold more memory (docs/BENCHMARKS.md).
 DECODE_SLOTS = max(1, min(4, os.cpu_count() or 1))
 MAX_CONNECTIONS = 512  # beyond this, uvicorn answers 503 at once
+MODEL_NAME = "mnist"
+
+
+def _tensor(dtype: str, *dims: int) -> dict[str, Any]:
+    return {
+        "dtype": dtype,
+        "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False},
+    }
+
+
+# The serving signature every mnistctl model has, as TF Serving's metadata answer spells it.
+SIGNATURE_DEF = {
+    "inputs": {"images": {**_tensor("DT_FLOAT", -1, 28, 28, 1), "name": "images:0"}},
+    "outputs": {
+        "probabilities": {**_tensor("DT_FLOAT", -1, 10), "name": "probabilities:0"},
+        "classes": {**_tensor("DT_INT64", -1), "name": "classes:0"},
+    },
+    "method_name": "tensorflow/serving/predict",
+}
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
 
 
@@ -83,6 +102,7 @@ def create_app(
 
     app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     counts = {"requests": 0}  # changed only on the event loop's thread
+    served_version = str(predictor.info.get("version", 1))
 
     async def predict(images: np.ndarray) -> np.ndarray:
         if batcher is not None:
@@ -122,9 +142,30 @@ def create_app(
     async def metadata() -> dict[str, Any]:
         return predictor.info
 
+    # TensorFlow Serving's REST surface for one model named "mnist" (version: the export's).
+    @app.get("/v1/models/mnist")
+    @app.get("/v1/models/mnist/versions/{version}")
+    async def model_status(version: str | None = None) -> dict[str, Any]:
+        _check_version(version)
+        status = {"error_code": "OK", "error_message": ""}
+        return {"model_version_status": [{"version": served_version, "state": "AVAILABLE", "status": status}]}
+
+    @app.get("/v1/models/mnist/metadata")
+    @app.get("/v1/models/mnist/versions/{version}/metadata")
+    async def model_metadata(version: str | None = None) -> dict[str, Any]:
+        _check_version(version)
+        return {
+            "model_spec": {"name": MODEL_NAME, "signature_name": "", "version": served_version},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": SIGNATURE_DEF}}},
+        }
+
     @app.post("/v1/models/mnist:predict")
-    async def predict_tf_serving(request: Request) -> dict[str, Any]:
-        body = await _read_body(request, MAX_JSON_BYTES, ("application/json",), body_timeout_s)
+    @app.post("/v1/models/mnist/versions/{version}:predict")
+    async def predict_tf_serving(request: Request, version: str | None = None) -> dict[str, Any]:
+        _check_version(version)
+        # Any content type: `curl -d @x.json` says form data and `requests.post(data=...)` says
+        # nothing, and TF Serving reads both; a body that is not JSON is refused as such.
+        body = await _read_body(request, MAX_JSON_BYTES, None, body_timeout_s)
         images = parse_instances(body)
         probabilities = await predict(images)
         return {
@@ -133,6 +174,12 @@ def create_app(
                 for row in probabilities
             ]
         }
+
+    def _check_version(version: str | None) -> None:
+        if version is not None and version != served_version:
+            raise BadRequest(
+                f"model mnist has no version {version!r}; it serves version {served_version}", 404
+            )
 
     @app.post("/predict")
     async def predict_image(request: Request) -> dict[str, Any]:
@@ -149,9 +196,11 @@ def create_app(
     return app
 
 
-async def _read_body(request: Request, limit: int, types: tuple[str, ...], timeout_s: float) -> bytes:
+async def _read_body(request: Request, limit: int, types: tuple[str, ...] | None, timeout_s: float) -> bytes:
+    """The body, within ``limit`` bytes and ``timeout_s`` of silence; of one of ``types``
+    (None: any content type - the body itself must then say what it is)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in types:
+    if types is not None and content_type not in types:
         raise BadRequest(
             f"content type {content_type or '(none)'!r} not accepted; send one of: {', '.join(types)}", 415
         )

@@ -111,7 +111,7 @@ def test_the_ensemble_export_predicts_as_eval_does(runs, tmp_path):
     result = invoke("export", *members(runs), "--out", out)
     assert result.exit_code == 0, result.output
     assert "exported an ensemble of 3 runs" in result.output
-    info = json.loads((out / "mnistctl.json").read_text())
+    info = json.loads((out / "1" / "mnistctl.json").read_text())
     assert [m["run_name"] for m in info["members"]] == [p.name for p in members(runs)]
     predictor = Predictor(out)
     assert predictor.info["members"] == info["members"]  # what /metadata shows
@@ -122,7 +122,7 @@ def test_the_ensemble_export_predicts_as_eval_does(runs, tmp_path):
     assert np.allclose(exported.max(axis=1), report.ensemble.confidence, atol=1e-5)
 
     again = invoke("export", *members(runs), "--out", out)  # exists, no --force: refused
-    assert again.exit_code == 2 and f"{out}: already exists (use --force to replace it)" in again.output
+    assert again.exit_code == 2 and f"{out / '1'}: already exists (use --force to replace it)" in again.output
 
 
 def _copy(runs: Path, tmp_path: Path, name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import re
@@ -41,10 +42,12 @@ def as_png(array: np.ndarray, invert: bool = True, scale: int = 4) -> bytes:
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "model"
-    result = invoke("export", trained_run, "--out", out)
+    """The export's base folder (``models/mnist``), as TF Serving's --model_base_path takes it."""
+    base = tmp_path_factory.mktemp("export") / "mnist"
+    result = invoke("export", trained_run, "--out", base)
     assert result.exit_code == 0, result.output
-    return out
+    assert f"to {base / '1'} (version 1)" in result.output
+    return base
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_saved_model_cli_agrees_with_eval(trained_run, exported, test_digits, tm
         str(cli),
         "run",
         "--dir",
-        str(exported),
+        str(exported / "1"),
         "--tag_set",
         "serve",
         "--signature_def",
@@ -77,7 +80,7 @@ def test_saved_model_cli_agrees_with_eval(trained_run, exported, test_digits, tm
     report = evaluate_checkpoint(trained_run)
     assert classes.shape == (500,) and probabilities.shape == (500, 10)
     assert np.array_equal(classes, report.predictions)
-    info = json.loads((exported / "mnistctl.json").read_text())
+    info = json.loads((exported / "1" / "mnistctl.json").read_text())
     assert info["step"] == report.step and info["input"]["shape"] == [None, 28, 28, 1]
 
 
@@ -198,6 +201,52 @@ def test_tf_serving_rest_format(server, test_digits):
     assert status == 200 and body["predictions"][0]["classes"] == int(expected[0].argmax())
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "", "text/plain"])
+def test_a_json_body_is_read_whatever_its_content_type_says(server, test_digits, content_type):
+    """`curl -d @x.json` sends a form type, `requests.post(data=...)` none: TF Serving reads both."""
+    url, _ = server
+    body = json.dumps({"instances": [(test_digits[0][0] / 255.0)[..., None].tolist()]}).encode()
+    connection = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=30)
+    connection.request(
+        "POST", "/v1/models/mnist:predict", body, {"Content-Type": content_type} if content_type else {}
+    )
+    response = connection.getresponse()
+    assert response.status == 200 and "predictions" in json.loads(response.read())
+    connection.close()
+
+
+def test_tf_serving_model_status_and_metadata(server):
+    url, _ = server
+    status, body = request(f"{url}/v1/models/mnist")
+    assert status == 200 and body == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    status, body = request(f"{url}/v1/models/mnist/metadata")
+    assert status == 200 and body["model_spec"] == {"name": "mnist", "signature_name": "", "version": "1"}
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    dims = [int(d["size"]) for d in signature["inputs"]["images"]["tensor_shape"]["dim"]]
+    assert dims == [-1, 28, 28, 1] and signature["outputs"]["classes"]["dtype"] == "DT_INT64"
+    assert request(f"{url}/v1/models/mnist/versions/1/metadata")[0] == 200
+    status, body = request(f"{url}/v1/models/mnist/versions/7")
+    assert status == 404 and body["error"] == "model mnist has no version '7'; it serves version 1"
+
+
+def test_serve_and_predict_take_the_base_path_and_its_highest_version(trained_run, exported, tmp_path):
+    from mnistctl.export import Predictor, saved_model_path
+
+    base = tmp_path / "mnist"
+    shutil.copytree(exported, base)
+    result = invoke("export", trained_run, "--out", base, "--version", "3")
+    assert result.exit_code == 0 and (base / "3" / "saved_model.pb").is_file()
+    assert saved_model_path(base) == base / "3" and saved_model_path(base / "1") == base / "1"
+    assert saved_model_path(tmp_path) is None
+    predictor = Predictor(base)
+    assert predictor.info["version"] == 3 and predictor.info["source"] == "saved_model"
+    predictor.close()
+
+
 def test_image_upload_health_and_metadata(server, test_digits):
     url, _ = server
     images, _ = test_digits
@@ -225,7 +274,7 @@ BAD = [
     (json.dumps({"instances": [[[[0.0]] * 28] * 28] * 300}).encode(), "application/json", 413, "at most 256"),
     (b'{"instances": []}', "application/json", 400, '"instances" is empty'),
     (b'{"images": []}', "application/json", 400, 'expected a JSON object with "instances"'),
-    (b"{}", "text/plain", 415, "content type 'text/plain' not accepted"),
+    (b"{not json", "application/x-www-form-urlencoded", 400, "malformed JSON"),
     (json.dumps({"instances": [[["0.5"]] * 28] * 28}).encode(), "application/json", 400, "expected numbers"),
     (json.dumps({"instances": [[[True]] * 28] * 28}).encode(), "application/json", 400, "expected numbers"),
     (b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}", "application/json", 400, "nested too deeply"),

@@ -14,36 +14,44 @@ from mnistctl.cli.app import err, loading_tensorflow, main, out
 @main.command()
 @click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Directory for the SavedModel."
+    "--out",
+    "base",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The model's base folder (TF Serving's --model_base_path); the SavedModel goes in BASE/VERSION.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing export.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing export of that version.")
 @click.option(
     "--top",
     type=click.IntRange(min=2),
     help="From a directory of runs, average only the best K by their selection metric.",
 )
-def export(targets: tuple[Path, ...], out_dir: Path, force: bool, top: int | None) -> None:
+def export(targets: tuple[Path, ...], base: Path, version: int, force: bool, top: int | None) -> None:
     """Export TARGETS (a run directory's selected checkpoint, or a checkpoint) as a TensorFlow
-    SavedModel (tag serve, signature serving_default): the format TensorFlow Serving loads.
-    Several runs, or a directory of runs, export as one model that averages their probabilities."""
+    SavedModel (tag serve, signature serving_default) in BASE/VERSION: the layout TensorFlow
+    Serving loads. Several runs, or a directory of runs, export as one model that averages
+    their probabilities."""
     from mnistctl.ensemble import is_ensemble, members_of
 
+    out_dir = base / str(version)
     if is_ensemble(targets):
         members = members_of(targets, top=top, log=lambda line: err.print(escape(line)))
         with loading_tensorflow():
             from mnistctl.export import export_ensemble
 
-        info = export_ensemble(members, out_dir, overwrite=force)
-        out.print(f"exported an ensemble of {len(members)} runs to {escape(str(out_dir))}")
+        export_ensemble(members, out_dir, overwrite=force)
+        what = f"an ensemble of {len(members)} runs"
     else:
         with loading_tensorflow():
             from mnistctl.export import export_saved_model
 
         info = export_saved_model(targets[0], out_dir, overwrite=force)
-        out.print(f"exported {escape(info['run_name'])} step {info['step']} to {escape(str(out_dir))}")
+        what = f"{info['run_name']} step {info['step']}"
+    out.print(f"exported {escape(what)} to {escape(str(out_dir))} (version {version})")
     out.print(
         "input: images float32 [N, 28, 28, 1] in [0, 1]; outputs: probabilities [N, 10], classes [N]; "
-        f"try: saved_model_cli show --dir {out_dir} --all"
+        f"try: saved_model_cli show --dir {escape(str(out_dir))} --all, or mnistctl serve {escape(str(base))}"
     )
 
 
