@@ -6,9 +6,11 @@ Reads ``run.json``, ``config.yaml`` and ``metrics.csv``; never imports TensorFlo
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import math
+import re
 from typing import Any
 
 import yaml
@@ -117,6 +119,129 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
         missing = [r for r in rows if r.get(sort) is None]
         rows = sorted(present, key=lambda r: _sortable(r[sort]), reverse=reverse) + missing
     return columns, rows
+
+
+_LAYER_KEY = re.compile(r"^model\.layers(\[\d+\])?")
+
+# Short headers for the terminal table (csv, json and markdown keep the full names).
+HEADERS = {
+    "best_test_accuracy": "best",
+    "best_step": "at step",
+    "selected_by": "chosen by",
+    "best_validation_accuracy": "validation",
+    "max_test_accuracy": "max test",
+    "final_test_accuracy": "final test",
+    "final_train_accuracy": "final train",
+    "wall_s": "wall s",
+}
+
+
+def summarize_layers(columns: list[str], rows: list[dict], runs: list[Run]) -> list[str]:
+    """For people: the differing ``model.layers[i].*`` keys become one ``layers[i]`` column per
+    layer that differs, holding the layer as ``validate`` describes it (``conv 5x5x12 s2``).
+
+    Changes ``rows`` in place; returns the new columns.
+    """
+    differing = sorted(
+        {int(m.group(1)[1:-1]) for c in columns if (m := _LAYER_KEY.match(c)) and m.group(1)}
+        | ({-1} if "model.layers" in columns else set())
+    )
+    if not differing:
+        return columns
+    if -1 in differing:  # the number of layers differs: every index any run has
+        depth = max((len(_layers(run)) for run in runs), default=0)
+        differing = list(range(depth))
+    described = [_layers(run) for run in runs]
+    for i in differing:
+        texts = [layers[i] if i < len(layers) else "-" for layers in described]
+        for row, text in zip(rows, _what_differs(texts), strict=True):
+            row[f"layers[{i}]"] = text
+    first = next(i for i, c in enumerate(columns) if _LAYER_KEY.match(c))
+    kept = [c for c in columns if not _LAYER_KEY.match(c)]
+    return kept[:first] + [f"layers[{i}]" for i in differing] + kept[first:]
+
+
+def _what_differs(texts: list[str]) -> list[str]:
+    """Layer descriptions cut to their type and the words that differ between runs
+    (``conv 6x6x13``, ``conv 6x6x18``), when all have the same shape of words."""
+    words = [t.split() for t in texts]
+    if len({len(w) for w in words}) != 1 or len({w[0] for w in words}) != 1:
+        return texts
+    keep = [0] + [j for j in range(1, len(words[0])) if len({w[j] for w in words}) > 1]
+    return [" ".join(w[j] for j in keep) for w in words]
+
+
+def _layers(run: Run) -> list[str]:
+    try:
+        return [layer.describe() for layer in run.experiment().model.layers]
+    except MnistctlError:
+        return []
+
+
+def filter_rows(rows: list[dict], filters: list[str], runs: list[Run]) -> tuple[list[dict], list[Run]]:
+    """The rows (and their runs) matching every ``KEY=PATTERN`` (shell-style ``*`` and ``?``):
+    KEY a column (``status``, ``run``) or any config key path (``schedule.lr0``).
+
+    Raises:
+        MnistctlError: a filter that is not KEY=PATTERN, or a key no run has.
+    """
+    configs = [_config_items(run) for run in runs]
+    kept_rows, kept_runs = [], []
+    tests = []
+    for expression in filters:
+        key, sep, pattern = expression.partition("=")
+        if not sep or not key:
+            raise MnistctlError(f"--filter {expression}: expected KEY=PATTERN, e.g. status=completed")
+        if not any(key in row for row in rows) and not any(key in c for c in configs):
+            raise MnistctlError(f"--filter {expression}: no run has a column or config key {key!r}")
+        tests.append((key, pattern))
+    for row, run, config in zip(rows, runs, configs, strict=True):
+        values = {**config, **row}
+        if all(fnmatch.fnmatchcase(cell(values.get(key), key), pattern) for key, pattern in tests):
+            kept_rows.append(row)
+            kept_runs.append(run)
+    return kept_rows, kept_runs
+
+
+def choose_columns(columns: list[str], wanted: str) -> list[str]:
+    """``--columns a,b,c``: those columns, in that order (``run`` always first)."""
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    unknown = [n for n in names if n not in columns]
+    if unknown:
+        raise MnistctlError(
+            f"--columns: unknown column {unknown[0]!r}; expected some of: {', '.join(columns)}"
+        )
+    return ["run", *(n for n in names if n != "run")]
+
+
+FIRST = (
+    "run",
+    "status",
+    "steps",
+    "best_test_accuracy",
+    "best_step",
+    "selected_by",
+    "best_validation_accuracy",
+)
+
+
+def table_order(columns: list[str]) -> list[str]:
+    """For the terminal: the run and its best result, then what differs between the runs (the
+    reason to compare), then the rest of the results - so a narrow terminal cuts the least."""
+    first = [c for c in FIRST if c in columns]
+    results = [c for c in RESULT_COLUMNS if c in columns and c not in first]
+    return first + [c for c in columns if c not in first and c not in results] + results
+
+
+def fit_columns(columns: list[str], widths: list[int], room: int) -> tuple[list[str], list[str]]:
+    """The leading columns whose widths fit in ``room`` characters, and those left out."""
+    used, shown = 0, []
+    for column, width in zip(columns, widths, strict=True):
+        if used + width > room and shown:
+            break
+        used += width
+        shown.append(column)
+    return shown, columns[len(shown) :]
 
 
 def _key_order(key: str) -> tuple:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -83,10 +85,80 @@ def test_compare_shows_results_and_only_differing_keys(trained_run, tmp_path):
     for fmt, marker in (
         ("markdown", "| run | status |"),
         ("csv", "run,status,steps"),
-        ("table", "best_test_accuracy"),
+        ("table", "best"),
     ):
         result = invoke("compare", trained_run, second, "--format", fmt)
         assert result.exit_code == 0 and marker in result.output, result.output
+
+
+def nine_runs(trained_run: Path, tmp_path: Path) -> Path:
+    """Nine copies of a run, differing in a layer's units, the learning rate and status."""
+    runs = tmp_path / "nine"
+    for i in range(9):
+        copy = runs / f"run-{i}"
+        shutil.copytree(trained_run, copy)
+        config = copy / "config.yaml"
+        text = (
+            config.read_text()
+            .replace("units: 16", f"units: {16 + i}")
+            .replace("lr0: 0.003", f"lr0: 0.00{i + 1}")
+        )
+        config.write_text(text)
+        if i % 3 == 0:
+            record = json.loads((copy / "run.json").read_text())
+            (copy / "run.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    return runs
+
+
+def test_compare_prints_one_row_per_run_and_fits_the_terminal(trained_run, tmp_path, monkeypatch):
+    from mnistctl.cli import app
+
+    runs = nine_runs(trained_run, tmp_path)
+    monkeypatch.setattr(app.out, "width", 200)
+    wide = invoke("compare", runs)
+    assert wide.exit_code == 0, wide.output
+    lines = wide.output.strip().splitlines()
+    header, body = lines[0].split(), lines[1:10]
+    assert header[:3] == ["run", "status", "steps"] and "layers[1]" in header and "lr0" in header
+    assert [line.split()[0] for line in body] == [f"run-{i}" for i in range(9)]
+    assert "dense 24" in body[8]  # a layer summarised by what differs: dense, 16 + 8 units
+    monkeypatch.setattr(app.out, "width", 70)
+    narrow = invoke("compare", runs)
+    assert all(len(line) <= 70 for line in narrow.output.splitlines() if line.startswith(("run", "run-")))
+    assert "columns left out to fit the terminal:" in narrow.output and "--columns chooses" in narrow.output
+    chosen = invoke("compare", runs, "--columns", "lr0,schedule.lr0", "--filter", "status=interrupted")
+    assert chosen.exit_code == 2 and "--columns: unknown column 'lr0'" in chosen.output
+    chosen = invoke("compare", runs, "--columns", "schedule.lr0", "--filter", "status=interrupted")
+    assert chosen.exit_code == 0, chosen.output
+    rows = [line.split() for line in chosen.output.strip().splitlines()]
+    assert rows == [["run", "lr0"], ["run-0", "0.001"], ["run-3", "0.004"], ["run-6", "0.007"]]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (["run=run-[12]"], ["run-1", "run-2"]),
+        (["schedule.lr0=0.005"], ["run-4"]),
+        (["status=completed", "model.layers[1].units=2*"], ["run-4", "run-5", "run-7", "run-8"]),
+    ],
+)
+def test_compare_filters_by_column_or_config_key(trained_run, tmp_path, filters, expected):
+    runs = nine_runs(trained_run, tmp_path)
+    args = [arg for f in filters for arg in ("--filter", f)]
+    result = invoke("compare", runs, "--format", "json", *args)
+    assert result.exit_code == 0, result.output
+    assert [row["run"] for row in json.loads(result.output)] == expected
+
+
+def test_compare_filter_mistakes_are_one_line(trained_run, tmp_path):
+    runs = nine_runs(trained_run, tmp_path)
+    for flag, message in (
+        ("status", "--filter status: expected KEY=PATTERN, e.g. status=completed"),
+        ("colour=red", "--filter colour=red: no run has a column or config key 'colour'"),
+        ("status=diverged", "no runs match --filter status=diverged"),
+    ):
+        result = invoke("compare", runs, "--filter", flag)
+        assert result.exit_code == 2 and result.output.strip() == f"error: {message}", result.output
 
 
 def test_bad_config_exits_2_with_one_line_and_no_run(tmp_path):

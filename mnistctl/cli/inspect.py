@@ -156,13 +156,39 @@ def eval_(
 )
 @click.option("--sort", "sort_key", metavar="KEY", help="Sort by this column (e.g. best_test_accuracy).")
 @click.option("--reverse", is_flag=True, help="Sort in descending order.")
-def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bool) -> None:
-    """Compare runs: results, then the config keys that differ. PATHS are run directories,
-    directories of runs, or a sweep (its trials, best first by the sweep's metric) (default: runs/)."""
-    from mnistctl.compare import cell, render
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=PATTERN",
+    help="Only runs whose column or config key matches (status=completed, run=*conv*, "
+    "schedule.lr0=0.004); repeatable.",
+)
+@click.option("--columns", metavar="A,B,...", help="Show these columns, in this order.")
+def compare(
+    paths: tuple[Path, ...],
+    fmt: str,
+    sort_key: str | None,
+    reverse: bool,
+    filters: tuple[str, ...],
+    columns: str | None,
+) -> None:
+    """Compare runs, one row each: results, then the config keys that differ. PATHS are run
+    directories, directories of runs, or a sweep (its trials, best first by the sweep's metric)
+    (default: runs/)."""
+    from mnistctl.compare import (
+        HEADERS,
+        cell,
+        choose_columns,
+        filter_rows,
+        fit_columns,
+        render,
+        summarize_layers,
+        table_order,
+    )
     from mnistctl.compare import compare as compare_runs
     from mnistctl.runs import find_runs
-    from mnistctl.sweep import is_sweep_dir, ranking_column
+    from mnistctl.sweep import is_sweep_dir, ranking_column, short_keys
 
     damaged: list[MnistctlError] = []
     runs = find_runs(list(paths) or [Path("runs")], damaged)
@@ -176,29 +202,53 @@ def compare(paths: tuple[Path, ...], fmt: str, sort_key: str | None, reverse: bo
         )
     if sort_key is None and len(paths) == 1 and is_sweep_dir(paths[0]):
         sort_key, reverse = ranking_column(paths[0]), True
-    columns, rows = compare_runs(runs, sort_key, reverse)
+    names, rows = compare_runs(runs, sort_key, reverse)
+    by_name = {run.name: run for run in runs}
+    ordered = [by_name[row["run"]] for row in rows]
+    if filters:
+        rows, ordered = filter_rows(rows, list(filters), ordered)
+        if not rows:
+            raise MnistctlError(f"no runs match --filter {' --filter '.join(filters)}")
     for row in rows:
         if row.get("status") == "damaged":
             err.print(f"[yellow]damaged:[/] {escape(row['error'])}", soft_wrap=True)
+    if fmt in ("table", "markdown"):  # for people: one column per differing layer
+        names = summarize_layers(names, rows, ordered)
+    if columns:
+        names = choose_columns(names, columns)
     if fmt != "table":
-        click.echo(render(columns, rows, fmt))
+        click.echo(render(names, rows, fmt))
         return
-    cells = [[cell(row.get(c), c) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) + 3 for i, c in enumerate(columns)]
-    if sum(widths) <= out.width:
-        table = Table()
-        for column in columns:
-            table.add_column(column)
-        for row_cells in cells:
-            table.add_row(*row_cells)
-    else:  # too wide for the terminal: one column per run instead of one row per run
-        table = Table(show_header=False)
-        table.add_column(no_wrap=True)
-        for _ in rows:
-            table.add_column(overflow="fold")
-        for i, column in enumerate(columns):
-            table.add_row(f"[bold]{column}[/]", *(r[i] for r in cells))
+    note = ""
+    if not columns:  # the terminal's order: what differs between the runs comes early
+        names = table_order(names)
+        chosen = {row.get("selected_by") for row in rows}
+        if len(chosen) == 1 and "selected_by" in names:
+            names.remove("selected_by")
+            note = f"best: the best evaluation by {chosen.pop()} accuracy; "
+    cells = [[cell(row.get(c), c) for c in names] for row in rows]
+    labels = short_keys([c for c in names if "." in c])  # config keys: lr0, layers[0].filters
+    headers = [HEADERS.get(c) or labels.get(c, c) for c in names]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) + 3 for i, h in enumerate(headers)]
+    shown, left_out = fit_columns(names, widths, out.width - 1)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, header in zip(shown, headers, strict=False):
+        table.add_column(escape(header), no_wrap=True, justify="right" if _numeric(rows, name) else "left")
+    for row_cells in cells:
+        table.add_row(*(escape(c) for c in row_cells[: len(shown)]))
     out.print(table)
+    if left_out:
+        note += (
+            f"{len(left_out)} columns left out to fit the terminal: {', '.join(left_out)} "
+            "(--columns chooses; --format csv has them all)"
+        )
+    if note:
+        err.print(f"[dim]{escape(note.rstrip('; '))}[/]", soft_wrap=True)
+
+
+def _numeric(rows: list[dict], column: str) -> bool:
+    values = [row.get(column) for row in rows if row.get(column) is not None]
+    return bool(values) and all(isinstance(v, (int, float)) for v in values)
 
 
 @main.command()
