@@ -23,12 +23,20 @@ from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
 from mnistctl.loop import Diverged, fit
-from mnistctl.metrics import CsvWriter, DistributionWriter, PredictionWriter, TensorBoardWriter, read_metrics
+from mnistctl.metrics import (
+    CsvWriter,
+    DistributionWriter,
+    EvaluationLog,
+    PredictionWriter,
+    TensorBoardWriter,
+    read_metrics,
+)
 from mnistctl.model import Graph, build_graph, count_parameters, make_session
 from mnistctl.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     DISTRIBUTIONS_FILE,
+    EVALUATIONS_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     TENSORBOARD_DIR,
@@ -50,13 +58,14 @@ Log = Callable[[str], None]
 
 def default_hooks(run: Run, experiment: Experiment, graph: Graph) -> list[Hook]:
     """The hooks that make a run directory describe itself: run.json, metrics.csv, TensorBoard
-    events, distributions.csv, predictions.npz and the checkpoints."""
+    events, distributions.csv, predictions.npz, evaluations.jsonl and the checkpoints."""
     return [
         RunRecorder(run),
         CsvWriter(run.path / METRICS_FILE),
         TensorBoardWriter(run.path / TENSORBOARD_DIR),
         DistributionWriter(run.path / DISTRIBUTIONS_FILE),
         PredictionWriter(run.path / PREDICTIONS_FILE),
+        EvaluationLog(run.path / EVALUATIONS_FILE),
         CheckpointHook(Checkpoints(run.path, graph), experiment.train.checkpoint_every),
     ]
 

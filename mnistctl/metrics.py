@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import zipfile
 from pathlib import Path
@@ -105,9 +106,36 @@ def hparams_summary(exp: Experiment, trial: str) -> bytes:
     return hp.hparams_pb(values, trial_id=trial).SerializeToString()
 
 
+SCALARS = (
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+    "learning_rate",
+)
+MISRECOGNISED_SHOWN = 40  # digits in TensorBoard's image of each evaluation's mistakes
+
+
+def _digit_grid(images: np.ndarray, columns: int = 10) -> tuple[int, int, bytes]:
+    """28x28 digits tiled in rows of ``columns`` with a 2-pixel grey gap, as (height, width, PNG)."""
+    from PIL import Image
+
+    rows = -(-len(images) // columns)
+    grid = np.full((rows * 30 + 2, min(columns, len(images)) * 30 + 2), 96, np.uint8)
+    for k, digit in enumerate(images):
+        r, c = divmod(k, columns)
+        grid[2 + r * 30 : 30 + r * 30, 2 + c * 30 : 30 + c * 30] = digit
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    return grid.shape[0], grid.shape[1], buffer.getvalue()
+
+
 class TensorBoardWriter(Hook):
-    """Writes the scalars of each evaluation (and the graph, and the config's values for the
-    HParams dashboard) as TensorFlow event files."""
+    """Writes the scalars of each evaluation, the weights' histograms and an image of the
+    misrecognised test digits (and the graph, and the config's values for the HParams
+    dashboard) as TensorFlow event files."""
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
@@ -126,13 +154,22 @@ class TensorBoardWriter(Hook):
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         summary = self._tf.compat.v1.Summary()
-        for tag in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate"):
+        for tag in SCALARS:
             value = getattr(record, tag)
             if math.isfinite(value):
                 group, _, name = tag.partition("_")
                 summary.value.add(
-                    tag=f"{name}/{group}" if group in ("train", "test") else tag, simple_value=value
+                    tag=f"{name}/{group}" if group in ("train", "test", "validation") else tag,
+                    simple_value=value,
                 )
+        if ctx.last_test is not None:
+            wrong = np.flatnonzero(ctx.last_test.predictions != ctx.data.test_labels)[:MISRECOGNISED_SHOWN]
+            if wrong.size:
+                height, width, png = _digit_grid(ctx.data.test_images[wrong])
+                image = self._tf.compat.v1.Summary.Image(
+                    height=height, width=width, colorspace=1, encoded_image_string=png
+                )
+                summary.value.add(tag="misrecognised_test_digits", image=image)
         weights, biases = ctx.session.run([list(ctx.graph.weights), list(ctx.graph.biases)])
         for var, value in zip(ctx.graph.weights + ctx.graph.biases, weights + biases, strict=True):
             histogram = self._histogram(value)
@@ -295,6 +332,56 @@ class PredictionWriter(Hook):
             train_predictions=train_predictions.astype(np.uint8),
         )
         write_atomic(self.path, buffer.getvalue())
+
+
+class EvaluationLog(Hook):
+    """At each evaluation, one JSON line: the misrecognised test digits (index and predicted
+    class) and the last training batch with its predictions - what the live page's digit
+    panels show, about 2 KB an evaluation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def begin(self, ctx: TrainContext) -> None:
+        kept = [e for e in read_evaluations(self.path) if e["step"] <= ctx.start_step]
+        write_atomic(self.path, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept))
+
+    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+        if ctx.last_test is None or ctx.last_batch is None:
+            return
+        data, g, batch = ctx.data, ctx.graph, ctx.last_batch
+        predicted = ctx.last_test.predictions
+        wrong = np.flatnonzero(predicted != data.test_labels)
+        batch_predicted = ctx.session.run(g.predictions, {g.images: data.train_images[batch]})
+        entry = {
+            "step": record.step,
+            "test_count": len(predicted),
+            "wrong": [[int(i), int(predicted[i])] for i in wrong],
+            "batch": [int(i) for i in batch],
+            "batch_predicted": [int(p) for p in batch_predicted],
+        }
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+
+
+def read_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The entries of evaluations.jsonl, oldest first ([] when absent); a torn last line (a
+    crash while writing) is skipped."""
+    if not path.is_file():
+        return []
+    entries = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DamagedFileError(f"{path}: damaged: not a text file ({type(err).__name__})") from None
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+            entries.append(entry)
+    return entries
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray] | None:

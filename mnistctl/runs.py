@@ -44,6 +44,7 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 DISTRIBUTIONS_FILE = "distributions.csv"
 PREDICTIONS_FILE = "predictions.npz"
+EVALUATIONS_FILE = "evaluations.jsonl"  # per evaluation: misrecognised digits, last batch
 LOCK_FILE = ".lock"  # held (flock) by the process that trains the run; says which one
 
 # A running process rewrites run.json at least this often; older means it died.

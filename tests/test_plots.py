@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import matplotlib.image
@@ -103,6 +104,27 @@ def test_tensorboard_reader_finds_scalars_and_histograms(trained_run):
     assert [e.step for e in accumulator.Scalars("accuracy/test")] == [20, 40, 60]
     assert "layer0_conv/weights" in tags["histograms"] and "layer2_dense/biases" in tags["histograms"]
     assert tags["graph"]
+    # Each evaluation's misrecognised test digits, as a grid of up to 40 of them.
+    images = accumulator.Images("misrecognised_test_digits")
+    assert [e.step for e in images] == [20, 40, 60]
+    wrong = [json.loads(line) for line in (trained_run / "evaluations.jsonl").read_text().splitlines()]
+    shown = min(40, len(wrong[-1]["wrong"]))
+    assert images[-1].width == min(10, shown) * 30 + 2 and images[-1].height == -(-shown // 10) * 30 + 2
+
+
+def test_the_evaluation_log_has_each_evaluations_mistakes_and_last_batch(trained_run):
+    from mnistctl.data import load_dataset
+    from mnistctl.metrics import read_evaluations, read_metrics
+
+    entries = read_evaluations(trained_run / "evaluations.jsonl")
+    rows = read_metrics(trained_run / "metrics.csv")
+    assert [e["step"] for e in entries] == [int(r["step"]) for r in rows] == [20, 40, 60]
+    labels = load_dataset("mnist").test_labels[:500]
+    for entry, row in zip(entries, rows, strict=True):
+        assert entry["test_count"] == 500
+        assert len(entry["wrong"]) == round((1 - row["test_accuracy"]) * 500)
+        assert all(labels[i] != predicted for i, predicted in entry["wrong"])
+        assert len(entry["batch"]) == len(entry["batch_predicted"]) == 50
 
 
 def test_tensorboard_hparams_dashboard_gets_the_config(trained_run):

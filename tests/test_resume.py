@@ -105,6 +105,10 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(unint
     events = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     events.Reload()  # TensorBoard drops the events a resume redid: each step once
     assert [e.step for e in events.Scalars("accuracy/test")] == list(range(10, 121, 10))
+    from mnistctl.metrics import read_evaluations
+
+    logged = read_evaluations(run / "evaluations.jsonl")  # the live page's digits: each step once, the same
+    assert logged == read_evaluations(uninterrupted / "evaluations.jsonl")
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
