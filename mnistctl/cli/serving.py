@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from mnistctl.cli.app import err, loading_tensorflow, main, out
+from mnistctl.cli.app import data_dir_option, err, loading_tensorflow, main, out
 
 
 @main.command()
@@ -124,3 +124,25 @@ def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: flo
     if max_batch > 1:
         out.print(f"  concurrent requests are merged into batches of up to {max_batch} images")
     run_server(predictor, sock, Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8502, show_default=True)
+@data_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool) -> None:
+    """Watch PATH - a run directory, a sweep or a directory of runs - learn, on a local page:
+    the walk-through's six panels for a run, every run's curve for a folder. Reads only the
+    files, so it works on a run another process (or machine) is training. No TensorFlow."""
+    import uvicorn
+
+    from mnistctl.live import create_live_app
+    from mnistctl.serve import bind, uvicorn_config
+
+    app = create_live_app(path, data_dir=data_dir)  # a wrong path is one line, before binding
+    sock = bind(host, port)
+    if not quiet:
+        out.print(f"watching {escape(str(path))} on http://{host}:{port}/  (Ctrl-C stops)")
+    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])

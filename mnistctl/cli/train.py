@@ -20,7 +20,7 @@ from mnistctl.cli.app import (
     quiet_option,
     set_option,
 )
-from mnistctl.cli.views import ProgressView, StopOnSignal, WatchView
+from mnistctl.cli.views import LivePage, ProgressView, StopOnSignal, WatchView
 from mnistctl.hooks import Hook
 from mnistctl.runs import Run, Status
 
@@ -45,6 +45,14 @@ from mnistctl.runs import Run, Status
     metavar="N",
     help="Redraw RUN_DIR/dashboard.png every N evaluations; keep it open in an image viewer.",
 )
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Serve the six panels on a local page while it trains (mnistctl watch RUN_DIR, in its own process).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8502, show_default=True, help="The --live page's port."
+)
 def train(
     config: Path | None,
     overrides: tuple[str, ...],
@@ -55,6 +63,8 @@ def train(
     data_dir: Path | None,
     quiet: bool,
     watch: int | None,
+    live: bool,
+    port: int,
 ) -> None:
     """Train CONFIG (a YAML file) in a new run directory under --runs-dir, or --resume a run."""
     from mnistctl.config import check_machine, load_config
@@ -68,10 +78,15 @@ def train(
             _check_name(name)
     elif name is not None:
         raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
+    if live:
+        from mnistctl.serve import bind
+
+        bind("127.0.0.1", port).close()  # a taken port is one line now, not after the data loads
     with loading_tensorflow():
         from mnistctl.experiment import resume_experiment, run_experiment
 
     hooks: list[Hook] = [ProgressView(out, quiet)] + ([WatchView(watch)] if watch else [])
+    hooks += [LivePage(port, err)] if live else []
     common = dict(data_dir=data_dir, extra_hooks=hooks, log=logger(quiet))
     with StopOnSignal() as stop:
         if resume is None:

@@ -4,6 +4,8 @@ dashboard redraw (a hook), and the guard that turns Ctrl-C into a clean stop."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from typing import Any
 
 from rich.console import Console, Group
@@ -121,6 +123,37 @@ class WatchView(Hook):
         from mnistctl.runs import load_run
 
         plots.save(plots.dashboard(load_run(ctx.run_dir)), ctx.run_dir / "dashboard.png")
+
+
+class LivePage(Hook):
+    """``train --live``: ``mnistctl watch RUN_DIR`` in a process of its own for as long as the
+    run trains, so that serving the page takes nothing from the training process."""
+
+    def __init__(self, port: int, console: Console) -> None:
+        self.port, self.console = port, console
+        self.process: subprocess.Popen | None = None
+
+    def begin(self, ctx: TrainContext) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "mnistctl",
+            "watch",
+            str(ctx.run_dir),
+            "--port",
+            str(self.port),
+            "--quiet",
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        self.console.print(f"live page: http://127.0.0.1:{self.port}/  (while it trains)")
+
+    def end(self, ctx: TrainContext, status: Status) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 class StopOnSignal:

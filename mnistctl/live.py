@@ -1,0 +1,202 @@
+"""The live page: the walk-through's six panels for a run, and every run's curve for a folder
+of runs (a sweep, a runs directory), updated while they train.
+
+It reads only run directories (metrics.csv, distributions.csv, evaluations.jsonl, run.json), so
+it watches a run trained by another process, or elsewhere, and never slows the training: the
+page asks every second for what changed since it last asked. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mnistctl.data import Dataset, load_experiment_data
+from mnistctl.errors import MnistctlError
+from mnistctl.metrics import read_distributions, read_evaluations, read_metrics, read_predictions
+from mnistctl.runs import (
+    DISTRIBUTIONS_FILE,
+    EVALUATIONS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    Run,
+    find_runs,
+    is_run_dir,
+    load_run,
+)
+
+DIGITS_SHOWN = 100  # digits in each of the two digit panels, as in the walk-through
+
+
+class LiveError(MnistctlError):
+    """A path the live page cannot show."""
+
+
+@dataclass
+class Watched:
+    """What ``watch`` was given: one run, or a folder whose runs are listed."""
+
+    path: Path
+    single: bool
+
+    @classmethod
+    def of(cls, path: Path) -> Watched:
+        if is_run_dir(path):
+            load_run(path)  # one clear line now if its run.json is damaged
+            return cls(path, single=True)
+        if path.is_dir():
+            return cls(path, single=False)
+        raise LiveError(f"{path}: no such run or runs directory")
+
+    def runs(self) -> list[Run]:
+        if self.single:
+            return [load_run(self.path)]
+        return find_runs([self.path], damaged=[])
+
+    def run(self, name: str) -> Run:
+        path = self.path if self.single else self.path / name
+        if (self.single and name != self.path.name) or not is_run_dir(path) or "/" in name:
+            raise LiveError(f"no run {name!r} here")
+        return load_run(path)
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """A run's line in the folder view: status, progress and its selection curve."""
+    try:
+        rows = read_metrics(run.path / METRICS_FILE)
+        metric = run.experiment().selection_metric
+    except MnistctlError as err:
+        return {"name": run.name, "status": "damaged", "error": str(err), "curve": []}
+    best = run.best(rows)
+    return {
+        "name": run.name,
+        "status": str(run.status),
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "total": run.record.steps_total,
+        "metric": metric,
+        "curve": [[int(r["step"]), _finite(r[metric])] for r in rows],
+        "best": {"step": int(best["step"]), "value": _finite(best[metric])} if best else None,
+    }
+
+
+def run_state(run: Run, known_rows: int, known_step: int, data: Dataset) -> dict[str, Any]:
+    """What the six panels need that the page does not have yet: metric rows after the first
+    ``known_rows``, the weights' and biases' percentile bands, and the digit panels when an
+    evaluation newer than ``known_step`` has been logged."""
+    rows = read_metrics(run.path / METRICS_FILE)
+    if known_rows > len(rows):  # the run was resumed and redid some steps: start over
+        known_rows, known_step = 0, -1
+    bands = {
+        kind: values.tolist()
+        for kind, values in read_distributions(run.path / DISTRIBUTIONS_FILE).items()
+        if kind in ("weights", "biases")
+    }
+    state: dict[str, Any] = {
+        "name": run.name,
+        "status": str(run.status),
+        "total": run.record.steps_total,
+        "selection_metric": run.experiment().selection_metric,
+        "from_row": known_rows,
+        "rows": [{k: _finite(v) for k, v in r.items()} for r in rows[known_rows:]],
+        "bands": bands,
+        "digits": None,
+    }
+    digits = _latest_digits(run, data)
+    if digits is not None and digits["step"] != known_step:
+        state["digits"] = digits
+    return state
+
+
+def _latest_digits(run: Run, data: Dataset) -> dict[str, Any] | None:
+    """The two digit panels from the latest evaluation logged (or, for a run from before
+    evaluations.jsonl, from predictions.npz at its end)."""
+    entries = read_evaluations(run.path / EVALUATIONS_FILE)
+    if entries:
+        latest = entries[-1]
+        predicted = np.array(data.test_labels, dtype=np.int64)  # right unless listed as wrong
+        for index, guess in latest["wrong"]:
+            if 0 <= index < len(predicted):
+                predicted[index] = guess
+        batch = np.array(latest["batch"], dtype=np.int64)
+        batch_predicted = np.array(latest["batch_predicted"], dtype=np.int64)
+        step = latest["step"]
+    else:
+        saved = read_predictions(run.path / PREDICTIONS_FILE)
+        if saved is None or len(saved["predictions"]) != len(data.test_labels):
+            return None
+        predicted = saved["predictions"].astype(np.int64)
+        batch, batch_predicted = saved["train_indices"], saved["train_predictions"].astype(np.int64)
+        step = int(saved["step"])
+    batch = batch[(batch >= 0) & (batch < len(data.train_images))][:DIGITS_SHOWN]
+    wrong = np.flatnonzero(predicted != data.test_labels)
+    right = np.flatnonzero(predicted == data.test_labels)
+    shown = np.concatenate([wrong, right])[:DIGITS_SHOWN]  # the misrecognised first
+    return {
+        "step": step,
+        "classes": list(data.classes),
+        "batch": _panel(data.train_images[batch], data.train_labels[batch], batch_predicted[: len(batch)]),
+        "test": _panel(data.test_images[shown], data.test_labels[shown], predicted[shown]),
+        "test_wrong": int(wrong.size),
+        "test_count": len(predicted),
+    }
+
+
+def _panel(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    return {
+        "pixels": base64.b64encode(np.ascontiguousarray(images, dtype=np.uint8).tobytes()).decode(),
+        "labels": [int(v) for v in labels],
+        "predicted": [int(v) for v in predicted],
+    }
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
+    """The live page's app for a run directory or a folder of runs."""
+    watched = Watched.of(path)
+    page = resources.files("mnistctl").joinpath("static/live.html").read_text(encoding="utf-8")
+    datasets: dict[tuple, Dataset] = {}  # one per (dataset, sizes): runs of a sweep share it
+    app = FastAPI(title="mnistctl live", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(LiveError)
+    async def not_here(request: Request, exc: LiveError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(MnistctlError)
+    async def damaged(request: Request, exc: MnistctlError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        found = watched.runs()
+        return {"path": str(watched.path), "single": watched.single, "runs": [run_summary(r) for r in found]}
+
+    @app.get("/api/runs/{name}")
+    def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:
+        run = watched.run(name)
+        exp = run.experiment()
+        key = (exp.data.dataset, exp.data.train_size, exp.data.test_size, exp.data.validation)
+        if key not in datasets:
+            datasets[key] = load_experiment_data(exp, data_dir=data_dir)
+        return run_state(run, max(rows, 0), step, datasets[key])
+
+    return app

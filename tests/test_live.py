@@ -1,0 +1,198 @@
+"""The live page: what its API gives for a run and a folder of runs, `watch` as a real server,
+`train --live`, and the page itself in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+from mnistctl.data import load_experiment_data
+from mnistctl.live import run_state, run_summary
+from mnistctl.runs import load_run
+
+from .conftest import CONFIGS
+from .test_runs import OLD_RUN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, dict | str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        body, status = err.read().decode(), err.code
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer")
+
+
+def test_the_state_of_a_run_holds_its_rows_bands_and_latest_digits(trained_run):
+    run = load_run(trained_run)
+    data = load_experiment_data(run.experiment())
+    state = run_state(run, 0, -1, data)
+    assert [r["step"] for r in state["rows"]] == [20, 40, 60] and state["status"] == "completed"
+    assert set(state["bands"]) == {"weights", "biases"} and len(state["bands"]["weights"]) == 3
+    digits = state["digits"]
+    assert digits["step"] == 60 and digits["test_count"] == 500
+    test = digits["test"]
+    labels, predicted = np.array(test["labels"]), np.array(test["predicted"])
+    wrong = min(digits["test_wrong"], 100)
+    assert (labels[:wrong] != predicted[:wrong]).all() and (labels[wrong:] == predicted[wrong:]).all()
+    pixels = np.frombuffer(base64.b64decode(test["pixels"]), np.uint8).reshape(-1, 28, 28)
+    assert len(pixels) == len(labels) == 100 and pixels.max() > 0
+    assert len(digits["batch"]["labels"]) == 50  # the tiny config's batch
+    # What the page already has is not sent again.
+    later = run_state(run, 2, 60, data)
+    assert [r["step"] for r in later["rows"]] == [60] and later["digits"] is None
+
+
+def test_a_run_from_before_the_evaluation_log_still_shows_its_end(tmp_path):
+    run = load_run(OLD_RUN)
+    state = run_state(run, 0, -1, load_experiment_data(run.experiment()))
+    assert state["rows"] and state["digits"] is not None
+    assert state["digits"]["step"] == state["rows"][-1]["step"]  # from predictions.npz
+
+
+def test_a_folder_lists_every_runs_curve_and_its_best(trained_run):
+    summary = run_summary(load_run(trained_run))
+    assert summary["metric"] == "test_accuracy" and [p[0] for p in summary["curve"]] == [20, 40, 60]
+    best = max(summary["curve"], key=lambda p: p[1])
+    assert summary["best"] == {"step": best[0], "value": best[1]}
+
+
+@pytest.fixture
+def watching(trained_run, tmp_path):
+    """`mnistctl watch` on a folder holding the trained run and a copy of an old one."""
+    folder = tmp_path / "runs"
+    shutil.copytree(trained_run, folder / trained_run.name)
+    shutil.copytree(OLD_RUN, folder / "old")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnistctl", "watch", str(folder), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for(url + "/api/runs", process)
+    yield url, folder
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_watch_serves_the_page_and_its_api_from_the_files(watching, trained_run):
+    url, _ = watching
+    status, page = get(url + "/")
+    assert status == 200 and "<canvas" not in page and "showRun" in page  # canvases are made by the script
+    status, index = get(url + "/api/runs")
+    assert status == 200 and not index["single"]
+    assert sorted(r["name"] for r in index["runs"]) == sorted(["old", trained_run.name])
+    status, state = get(f"{url}/api/runs/{trained_run.name}?rows=1&step=-1")
+    assert status == 200 and [r["step"] for r in state["rows"]] == [40, 60] and state["digits"]["step"] == 60
+    assert get(url + "/api/runs/nope") == (404, {"error": "no run 'nope' here"})
+    assert get(url + "/api/runs/..%2F..%2Fetc")[0] == 404
+
+
+def test_watch_of_a_path_that_is_not_there_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["watch", str(tmp_path / "missing")])
+    assert (
+        result.exit_code == 2
+        and result.output.strip() == f"error: {tmp_path / 'missing'}: no such run or runs directory"
+    )
+
+
+def test_train_live_serves_the_run_while_it_trains_and_stops_with_it(mnist_cache, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "mnistctl", "train", str(CONFIGS / "tiny.yaml"), "--live", "--port",
+               str(port), "--runs-dir", str(tmp_path), "--quiet", "--set", "train.steps=400"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(url + "/api/runs", process)
+    seen = []
+    while process.poll() is None:
+        try:
+            status, index = get(url + "/api/runs")
+        except OSError:  # the page stopped with the training; the process is ending
+            continue
+        if status == 200:
+            (run,) = index["runs"]
+            seen.append((run["status"], run["steps"]))
+        time.sleep(0.3)
+    _, err = process.communicate()
+    assert process.returncode == 0, err
+    assert f"live page: http://127.0.0.1:{port}/" in err
+    assert any(status == "running" and 0 < steps < 400 for status, steps in seen), seen  # live, mid-run
+    with pytest.raises(OSError):  # the page went with the training process
+        urllib.request.urlopen(url + "/api/runs", timeout=2)
+
+
+def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (make check installs Debian's chromium where it can)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    url, _ = watching
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(f"{url}/#run={trained_run.name}")
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('completed')", timeout=20000
+        )
+        page.wait_for_function("document.querySelectorAll('canvas').length === 6")
+        titles = page.locator("section h2").all_text_contents()
+        inked = page.evaluate(
+            "[...document.querySelectorAll('canvas')].map(c => c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0))"
+        )
+        note = page.locator(".note").text_content()
+        page.goto(f"{url}/")
+        page.wait_for_selector("tr.run")
+        rows = page.locator("tr.run").count()
+        browser.close()
+    assert [t.split(":")[0] for t in titles] == [
+        "accuracy",
+        "loss",
+        "training digits",
+        "test digits",
+        "weights",
+        "biases",
+    ]
+    assert inked == [True] * 6  # every panel drew something
+    assert note.startswith("step 60: ") and "of 500 test digits misrecognised" in note
+    assert rows == 2
