@@ -11,12 +11,8 @@ import html
 import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display needed, and no GUI toolkit is imported
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -27,6 +23,7 @@ from mnistctl.metrics import read_distributions, read_metrics, read_predictions
 from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, PREDICTIONS_FILE, Run
 
 FORMATS = (".png", ".svg", ".html")  # what save() writes, by the file's suffix
+DASHBOARD_SIZE = (15, 8.75)  # inches; 1500x875 pixels at save()'s 100 dpi
 TRAIN_COLOR, TEST_COLOR, VALIDATION_COLOR = "#1f77b4", "#d62728", "#2ca02c"
 WRONG = np.array([0.85, 0.1, 0.1])
 
@@ -45,7 +42,9 @@ def dashboard(run: Run) -> Figure:
     exp = run.experiment()
     data = load_experiment_data(exp) if predictions is not None else None
 
-    fig, axes = plt.subplots(2, 3, figsize=(18, 10.5), layout="constrained")
+    # Figures are made without pyplot (its import alone is 0.3 s) and drawn by Agg on save.
+    fig = Figure(figsize=DASHBOARD_SIZE, layout="constrained")
+    axes = fig.subplots(2, 3)
     fig.suptitle(f"{run.name}  ({run.status}, {exp.description or exp.name})", fontsize=13)
     _accuracy_panel(axes[0, 0], rows, run.best(rows), exp.selection_metric)
     _loss_panel(axes[0, 1], rows)
@@ -190,7 +189,8 @@ def compare_figure(runs: list[Run]) -> Figure:
     columns, rows = compare(runs)
     differing = columns[columns.index("parameters") + 1 :]
     differing = [c for c in differing if c not in ("name", "description")]
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
+    acc, loss = fig.subplots(1, 2)
     for run, row in zip(runs, rows, strict=True):
         metrics = read_metrics(run.path / METRICS_FILE)
         if not metrics:
@@ -234,7 +234,8 @@ def gallery(
     shown = wrong[:200]
     columns = 20
     rows = max(1, -(-len(shown) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 1.05 + 0.6), squeeze=False)
+    fig = Figure(figsize=(columns * 0.9, rows * 1.05 + 0.6))
+    axes = fig.subplots(rows, columns, squeeze=False)
     fig.suptitle(f"{len(wrong)} misrecognised test digits (true → predicted, confidence)", fontsize=12)
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -246,7 +247,8 @@ def gallery(
 
 def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
     """The confusion matrix as a heat map, counts in the cells."""
-    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
     shown = np.log1p(confusion)
     ax.imshow(shown, cmap="Blues")
     for (r, c), n in np.ndenumerate(confusion):
@@ -289,8 +291,6 @@ def save(fig: Figure, out: Path) -> Path:
             fig.savefig(out, dpi=100)
     except OSError as err:
         raise PlotError(f"{out}: cannot write: {err.strerror}") from None
-    finally:
-        plt.close(fig)
     return out
 
 
@@ -305,13 +305,12 @@ def sweep_figure(sweep_dir: Path) -> Figure:
     if not rows:
         raise PlotError(f"{sweep_dir}: no trial has evaluated yet")
     keys = list(sweep.space)
-    fig, (coords, curves) = plt.subplots(
-        1, 2, figsize=(17, 6.5), layout="constrained", gridspec_kw={"width_ratios": [1.4, 1]}
-    )
+    fig = Figure(figsize=(17, 6.5), layout="constrained")
+    coords, curves = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
     fig.suptitle(f"sweep {sweep.name}: {len(rows)} trials, best first by {metric}", fontsize=13)
     values = np.array([r[metric] for r in rows])
     low, high = float(values.min()), float(values.max())
-    colours = plt.get_cmap("viridis")((values - low) / ((high - low) or 1.0))
+    colours = colormaps["viridis"]((values - low) / ((high - low) or 1.0))
     axes = [_axis_positions([r[k] for r in rows], sweep.space[k].kind == "loguniform") for k in keys]
     axes.append(_axis_positions(list(values), False))
     xs = np.arange(len(axes))

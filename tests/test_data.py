@@ -89,7 +89,11 @@ def test_user_directory_is_verified_and_cached(spec, tmp_path, gz):
     ensure_dataset("fake", data_dir=write_files(tmp_path / "mine", gz), cache_dir=cache)
     loaded = load_dataset("fake", cache_dir=cache)
     assert np.array_equal(loaded.train_images, TRAIN_X) and np.array_equal(loaded.test_labels, TEST_Y)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(n + ".gz" for n in NAMES.values())
+    # The gzipped files as fetched, and after the first load the same bytes uncompressed.
+    expected = [n + suffix for n in NAMES.values() for suffix in (".gz", "")]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(expected)
+    for name in NAMES.values():
+        assert (cache / name).read_bytes() == gzip.decompress((cache / (name + ".gz")).read_bytes())
 
 
 def test_corrupt_cache_file_is_caught_and_fetched_again(spec, tmp_path):
@@ -105,6 +109,22 @@ def test_corrupt_cache_file_is_caught_and_fetched_again(spec, tmp_path):
     loaded = load_dataset("fake", data_dir=mine, cache_dir=cache)  # refetched from --data-dir
     assert np.array_equal(loaded.train_images, TRAIN_X)
     assert data.dataset_info("fake", cache_dir=cache)["files"][0]["status"] == "verified"
+
+
+def test_a_corrupt_uncompressed_copy_is_caught_too(spec, tmp_path):
+    cache = tmp_path / "cache"
+    mine = write_files(tmp_path / "mine", gz=True)
+    load_dataset("fake", data_dir=mine, cache_dir=cache)  # makes the uncompressed copies
+    copy = cache / "train-images-idx3-ubyte"
+    raw = bytearray(copy.read_bytes())
+    raw[500] ^= 0xFF
+    copy.write_bytes(bytes(raw))
+    said = []
+    loaded = load_dataset("fake", data_dir=mine, cache_dir=cache, log=said.append)
+    assert np.array_equal(loaded.train_images, TRAIN_X)
+    (refetch,) = [line for line in said if line.endswith("fetching again")]
+    assert refetch.startswith("cached train-images-idx3-ubyte is unusable (train-images-idx3-ubyte: checksum")
+    assert copy.read_bytes() == gzip.decompress((cache / "train-images-idx3-ubyte.gz").read_bytes())
 
 
 def test_truncated_gzip_is_never_used(spec, tmp_path):
