@@ -398,8 +398,12 @@ def ensure_dataset(
     """
     spec = get_spec(name)
     cache = cache_dir or cache_root() / name
-    if not verify_cache and data_dir is None and all(
-        (cache / f.name).is_file() or (cache / (f.name + ".gz")).is_file() for f in spec.files.values()
+    if (
+        not verify_cache
+        and data_dir is None
+        and all(
+            (cache / f.name).is_file() or (cache / (f.name + ".gz")).is_file() for f in spec.files.values()
+        )
     ):
         return cache
     failures = []

@@ -22,12 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnistctl.data import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
-from mnistctl.metrics import read_distributions, read_evaluations, read_metrics, read_predictions
+from mnistctl.metrics import latest_predictions, read_distributions, read_metrics
 from mnistctl.runs import (
     DISTRIBUTIONS_FILE,
-    EVALUATIONS_FILE,
     METRICS_FILE,
-    PREDICTIONS_FILE,
     Run,
     find_runs,
     is_run_dir,
@@ -117,33 +115,20 @@ def run_state(run: Run, known_rows: int, known_step: int, data: Dataset) -> dict
 
 
 def _latest_digits(run: Run, data: Dataset) -> dict[str, Any] | None:
-    """The two digit panels from the latest evaluation logged (or, for a run from before
-    evaluations.jsonl, from predictions.npz at its end)."""
-    entries = read_evaluations(run.path / EVALUATIONS_FILE)
-    if entries:
-        latest = entries[-1]
-        predicted = np.array(data.test_labels, dtype=np.int64)  # right unless listed as wrong
-        for index, guess in latest["wrong"]:
-            if 0 <= index < len(predicted):
-                predicted[index] = guess
-        batch = np.array(latest["batch"], dtype=np.int64)
-        batch_predicted = np.array(latest["batch_predicted"], dtype=np.int64)
-        step = latest["step"]
-    else:
-        saved = read_predictions(run.path / PREDICTIONS_FILE)
-        if saved is None or len(saved["predictions"]) != len(data.test_labels):
-            return None
-        predicted = saved["predictions"].astype(np.int64)
-        batch, batch_predicted = saved["train_indices"], saved["train_predictions"].astype(np.int64)
-        step = int(saved["step"])
-    batch = batch[(batch >= 0) & (batch < len(data.train_images))][:DIGITS_SHOWN]
+    """The two digit panels from the latest evaluation the run wrote down."""
+    latest = latest_predictions(run.path, data.test_labels)
+    if latest is None:
+        return None
+    predicted, batch = latest["predictions"], latest["train_indices"]
+    keep = (batch >= 0) & (batch < len(data.train_images))
+    batch, batch_predicted = batch[keep][:DIGITS_SHOWN], latest["train_predictions"][keep][:DIGITS_SHOWN]
     wrong = np.flatnonzero(predicted != data.test_labels)
     right = np.flatnonzero(predicted == data.test_labels)
     shown = np.concatenate([wrong, right])[:DIGITS_SHOWN]  # the misrecognised first
     return {
-        "step": step,
+        "step": latest["step"],
         "classes": list(data.classes),
-        "batch": _panel(data.train_images[batch], data.train_labels[batch], batch_predicted[: len(batch)]),
+        "batch": _panel(data.train_images[batch], data.train_labels[batch], batch_predicted),
         "test": _panel(data.test_images[shown], data.test_labels[shown], predicted[shown]),
         "test_wrong": int(wrong.size),
         "test_count": len(predicted),

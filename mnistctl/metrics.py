@@ -384,6 +384,45 @@ def read_evaluations(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def latest_predictions(run_dir: Path, test_labels: np.ndarray) -> dict[str, Any] | None:
+    """The latest evaluation's predictions the run wrote down: ``step``, ``predictions`` (every
+    test digit), ``train_indices`` and ``train_predictions`` (the last training batch).
+
+    From evaluations.jsonl (every evaluation, while training) or predictions.npz (at the end,
+    and all a run from before the log has), whichever is later; None when there are none yet
+    or they were made for another test set.
+    """
+    from mnistctl.runs import EVALUATIONS_FILE, PREDICTIONS_FILE
+
+    found = []
+    entries = read_evaluations(run_dir / EVALUATIONS_FILE)
+    if entries and entries[-1].get("test_count") == len(test_labels):
+        latest = entries[-1]
+        predictions = np.array(test_labels, dtype=np.int64)  # right unless listed as wrong
+        for index, guess in latest["wrong"]:
+            if 0 <= index < len(predictions):
+                predictions[index] = guess
+        found.append(
+            {
+                "step": latest["step"],
+                "predictions": predictions,
+                "train_indices": np.array(latest["batch"], dtype=np.int64),
+                "train_predictions": np.array(latest["batch_predicted"], dtype=np.int64),
+            }
+        )
+    saved = read_predictions(run_dir / PREDICTIONS_FILE)
+    if saved is not None and len(saved["predictions"]) == len(test_labels):
+        found.append(
+            {
+                "step": int(saved["step"]),
+                "predictions": saved["predictions"].astype(np.int64),
+                "train_indices": saved["train_indices"].astype(np.int64),
+                "train_predictions": saved["train_predictions"].astype(np.int64),
+            }
+        )
+    return max(found, key=lambda f: f["step"]) if found else None
+
+
 def read_predictions(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of predictions.npz (None when it is not there yet).
 

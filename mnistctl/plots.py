@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from mnistctl.compare import compare
 from mnistctl.data import load_experiment_data
 from mnistctl.errors import MnistctlError
-from mnistctl.metrics import read_distributions, read_metrics, read_predictions
-from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, PREDICTIONS_FILE, Run
+from mnistctl.metrics import latest_predictions, read_distributions, read_metrics
+from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, Run
 
 FORMATS = (".png", ".svg", ".html")  # what save() writes, by the file's suffix
 DASHBOARD_SIZE = (15, 8.75)  # inches; 1500x875 pixels at save()'s 100 dpi
@@ -38,9 +38,9 @@ def dashboard(run: Run) -> Figure:
     if not rows:
         raise PlotError(f"{run.path}: no metrics yet (metrics.csv is empty)")
     distributions = read_distributions(run.path / DISTRIBUTIONS_FILE)
-    predictions = read_predictions(run.path / PREDICTIONS_FILE)
     exp = run.experiment()
-    data = load_experiment_data(exp) if predictions is not None else None
+    data = load_experiment_data(exp)
+    predictions = latest_predictions(run.path, data.test_labels)  # the latest evaluation's
 
     # Figures are made without pyplot (its import alone is 0.3 s) and drawn by Agg on save.
     fig = Figure(figsize=DASHBOARD_SIZE, layout="constrained")
@@ -51,9 +51,9 @@ def dashboard(run: Run) -> Figure:
     second = "activations" if "activations" in distributions else "biases"
     _percentile_panel(axes[1, 0], distributions.get("weights"), "weights")
     _percentile_panel(axes[1, 1], distributions.get(second), second)
-    if predictions is None or data is None:
+    if predictions is None:
         for ax in (axes[0, 2], axes[1, 2]):
-            _empty(ax, "predictions are written when training ends")
+            _empty(ax, "no evaluation yet")
     else:
         batch = predictions["train_indices"]
         _digit_grid(
@@ -179,7 +179,9 @@ def _digit_grid(
         if label_all or wrong[i]:
             r, c = divmod(i, columns)
             text = f"{predictions[i]}" if not wrong[i] else f"{labels[i]}→{predictions[i]}"
-            ax.text(c * 30 + 28, r * 30 + 28, text, color="yellow", fontsize=size, ha="right", va="bottom")
+            # Inside the image, so constrained layout need not measure them (hundreds of texts).
+            ax.text(c * 30 + 28, r * 30 + 28, text, color="yellow", fontsize=size, ha="right", va="bottom",
+                    in_layout=False)  # fmt: skip
     ax.set_title(f"{title} ({int(wrong.sum())} wrong)", fontsize=10)
     ax.set_axis_off()
 

@@ -196,3 +196,40 @@ def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
     assert inked == [True] * 6  # every panel drew something
     assert note.startswith("step 60: ") and "of 500 test digits misrecognised" in note
     assert rows == 2
+
+
+def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(trained_run, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from mnistctl import plots
+    from mnistctl.cli.views import WatchView
+    from mnistctl.hooks import TrainContext
+    from mnistctl.runs import Status
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+
+    def slow_dashboard(run):
+        time.sleep(0.5)  # as long as a real redraw takes
+        return Figure(figsize=(1, 1))
+
+    monkeypatch.setattr(plots, "dashboard", slow_dashboard)
+    view = WatchView(every=1)
+    ctx = TrainContext(None, None, None, total_steps=10, run_dir=run_dir)
+    view.begin(ctx)
+    started = time.perf_counter()
+    for _ in range(5):  # five evaluations in quick succession
+        view.after_eval(ctx, None, False)
+    assert time.perf_counter() - started < 0.1  # the training did not wait for any drawing
+    view.end(ctx, Status.COMPLETED)
+    assert 1 <= view.drawn <= 2 and view.error is None  # folded: not one redraw per evaluation
+    assert (run_dir / "dashboard.png").is_file()
+
+
+def test_train_watch_draws_the_dashboard_with_the_latest_digits(mnist_cache, tmp_path):
+    result = CliRunner().invoke(
+        main, ["train", str(CONFIGS / "tiny.yaml"), "--runs-dir", str(tmp_path), "--watch", "1", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    (run,) = tmp_path.iterdir()
+    assert (run / "dashboard.png").stat().st_size > 10_000

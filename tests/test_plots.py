@@ -45,7 +45,7 @@ def test_dashboard_png_has_six_panels_of_real_data(trained_run, tmp_path):
     result = invoke("plot", run)
     assert result.exit_code == 0, result.output
     image = matplotlib.image.imread(run / "dashboard.png")
-    assert image.shape[:2] == (1050, 1800)
+    assert image.shape[:2] == (875, 1500)
     assert image[..., :3].std() > 0.1  # not a blank canvas
     from mnistctl import plots
     from mnistctl.runs import load_run

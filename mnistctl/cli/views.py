@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -14,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from mnistctl.cli.app import err
+from mnistctl.errors import MnistctlError
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
 from mnistctl.runs import Status
 
@@ -101,28 +104,51 @@ class ProgressView(Hook):
 class WatchView(Hook):
     """Redraws RUN_DIR/dashboard.png every ``every`` evaluations (``train --watch N``).
 
-    Only numbers the run already wrote are drawn; no TensorFlow work is added. Drawing takes
-    about a second, which the training waits for.
+    Drawing (about half a second) happens on a thread of its own, from the files the run has
+    written, so the training never waits for it: a redraw asked for while one is under way is
+    folded into the next. The digit panels show the latest evaluation's digits.
     """
 
     def __init__(self, every: int) -> None:
         self.every = every
         self.evaluations = 0
+        self._wanted = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.drawn = 0  # dashboards written (for tests)
+        self.error: str | None = None
+
+    def begin(self, ctx: TrainContext) -> None:
+        self._thread = threading.Thread(target=self._draw_when_asked, args=(ctx.run_dir,), daemon=True)
+        self._thread.start()
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         self.evaluations += 1
         if self.evaluations % self.every == 0:
-            self._draw(ctx)
+            self._wanted.set()
 
     def end(self, ctx: TrainContext, status: Status) -> None:
-        if status.checkpointed_at_end and ctx.run_dir is not None:
-            self._draw(ctx)
+        if status.checkpointed_at_end:
+            self._wanted.set()  # the final picture, with the end's predictions
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
 
-    def _draw(self, ctx: TrainContext) -> None:
+    def _draw_when_asked(self, run_dir: Path) -> None:
         from mnistctl import plots
         from mnistctl.runs import load_run
 
-        plots.save(plots.dashboard(load_run(ctx.run_dir)), ctx.run_dir / "dashboard.png")
+        while True:
+            self._wanted.wait(timeout=0.2)
+            if self._wanted.is_set():
+                self._wanted.clear()
+                try:
+                    plots.save(plots.dashboard(load_run(run_dir)), run_dir / "dashboard.png")
+                    self.drawn += 1
+                except MnistctlError as err:  # a picture is not worth stopping the training for
+                    self.error = str(err)
+            elif self._done.is_set():
+                return
 
 
 class LivePage(Hook):
