@@ -186,46 +186,78 @@ def _digit_grid(
     ax.set_axis_off()
 
 
-def compare_figure(runs: list[Run]) -> Figure:
-    """Test accuracy and test loss of several runs, overlaid; the legend names what differs."""
+def compare_figure(runs: list[Run], train: bool = False) -> Figure:
+    """Test accuracy and loss of several runs, overlaid (``train``: their training curves too,
+    dashed). Each run is numbered in the legend, and a table under the plots names every config
+    key that differs between them, with each run's best and final accuracy."""
+    from mnistctl.compare import summarize_layers
+
     columns, rows = compare(runs)
-    differing = columns[columns.index("parameters") + 1 :]
-    differing = [c for c in differing if c not in ("name", "description")]
-    fig = Figure(figsize=(15, 6.5), layout="constrained")
-    acc, loss = fig.subplots(1, 2)
-    for run, row in zip(runs, rows, strict=True):
+    differing = [c for c in columns[columns.index("parameters") + 1 :] if c not in ("name", "description")]
+    differing = summarize_layers(differing, rows, runs)
+    table_rows = len(runs) + 1
+    fig = Figure(figsize=(15, 5.5 + 0.28 * table_rows), layout="constrained")
+    plots, below = fig.subfigures(2, 1, height_ratios=[5.5, 0.28 * table_rows + 0.4])
+    acc, loss = plots.subplots(1, 2)
+    colours = colormaps["tab10" if len(runs) <= 10 else "tab20"].colors
+    late: list[float] = []  # each run's accuracies after its first tenth: what the axis must show
+    for k, run in enumerate(runs):
         metrics = read_metrics(run.path / METRICS_FILE)
         if not metrics:
             continue
-        label = run.name + _differences(row, differing)
+        colour = colours[k % len(colours)]
         steps = [m["step"] for m in metrics]
-        acc.plot(steps, [m["test_accuracy"] for m in metrics], lw=1.3, label=label)
-        loss.plot(steps, [m["test_loss"] for m in metrics], lw=1.3, label=label)
-    acc.axhline(0.99, color="gray", ls="--", lw=0.8)
-    values = [m["test_accuracy"] for r in runs for m in read_metrics(r.path / METRICS_FILE)]
-    if values:
-        tail = np.percentile(values, 10)
-        acc.set_ylim(max(0.0, min(0.9, tail - 0.01)), 1.0)
-    acc.set(title="test accuracy", xlabel="step")
-    loss.set(title="test cross-entropy loss", xlabel="step")
+        label = f"#{k + 1} {run.name}"
+        acc.plot(steps, [m["test_accuracy"] for m in metrics], lw=1.4, color=colour, label=label)
+        loss.plot(steps, [m["test_loss"] for m in metrics], lw=1.4, color=colour)
+        if train:
+            acc.plot(steps, [m["train_accuracy"] for m in metrics], lw=0.9, ls="--", color=colour)
+            loss.plot(steps, [m["train_loss"] for m in metrics], lw=0.9, ls="--", color=colour)
+        first = steps[0] + 0.1 * (steps[-1] - steps[0])
+        late += [m["test_accuracy"] for m in metrics if m["step"] >= first]
+        if train:
+            late += [m["train_accuracy"] for m in metrics if m["step"] >= first]
+    late = [v for v in late if np.isfinite(v)]
+    if late:  # fitted to every run, so a weak one is never off the chart
+        acc.set_ylim(max(0.0, min(late) - 0.005), min(1.0, max(late) + 0.003))
+    if not late or max(late) >= 0.99 > min(late) - 0.005:
+        acc.axhline(0.99, color="gray", ls="--", lw=0.8)
+    kind = "test (solid) and train mini-batch (dashed)" if train else "test"
+    acc.set(title=f"{kind} accuracy", xlabel="step")
+    loss.set(title=f"{kind} cross-entropy loss", xlabel="step")
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
-    fig.legend(*acc.get_legend_handles_labels(), loc="outside lower center", fontsize=9, ncols=1)
+    acc.legend(fontsize=8, loc="lower right")
+    _differences_table(below, runs, rows, differing, colours)
     return fig
-
-
-def _differences(row: dict, keys: list[str], most: int = 4) -> str:
-    """``" (dropout=0.25, schedule.name=exponential)"``: what sets this run apart."""
-    parts = [f"{'.'.join(k.split('.')[-2:])}={_short(row[k])}" for k in keys if row.get(k) is not None]
-    if not parts:
-        return ""
-    more = f", +{len(parts) - most} more" if len(parts) > most else ""
-    return f"  ({', '.join(parts[:most])}{more})"
 
 
 def _short(value: object) -> str:
     text = str(value)
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _differences_table(fig: Figure, runs: list[Run], rows: list[dict], keys: list[str], colours) -> None:
+    """Every differing config key, one row per run, coloured as its curves."""
+    from mnistctl.compare import cell
+    from mnistctl.sweep import short_keys
+
+    ax = fig.subplots()
+    ax.set_axis_off()
+    labels = short_keys([k for k in keys if "." in k])
+    header = ["#", "run", *(labels.get(k, k) for k in keys), "best", "final test"]
+    body = [
+        [f"#{k + 1}", run.name, *(_short(cell(row.get(key), key)) for key in keys),
+         cell(row.get("best_test_accuracy"), "accuracy"), cell(row.get("final_test_accuracy"), "accuracy")]
+        for k, (run, row) in enumerate(zip(runs, rows, strict=True))
+    ]  # fmt: skip
+    table = ax.table(cellText=body, colLabels=header, loc="upper center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(header))))
+    for k in range(len(runs)):
+        table[k + 1, 0].set_facecolor(colours[k % len(colours)])
+        table[k + 1, 0].get_text().set_color("white")
 
 
 def gallery(

@@ -70,9 +70,43 @@ def test_compare_overlays_runs(trained_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
     out = tmp_path / "cmp.png"
-    result = invoke("plot", trained_run, other, "--compare", "--out", out)
+    result = invoke("plot", trained_run, other, "--compare", "--train", "--out", out)
     assert result.exit_code == 0, result.output
     assert matplotlib.image.imread(out).shape[1] == 1500
+
+
+def test_compare_fits_every_run_and_names_every_difference(trained_run, tmp_path):
+    """A weak run stays on the chart, and the table under it names all five differing keys."""
+    from mnistctl import plots
+    from mnistctl.runs import load_run
+
+    weak = tmp_path / "weak"
+    shutil.copytree(trained_run, weak)
+    metrics = weak / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    header = lines[0].split(",")
+    column = header.index("test_accuracy")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[column] = "0.31"
+    metrics.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    config = weak / "config.yaml"
+    text = config.read_text()
+    changes = [("units: 16", "units: 17"), ("lr0: 0.003", "lr0: 0.002"), ("batch_size: 50", "batch_size: 40")]
+    changes += [("seed: 0", "seed: 3"), ("dropout: 0.25", "dropout: 0.5")]
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new)
+    config.write_text(text)
+    figure = plots.compare_figure([load_run(trained_run), load_run(weak)], train=True)
+    accuracy = figure.subfigs[0].axes[0]
+    low, high = accuracy.get_ylim()
+    assert low <= 0.31 and high <= 1.0  # the weak run is on the chart
+    assert len(accuracy.get_lines()) >= 4  # test and train curves of both runs
+    table = figure.subfigs[1].axes[0].tables[0]
+    header = [table[0, c].get_text().get_text() for c in range(len(table.get_celld()) // 3)]
+    assert header[:2] == ["#", "run"] and header[-2:] == ["best", "final test"]
+    assert {"layers[1]", "lr0", "batch_size", "seed"} <= set(header)
 
 
 def test_bad_output_format_is_one_line(trained_run, tmp_path):

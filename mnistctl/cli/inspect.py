@@ -260,7 +260,8 @@ def _numeric(rows: list[dict], column: str) -> bool:
     help="PNG, SVG or HTML file (default: RUN_DIR/dashboard.png).",
 )
 @click.option("--compare", "overlay", is_flag=True, help="Overlay the test curves of several runs.")
-def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool) -> None:
+@click.option("--train", "with_train", is_flag=True, help="With --compare: the training curves too (dashed).")
+def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool, with_train: bool) -> None:
     """Draw the walk-through's dashboard for a run, or --compare several runs' test curves.
 
     RUN_DIRS are run directories, or directories of runs; a sweep directory alone draws the
@@ -284,7 +285,7 @@ def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool) -> No
     from mnistctl import plots
 
     if overlay or len(runs) > 1:
-        written = plots.save(plots.compare_figure(runs), out_file or Path("comparison.png"))
+        written = plots.save(plots.compare_figure(runs, train=with_train), out_file or Path("comparison.png"))
     else:
         written = plots.save(plots.dashboard(runs[0]), out_file or runs[0].path / "dashboard.png")
     out.print(f"wrote {written}")
