@@ -495,7 +495,8 @@ def test_many_large_uploads_at_once_are_decoded_a_few_at_a_time_and_memory_retur
 
 
 def test_drawing_page_in_a_real_browser(server):
-    """Draw a stroke on the canvas in headless Chromium and see a prediction appear."""
+    """Draw in headless Chromium at phone width: no blank request when a stroke begins, a tap
+    leaves no error, nothing moves when the prediction appears, and a prediction does appear."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Chromium is not installed (make check installs Debian's chromium where it can)")
@@ -507,19 +508,34 @@ def test_drawing_page_in_a_real_browser(server):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
         )  # fmt: skip
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 375, "height": 740})
+        sent = []
+        page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/predict") else None)
         page.goto(url + "/")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
         box = page.locator("#pad").bounding_box()
-        page.mouse.move(box["x"] + 140, box["y"] + 50)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375
+        bars_before = page.locator("#bars").bounding_box()
+
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + 20)
         page.mouse.down()
-        page.mouse.move(box["x"] + 140, box["y"] + 150, steps=10)  # a vertical stroke: a 1
-        page.mouse.move(box["x"] + 140, box["y"] + 240, steps=10)
+        page.wait_for_timeout(300)
+        assert sent == []  # the stroke has begun: nothing sent yet
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] - 20, steps=8)  # a 1
         page.mouse.up()
         page.wait_for_function("document.querySelector('#digit').textContent.length > 0", timeout=20000)
         shown = page.locator("#digit").text_content()
-        bars = page.locator(".bar").count()
+        assert page.locator("#bars").bounding_box() == bars_before  # no layout jump
+        widths = page.evaluate("[...document.querySelectorAll('.fill')].map(f => f.style.width)")
+
+        page.click("#clear")
+        page.mouse.click(box["x"] + 60, box["y"] + 60)  # a tap
+        page.wait_for_timeout(1500)
+        tapped_error = page.locator("#error").text_content()
         browser.close()
-    assert shown in [str(d) for d in range(10)] and bars == 10
+    assert shown in [str(d) for d in range(10)] and len(widths) == 10 and all(w.endswith("%") for w in widths)
+    assert tapped_error == ""
 
 
 def test_a_weight_averaged_run_is_evaluated_and_exported_with_its_averages(mnist_cache, tmp_path):
