@@ -61,3 +61,33 @@ class Exponential(ScheduleConfig):
 
     def __call__(self, step: int) -> float:
         return self.lr_min + self.lr0 * math.exp(-step / self.decay_steps)
+
+
+@SCHEDULES.register("one_cycle")
+@dataclass(frozen=True)
+class OneCycle(ScheduleConfig):
+    """Warm up, then anneal: the rate climbs linearly from ``lr0 / start_divisor`` to ``lr0``
+    over ``warmup`` steps, then follows half a cosine down to ``lr_min`` at step ``steps``
+    (and stays there). The schedule of fast training runs (Smith's one-cycle policy).
+
+    Attributes:
+        lr0: the peak rate.
+        warmup: steps to reach the peak.
+        steps: the step at which the rate reaches ``lr_min`` (usually ``train.steps``).
+        lr_min: the final rate.
+        start_divisor: the first rate is ``lr0 / start_divisor``.
+    """
+
+    tag: ClassVar[str] = "one_cycle"
+    lr0: float = field(default=0.01, metadata={"gt": 0})
+    warmup: int = field(default=100, metadata={"ge": 0})
+    steps: int = field(default=1000, metadata={"ge": 1})
+    lr_min: float = field(default=0.0, metadata={"ge": 0})
+    start_divisor: float = field(default=25.0, metadata={"ge": 1})
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            start = self.lr0 / self.start_divisor
+            return start + (self.lr0 - start) * step / self.warmup
+        done = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.lr_min + (self.lr0 - self.lr_min) * (1 + math.cos(math.pi * done)) / 2

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from mnistctl.config import load_config
-from mnistctl.schedules import SCHEDULES, Constant, Exponential
+from mnistctl.config import ConfigError, load_config
+from mnistctl.schedules import SCHEDULES, Constant, Exponential, OneCycle
 
 
 def test_exponential_is_the_walkthrough_formula():
@@ -19,7 +19,35 @@ def test_constant():
 
 
 def test_registry_lists_names():
-    assert SCHEDULES.names() == ["constant", "exponential"]
+    assert SCHEDULES.names() == ["constant", "exponential", "one_cycle"]
+
+
+def test_one_cycle_warms_up_linearly_then_follows_half_a_cosine():
+    schedule = OneCycle(lr0=0.01, warmup=100, steps=1100, lr_min=0.0001, start_divisor=20)
+    assert schedule(0) == pytest.approx(0.0005)
+    assert schedule(50) == pytest.approx(0.0005 + 0.0095 / 2)
+    assert schedule(100) == pytest.approx(0.01)
+    assert schedule(600) == pytest.approx(0.0001 + 0.0099 / 2)  # half-way down the cosine
+    assert schedule(1100) == pytest.approx(0.0001) and schedule(5000) == pytest.approx(0.0001)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "schedule={name: one_cycle, warmup: 500, steps: 400}",
+            "schedule.warmup: must be below schedule.steps (400), got 500",
+        ),
+        (
+            "schedule={name: one_cycle, lr0: 0.01, lr_min: 0.02}",
+            "schedule.lr_min: must be below schedule.lr0 (0.01), got 0.02",
+        ),
+    ],
+)
+def test_one_cycle_settings_are_checked(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config("configs/tiny.yaml", [override])
+    assert str(caught.value).endswith(message)
 
 
 def test_shipped_decay_config_uses_the_formula():

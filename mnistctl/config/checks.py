@@ -97,6 +97,16 @@ def check_experiment(exp: Experiment) -> None:
         train_images -= exp.data.validation
     if exp.train.batch_size > train_images:
         raise Invalid("train.batch_size", f"is larger than the {train_images} training images")
+    schedule = exp.schedule
+    if getattr(schedule, "tag", "") == "one_cycle":
+        if schedule.warmup >= schedule.steps:
+            raise Invalid(
+                "schedule.warmup", f"must be below schedule.steps ({schedule.steps}), got {schedule.warmup}"
+            )
+        if schedule.lr_min >= schedule.lr0:
+            raise Invalid(
+                "schedule.lr_min", f"must be below schedule.lr0 ({schedule.lr0}), got {schedule.lr_min}"
+            )
     for rule in ("stop_at", "early_stopping"):
         setting = getattr(exp.train, rule)
         if setting and setting.metric == "validation_accuracy" and not exp.data.validation:
