@@ -7,6 +7,7 @@ training loop, evaluation and export need.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from mnistctl.config import (
 )
 from mnistctl.loop import NONFINITE_LOSS
 from mnistctl.registry import Registry
-from mnistctl.schedules import Constant, Exponential
+from mnistctl.schedules import Constant, Exponential, OneCycle
 
 v1 = tf.compat.v1
 tf_errors = tf.errors
@@ -56,6 +57,16 @@ def build_constant(cfg: Constant, step: tf.Tensor) -> tf.Tensor:
 def build_exponential(cfg: Exponential, step: tf.Tensor) -> tf.Tensor:
     decayed = cfg.lr0 * tf.exp(-tf.cast(step, tf.float64) / cfg.decay_steps)
     return tf.cast(cfg.lr_min + decayed, tf.float32)
+
+
+@SCHEDULE_BUILDERS.register("one_cycle")
+def build_one_cycle(cfg: OneCycle, step: tf.Tensor) -> tf.Tensor:
+    step = tf.cast(step, tf.float64)
+    start = cfg.lr0 / cfg.start_divisor
+    warming = start + (cfg.lr0 - start) * step / max(cfg.warmup, 1)
+    done = tf.minimum((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), 1.0)
+    cooling = cfg.lr_min + (cfg.lr0 - cfg.lr_min) * (1 + tf.cos(math.pi * done)) / 2
+    return tf.cast(tf.where(step < cfg.warmup, warming, cooling), tf.float32)
 
 
 @dataclass(frozen=True)
@@ -276,8 +287,12 @@ def build_graph(exp: Experiment) -> Graph:
         learning_rate = tf.identity(
             SCHEDULE_BUILDERS.get(exp.schedule.tag)(exp.schedule, global_step), "learning_rate"
         )
+        objective = loss
+        if exp.train.label_smoothing:  # targets (1 - e) one-hot + e / 10: the metrics keep the plain loss
+            smoothing = exp.train.label_smoothing
+            objective = (1 - smoothing) * loss - smoothing * tf.reduce_mean(tf.nn.log_softmax(logits))
         # A non-finite loss fails the step inside TensorFlow: no per-step fetch is needed to notice.
-        checked = tf.debugging.check_numerics(loss, NONFINITE_LOSS)
+        checked = tf.debugging.check_numerics(objective, NONFINITE_LOSS)
         optimizer = build_optimizer(exp.optimizer, learning_rate)
         # Batch-norm moving averages must update with every training step.
         with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):

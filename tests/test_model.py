@@ -101,9 +101,17 @@ def test_same_seed_same_weights_and_losses():
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)
 
 
-@pytest.mark.parametrize("name", ["softmax", "five_layers_relu_lrdecay", "batchnorm_conv"])
-def test_graph_schedule_equals_the_python_one(name):
-    exp = load_config(CONFIGS / f"{name}.yaml")
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("softmax", []),
+        ("five_layers_relu_lrdecay", []),
+        ("batchnorm_conv", []),
+        ("tiny", ["schedule={name: one_cycle, lr0: 0.02, warmup: 999, steps: 8000, lr_min: 0.0001}"]),
+    ],
+)
+def test_graph_schedule_equals_the_python_one(name, overrides):
+    exp = load_config(CONFIGS / f"{name}.yaml", overrides)
     g = tf_model.build_graph(exp)
     rate = g.graph.get_tensor_by_name("learning_rate:0")
     with tf_model.make_session(g) as session:
@@ -111,6 +119,15 @@ def test_graph_schedule_equals_the_python_one(name):
         for step in (0, 1, 999, 2000, 7777, 10000):
             session.run(g.global_step.assign(step))
             assert session.run(rate) == pytest.approx(exp.schedule(step), rel=1e-6)
+
+
+def test_label_smoothing_changes_the_objective_not_the_reported_loss():
+    plain = load_config(CONFIGS / "tiny.yaml")
+    smoothed = load_config(CONFIGS / "tiny.yaml", ["train.label_smoothing=0.2"])
+    first_plain, _, w_plain = run_steps(plain, steps=3)
+    first_smoothed, _, w_smoothed = run_steps(smoothed, steps=3)
+    assert first_plain[0] == first_smoothed[0]  # before any step: the same weights, the same plain loss
+    assert any(not np.array_equal(w_plain[k], w_smoothed[k]) for k in w_plain)  # another gradient
 
 
 def test_bfloat16_precision_rewrites_the_graph_and_stays_deterministic():
