@@ -365,6 +365,44 @@ def test_many_slow_senders_are_all_timed_out_while_the_server_keeps_serving(serv
     assert request(f"{url}/healthz")[0] == 200
 
 
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_both_http_parsers_close_connections_whose_headers_never_come(exported, parser):
+    """The headers deadline works on either of uvicorn's parsers (h11 where httptools is missing)."""
+    import uvicorn
+
+    from mnistctl.export import Predictor
+    from mnistctl.serve import _headers_deadline_protocol, create_app, uvicorn_config
+
+    port = free_port()
+    config = uvicorn_config(create_app(Predictor(exported)), headers_timeout_s=1, host="127.0.0.1", port=port)
+    config.http = _headers_deadline_protocol(1, parser)
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        half = socket.create_connection(("127.0.0.1", port), timeout=10)
+        half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        assert half.recv(1024) == b"" and silent.recv(1024) == b""
+        assert time.monotonic() - started < 5
+        assert request(f"http://127.0.0.1:{port}/healthz")[0] == 200  # whole requests still served
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)  # keep-alive: a second request
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        for sock in (half, silent, kept):
+            sock.close()
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_oversized_body_is_refused_before_it_is_read(server):
     url, _ = server
     connection = start_post(url, declared_length=9 << 20)  # the 9 MiB body is never sent
