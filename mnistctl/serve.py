@@ -162,19 +162,22 @@ def create_app(
 
     @app.post("/v1/models/mnist:predict")
     @app.post("/v1/models/mnist/versions/{version}:predict")
-    async def predict_tf_serving(request: Request, version: str | None = None) -> dict[str, Any]:
+    async def predict_tf_serving(request: Request, version: str | None = None) -> JSONResponse:
         _check_version(version)
         # Any content type: `curl -d @x.json` says form data and `requests.post(data=...)` says
         # nothing, and TF Serving reads both; a body that is not JSON is refused as such.
         body = await _read_body(request, MAX_JSON_BYTES, None, body_timeout_s)
         images = parse_instances(body)
         probabilities = await predict(images)
-        return {
-            "predictions": [
-                {"probabilities": [float(p) for p in row], "classes": int(np.argmax(row))}
-                for row in probabilities
-            ]
-        }
+        # A JSONResponse of plain floats and ints: FastAPI's encoder would walk it again.
+        return JSONResponse(
+            {
+                "predictions": [
+                    {"probabilities": [float(p) for p in row], "classes": int(np.argmax(row))}
+                    for row in probabilities
+                ]
+            }
+        )
 
     def _check_version(version: str | None) -> None:
         if version is not None and version != served_version:
@@ -183,7 +186,7 @@ def create_app(
             )
 
     @app.post("/predict")
-    async def predict_image(request: Request) -> dict[str, Any]:
+    async def predict_image(request: Request) -> JSONResponse:
         body = await _read_body(request, MAX_IMAGE_BYTES, IMAGE_TYPES, body_timeout_s)
         try:
             async with decoding:
@@ -192,7 +195,7 @@ def create_app(
             raise BadRequest(str(err)) from None
         probabilities = await predict(image[None])
         (result,) = predictor.labelled(probabilities)
-        return {**result, "image": np.round(image, 3).tolist()}
+        return JSONResponse({**result, "image": np.round(image, 3).tolist()})
 
     return app
 
@@ -347,32 +350,34 @@ def _headers_deadline_protocol(timeout_s: float, parser: str) -> type:
 
     class HeadersDeadline(Base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
-        _awaiting_headers = True  # from the first byte of a request until its headers are in
+        _awaiting_headers = True  # httptools: from a request's first byte until its headers are in
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._waiting():
-                self._arm()
-            else:
-                self._disarm()
+            self._arm()  # a connection that never sends a byte is timed out too
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-        # httptools says when a request's headers are complete, and when the next one begins.
+        # h11: after each chunk, is the request still short of its headers?
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if parser == "h11" and self._waiting():
+                self._arm()
+            elif parser == "h11":
+                self._disarm()
+
+        # httptools: it says when a request begins and when its headers are complete.
+        def on_message_begin(self) -> None:
+            self._awaiting_headers = True
+            self._arm()
+            super().on_message_begin()
+
         def on_headers_complete(self) -> None:
             self._awaiting_headers = False
             self._disarm()
             super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            self._awaiting_headers = True
-            super().on_message_complete()
 
         def _waiting(self) -> bool:
             if parser == "h11":
