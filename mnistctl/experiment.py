@@ -124,6 +124,10 @@ def _hooks(
     return [*rules, *build_hooks(run, exp, g), *extra_hooks]
 
 
+class RunWriteError(MnistctlError):
+    """A run's file that could not be written (a full disk, say)."""
+
+
 class ResumeError(MnistctlError):
     """A run that cannot be resumed as asked."""
 
@@ -309,6 +313,10 @@ def _train(
             run.update(status=Status.FAILED)
         run.update(error=str(err))
         raise
+    except OSError as err:  # a full disk or a read-only directory while a hook wrote a file
+        failure = RunWriteError(f"{err.filename or run.path}: cannot write: {err.strerror or err}")
+        run.update(status=Status.FAILED, error=str(failure))
+        raise failure from None
     except Exception as err:
         run.update(status=Status.FAILED, error=f"{type(err).__name__}: {err}")
         raise

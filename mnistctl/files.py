@@ -26,3 +26,16 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_in_place(path: Path, data: bytes | str) -> None:
+    """Overwrite ``path``'s bytes where they are: the last resort when the disk is full and
+    :func:`write_atomic` has no room for its temporary copy (a small file that does not grow
+    past its last block needs no new space). Not atomic: only for a run's last word."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with path.open("r+b") as f:
+        f.write(data)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())

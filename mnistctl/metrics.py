@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import threading
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,36 @@ def _digit_grid(images: np.ndarray, columns: int = 10) -> tuple[int, int, bytes]
     return grid.shape[0], grid.shape[1], buffer.getvalue()
 
 
+def _io_error(err: RuntimeError, logdir: Path) -> OSError:
+    """TensorFlow's event writer error (``<file>; No space left on device``, then more lines) as
+    the OSError it stands for."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    path, _, cause = first.rpartition("; ")
+    return OSError(None, cause or first, path or str(logdir))
+
+
+def _quiet_event_writer_threads() -> None:
+    """TensorFlow's event writer thread logs its I/O error and dies with a traceback on stderr,
+    then the error reaches us on the next write, and we report it in one line: keep the first
+    two quiet."""
+    import logging
+
+    if getattr(_quiet_event_writer_threads, "done", False):
+        return
+    _quiet_event_writer_threads.done = True  # type: ignore[attr-defined]
+    logging.getLogger("tensorflow").addFilter(
+        lambda r: "EventFileWriter writer thread error" not in r.getMessage()
+    )
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name == "EventLoggerThread":
+            return
+        previous(args)
+
+    threading.excepthook = hook
+
+
 class TensorBoardWriter(Hook):
     """Writes the scalars of each evaluation, the weights' histograms and an image of the
     misrecognised test digits (and the graph, and the config's values for the HParams
@@ -145,6 +176,7 @@ class TensorBoardWriter(Hook):
         from mnistctl._tf import tf  # only training writes events, and it has TF loaded
 
         self._tf = tf
+        _quiet_event_writer_threads()
         self._writer = tf.compat.v1.summary.FileWriter(str(self.logdir), graph=ctx.graph.graph)
         # A START session log tells TensorBoard to forget earlier events from step start+1 on,
         # which a resumed run (even one resumed from step 0) is about to write again.
@@ -175,8 +207,11 @@ class TensorBoardWriter(Hook):
             histogram = self._histogram(value)
             if histogram is not None:
                 summary.value.add(tag=var.op.name, histo=histogram)
-        self._writer.add_summary(summary, record.step)
-        self._writer.flush()
+        try:
+            self._writer.add_summary(summary, record.step)
+            self._writer.flush()
+        except RuntimeError as err:  # the writer thread's I/O error: "<file>; No space left on device"
+            raise _io_error(err, self.logdir) from None
 
     def _histogram(self, values: np.ndarray):
         """A histogram of the finite values (a diverging run's weights may not all be), or None."""
@@ -197,7 +232,10 @@ class TensorBoardWriter(Hook):
 
     def end(self, ctx: TrainContext, status: Status) -> None:
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except RuntimeError as err:  # as in after_eval: the writer thread's I/O error
+                raise _io_error(err, self.logdir) from None
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:

@@ -17,6 +17,7 @@ keys this version does not know (from a newer mnistctl) are kept as they are.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
-from mnistctl.files import write_atomic
+from mnistctl.files import write_atomic, write_in_place
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
 
 CONFIG_FILE = "config.yaml"
@@ -225,7 +226,15 @@ class Run:
                 raise TypeError(f"RunRecord has no field {key!r}")  # a bug, not a user error
             setattr(self.record, key, value)
         self.record.heartbeat = time.time()
-        write_atomic(self.path / META_FILE, json.dumps(self.record.to_json(), indent=2) + "\n")
+        text = json.dumps(self.record.to_json(), indent=2) + "\n"
+        try:
+            write_atomic(self.path / META_FILE, text)
+        except OSError as err:
+            if err.errno != errno.ENOSPC or not (self.path / META_FILE).is_file():
+                raise
+            # A full disk: no room for a temporary copy. The status must still be recorded
+            # (failed, with the reason), so run.json is rewritten where it is.
+            write_in_place(self.path / META_FILE, text)
 
     def experiment(self) -> Experiment:
         """The resolved config this run was trained with (parsed once; no machine checks)."""

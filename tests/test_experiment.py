@@ -85,14 +85,14 @@ def test_a_failed_restore_leaves_the_files_as_they_were_and_the_status_failed(va
 
 
 def test_a_hook_that_fails_to_begin_leaves_a_failed_run_not_a_running_one(mnist_cache, tmp_path):
-    from mnistctl.experiment import run_experiment
+    from mnistctl.experiment import RunWriteError, run_experiment
 
     class Broken(Hook):
         def begin(self, ctx):
-            raise OSError(28, "No space left on device")
+            raise OSError(28, "No space left on device", str(ctx.run_dir / "some.file"))
 
     exp = load_config(TINY, ["train.steps=20"])
-    with pytest.raises(OSError):
+    with pytest.raises(RunWriteError, match=r"some.file: cannot write: No space left on device$"):
         run_experiment(exp, runs_dir=tmp_path, extra_hooks=[Broken()])
     (run_dir,) = tmp_path.iterdir()
     run = load_run(run_dir)

@@ -63,7 +63,8 @@ def test_a_claimed_run_whose_process_is_gone_is_crashed(tmp_path, status):
 def test_status_questions():
     assert [s.value for s in Status if s.claimed] == ["created", "resuming", "running"]
     assert [s.value for s in Status if s.resumable] == ["interrupted", "crashed"]
-    assert [s.value for s in Status if s.finished] == ["completed"]
+    assert [s.value for s in Status if s.finished] == ["completed", "target_reached", "early_stopped"]
+    assert [s.value for s in Status if s.ended_by_rule] == ["target_reached", "early_stopped"]
     assert not Status.FAILED.resumable and not Status.STOPPED.resumable  # neither is retried by itself
     assert Status.parse("no such status") is Status.UNKNOWN and str(Status.RUNNING) == "running"
 
