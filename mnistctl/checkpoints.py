@@ -177,6 +177,26 @@ def resolve(target: Path) -> tuple[Path, str]:
     raise CheckpointError(f"{target}: the checkpoint is not inside a run directory (no config.yaml)")
 
 
+def saved_model_path(source: Path) -> Path | None:
+    """The SavedModel at ``source``: the folder itself, or - for a TF Serving base path
+    (``models/mnist`` holding ``1/``, ``2/``, ...) - its highest numbered version, as TF Serving
+    would serve. None when there is none."""
+    if (source / "saved_model.pb").is_file():
+        return source
+    if source.is_dir():
+        versions = [p for p in source.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+        if versions:
+            return max(versions, key=lambda p: int(p.name))
+    return None
+
+
+def check_model_source(source: Path) -> None:
+    """Fail fast - before TensorFlow loads - on a source that is neither an export nor a run
+    (or checkpoint), with the same one line loading it would give."""
+    if saved_model_path(source) is None:
+        resolve(source)
+
+
 def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
     """Restore every variable from a checkpoint and return its step.
 

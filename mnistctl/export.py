@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mnistctl._tf import tf
-from mnistctl.checkpoints import CheckpointError, resolve
+from mnistctl.checkpoints import CheckpointError, resolve, saved_model_path
 from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
 from mnistctl.ensemble import Member, describe_members
 from mnistctl.errors import MnistctlError
@@ -186,19 +186,6 @@ def _serving_session(graph: tf.Graph) -> v1.Session:
     # concurrent calls (the server's thread pool) use the cores side by side instead.
     config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
     return v1.Session(graph=graph, config=config)
-
-
-def saved_model_path(source: Path) -> Path | None:
-    """The SavedModel at ``source``: the folder itself, or - for a TF Serving base path
-    (``models/mnist`` holding ``1/``, ``2/``, ...) - its highest numbered version, as TF Serving
-    would serve. None when there is none."""
-    if (source / "saved_model.pb").is_file():
-        return source
-    if source.is_dir():
-        versions = [p for p in source.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
-        if versions:
-            return max(versions, key=lambda p: int(p.name))
-    return None
 
 
 class Predictor:

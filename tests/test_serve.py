@@ -607,3 +607,22 @@ def test_a_weight_averaged_run_is_evaluated_and_exported_with_its_averages(mnist
     config.write_text(re.sub(r"\n\s*ema_decay: 0.9", "", config.read_text()))
     assert "ema_decay" not in config.read_text()
     assert evaluate_checkpoint(raw).test_loss != pytest.approx(report.test_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "command", [["predict", "{missing}", "{image}"], ["serve", "{missing}", "--port", "1"]]
+)
+def test_a_model_that_is_not_there_is_one_line_before_tensorflow_loads(tmp_path, command):
+    image = tmp_path / "x.png"
+    stroke = np.zeros((28, 28), np.uint8)
+    stroke[5:23, 13:16] = 255  # a 1
+    image.write_bytes(as_png(stroke))
+    args = [a.format(missing=tmp_path / "missing", image=image) for a in command]
+    code = (
+        "import sys\nfrom mnistctl.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert e.code == 2, e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such run directory or checkpoint"

@@ -70,6 +70,9 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     from mnistctl.images import read_image_file
 
     inputs = [read_image_file(path) for path in images]  # every file is checked before the model loads
+    from mnistctl.checkpoints import check_model_source
+
+    check_model_source(source)
     with loading_tensorflow():
         from mnistctl.export import Predictor
 
@@ -108,9 +111,11 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
 def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: float) -> None:
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
+    from mnistctl.checkpoints import check_model_source
     from mnistctl.serve import Batching, bind
     from mnistctl.serve import serve as run_server
 
+    check_model_source(source)  # a wrong path is one line at once, before TensorFlow loads
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
     with loading_tensorflow():
         from mnistctl.export import Predictor
