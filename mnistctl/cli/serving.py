@@ -43,6 +43,9 @@ def export(targets: tuple[Path, ...], base: Path, version: int, force: bool, top
         export_ensemble(members, out_dir, overwrite=force)
         what = f"an ensemble of {len(members)} runs"
     else:
+        from mnistctl.checkpoints import resolve
+
+        resolve(targets[0])  # not a run or checkpoint: one line now, before TensorFlow loads
         with loading_tensorflow():
             from mnistctl.export import export_saved_model
 
