@@ -91,6 +91,9 @@ def eval_(
         ensemble = evaluate_ensemble(members, data_dir=data_dir, split=split)
         report = ensemble.ensemble
     else:
+        from mnistctl.checkpoints import resolve
+
+        resolve(targets[0])  # not a run or checkpoint: one line now, before TensorFlow loads
         with loading_tensorflow():
             from mnistctl.evaluate import evaluate_checkpoint
 

@@ -78,6 +78,10 @@ def train(
             _check_name(name)
     elif name is not None:
         raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
+    else:
+        from mnistctl.runs import load_run
+
+        load_run(resume)  # not a run directory: one line now, before TensorFlow loads
     if live:
         from mnistctl.serve import bind
 
