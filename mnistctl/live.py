@@ -62,7 +62,8 @@ class Watched:
 
     def run(self, name: str) -> Run:
         path = self.path if self.single else self.path / name
-        if (self.single and name != self.path.name) or not is_run_dir(path) or "/" in name:
+        outside = "/" in name or name in ("", ".", "..")  # only the runs directly in the folder
+        if outside or (self.single and name != self.path.name) or not is_run_dir(path):
             raise LiveError(f"no run {name!r} here")
         return load_run(path)
 
