@@ -173,6 +173,9 @@ def start_ray(address: str | None) -> None:
         # to every address) even when told 127.0.0.1; with it, every Ray process of a local
         # sweep, all started from here and so inheriting it, listens on loopback only.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Token authentication on, as Ray 2.60 makes it for a new local cluster, but said
+        # outright so that Ray does not print a warning about choosing it (the user may opt out).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray._private import ray_constants
 
