@@ -214,15 +214,7 @@ def choose_columns(columns: list[str], wanted: str) -> list[str]:
     return ["run", *(n for n in names if n != "run")]
 
 
-FIRST = (
-    "run",
-    "status",
-    "steps",
-    "best_test_accuracy",
-    "best_step",
-    "selected_by",
-    "best_validation_accuracy",
-)
+FIRST = RESULT_COLUMNS[: RESULT_COLUMNS.index("best_validation_accuracy") + 1]  # run and best
 
 
 def table_order(columns: list[str]) -> list[str]:

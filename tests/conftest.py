@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,22 @@ def trained_run(mnist_cache, tmp_path_factory) -> Path:
     assert "final test accuracy:" in result.output
     (run,) = runs.iterdir()
     return run
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's Chromium driven by Playwright (skips the test where either is missing)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (make check installs Debian's chromium where it can)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+        )  # fmt: skip
+        try:
+            yield browser
+        finally:
+            browser.close()

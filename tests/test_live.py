@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,9 @@ from mnistctl.data import load_experiment_data
 from mnistctl.live import run_state, run_summary
 from mnistctl.runs import load_run
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, headless_chromium
 from .test_runs import OLD_RUN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .test_serve import free_port
 
 
 def get(url: str) -> tuple[int, dict | str]:
@@ -158,17 +152,8 @@ def test_train_live_serves_the_run_while_it_trains_and_stops_with_it(mnist_cache
 
 
 def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (make check installs Debian's chromium where it can)")
-    playwright = pytest.importorskip("playwright.sync_api")
     url, _ = watching
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-        )  # fmt: skip
+    with headless_chromium() as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"{url}/#run={trained_run.name}")
         page.wait_for_function(
@@ -184,7 +169,6 @@ def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
         page.goto(f"{url}/")
         page.wait_for_selector("tr.run")
         rows = page.locator("tr.run").count()
-        browser.close()
     assert [t.split(":")[0] for t in titles] == [
         "accuracy",
         "loss",

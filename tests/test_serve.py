@@ -25,7 +25,7 @@ from mnistctl.cli import main
 from mnistctl.data import load_dataset
 from mnistctl.images import ImageError, preprocess
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, headless_chromium
 
 
 def invoke(*args):
@@ -535,17 +535,8 @@ def test_many_large_uploads_at_once_are_decoded_a_few_at_a_time_and_memory_retur
 def test_drawing_page_in_a_real_browser(server):
     """Draw in headless Chromium at phone width: no blank request when a stroke begins, a tap
     leaves no error, nothing moves when the prediction appears, and a prediction does appear."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (make check installs Debian's chromium where it can)")
-    playwright = pytest.importorskip("playwright.sync_api")
     url, _ = server
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-        )  # fmt: skip
+    with headless_chromium() as browser:
         page = browser.new_page(viewport={"width": 375, "height": 740})
         sent = []
         page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/predict") else None)
@@ -571,7 +562,6 @@ def test_drawing_page_in_a_real_browser(server):
         page.mouse.click(box["x"] + 60, box["y"] + 60)  # a tap
         page.wait_for_timeout(1500)
         tapped_error = page.locator("#error").text_content()
-        browser.close()
     assert shown in [str(d) for d in range(10)] and len(widths) == 10 and all(w.endswith("%") for w in widths)
     assert tapped_error == ""
 

@@ -68,6 +68,11 @@ data_dir_option = click.option(
     type=click.Path(path_type=Path, file_okay=False),
     help="A directory holding the four IDX files (gzipped or not); tried before the cache.",
 )
+top_option = click.option(
+    "--top",
+    type=click.IntRange(min=2),
+    help="From a directory of runs, average only the best K by their selection metric.",
+)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 
 

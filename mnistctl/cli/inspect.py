@@ -17,6 +17,7 @@ from mnistctl.cli.app import (
     main,
     out,
     set_option,
+    top_option,
 )
 from mnistctl.compare import FORMATS
 from mnistctl.errors import MnistctlError
@@ -61,11 +62,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     show_default=True,
     help="Evaluate on the test images, or on the runs' validation hold-out (data.validation).",
 )
-@click.option(
-    "--top",
-    type=click.IntRange(min=2),
-    help="From a directory of runs, average only the best K by their selection metric.",
-)
+@top_option
 @data_dir_option
 def eval_(
     targets: tuple[Path, ...],

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from mnistctl.cli.app import data_dir_option, err, loading_tensorflow, main, out
+from mnistctl.cli.app import data_dir_option, err, loading_tensorflow, main, out, top_option
 
 
 @main.command()
@@ -22,11 +22,7 @@ from mnistctl.cli.app import data_dir_option, err, loading_tensorflow, main, out
 )
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing export of that version.")
-@click.option(
-    "--top",
-    type=click.IntRange(min=2),
-    help="From a directory of runs, average only the best K by their selection metric.",
-)
+@top_option
 def export(targets: tuple[Path, ...], base: Path, version: int, force: bool, top: int | None) -> None:
     """Export TARGETS (a run directory's selected checkpoint, or a checkpoint) as a TensorFlow
     SavedModel (tag serve, signature serving_default) in BASE/VERSION: the layout TensorFlow
