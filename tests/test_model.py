@@ -93,6 +93,41 @@ def test_batch_norm_updates_its_moving_averages(write_config):
     assert not any(name.endswith("biases") for name in variables if name.startswith("layer0"))
 
 
+def test_batch_norm_is_the_fused_kernel_and_normalises_by_batch_then_by_moving_averages(write_config):
+    path = write_config(
+        "model:\n  layers:\n"
+        "    - {type: dense, units: 6, activation: linear, batch_norm: true}\n"
+        "    - {type: dense, units: 10, activation: softmax}\n"
+        "  batch_norm_decay: 0.5\n"
+    )
+    g = tf_model.build_graph(load_config(path))
+    library = g.graph.as_graph_def().library.function  # the branches of the training switch
+    assert "FusedBatchNormV3" in {node.op for function in library for node in function.node_def}
+    images = np.random.default_rng(1).integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    labels = np.arange(16, dtype=np.uint8) % 10
+    variables = {v.op.name.removeprefix("layer0_dense/"): v for v in g.graph.get_collection("variables")}
+    with tf_model.make_session(g) as session:
+        session.run(g.init_op)
+        weights, offset = session.run([variables["weights"], variables["offset"]])
+        pre = (images.reshape(16, -1) / 255.0).astype(np.float32) @ weights
+        training = session.run(g.hidden[0], {g.images: images, g.training: True})
+        epsilon = tf_model.BATCH_NORM_EPSILON
+        expected = (pre - pre.mean(0)) / np.sqrt(pre.var(0) + epsilon) + offset
+        assert np.allclose(training, expected, atol=1e-4)
+
+        session.run(g.train_op, {g.images: images, g.labels: labels, g.training: True})
+        moving_mean, moving_var = session.run([variables["moving_mean"], variables["moving_variance"]])
+        decay = 1 / 10  # the first step's decay, (1 + step) / (10 + step), below the config's 0.5
+        assert np.allclose(moving_mean, (1 - decay) * pre.mean(0), atol=1e-4)
+        assert np.allclose(moving_var, decay + (1 - decay) * pre.var(0, ddof=1), rtol=1e-3)
+
+        weights, offset = session.run([variables["weights"], variables["offset"]])
+        pre = (images.reshape(16, -1) / 255.0).astype(np.float32) @ weights
+        testing = session.run(g.hidden[0], {g.images: images})
+        expected = (pre - moving_mean) / np.sqrt(moving_var + epsilon) + offset
+        assert np.allclose(testing, expected, atol=1e-4)
+
+
 def test_same_seed_same_weights_and_losses():
     exp = load_config(CONFIGS / "tiny.yaml")
     first, _, w1 = run_steps(exp)
