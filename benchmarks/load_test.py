@@ -5,6 +5,12 @@ single-image TF-Serving-format requests from N client threads with keep-alive co
 seconds, and reports requests/s, latency percentiles and errors. Loopback only, bounded in time.
 
     python benchmarks/load_test.py RUN_DIR|EXPORT_DIR [--clients 32] [--seconds 20] [--json]
+    python benchmarks/load_test.py EXPORT_DIR --generator wrk   # wrk (apt-get install wrk) as the client
+    python benchmarks/load_test.py EXPORT_DIR --code /tmp/old   # serve with an older checkout's package
+
+The Python clients (threads, one keep-alive connection each) cost the two cores about as much
+as the server does; wrk, one C thread on epoll, costs a fraction, so the server's own speed
+shows. Compare only numbers taken with the same generator.
 
 With ``--big-uploads N`` it measures memory instead: N uploads of a 4096x4096 RGBA PNG (a digit
 drawn small in a large white canvas, about 80 KB compressed and 64 MB decoded) POSTed to
@@ -29,6 +35,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -75,29 +83,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--big-uploads", type=int, default=0, metavar="N")
-    parser.add_argument("--max-batch", type=int, default=64, help="serve's --max-batch (1: no batching)")
-    parser.add_argument("--batch-wait-ms", type=float, default=0.0)
+    parser.add_argument("--max-batch", type=int, help="serve's --max-batch (1: no batching)")
+    parser.add_argument("--batch-wait-ms", type=float, help="serve's --batch-wait-ms (default: serve's)")
+    parser.add_argument("--generator", choices=["python", "wrk"], default="python")
+    parser.add_argument("--code", type=Path, help="a checkout whose mnistctl package serves (before/after)")
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 300:
         parser.error("--clients must be 1-256 and --seconds 0-300")
 
     port = free_port()
-    mnistctl = Path(sys.executable).with_name("mnistctl")
+    command = [sys.executable, "-m", "mnistctl", "serve", str(args.source.resolve()), "--port", str(port)]
+    if args.max_batch is not None:
+        command += ["--max-batch", str(args.max_batch)]
+    if args.batch_wait_ms is not None:
+        command += ["--batch-wait-ms", str(args.batch_wait_ms)]
+    # `python -m` puts its working directory first on the path, before the installed package.
+    code = (args.code or ROOT).resolve()
+    env = {**os.environ, "PYTHONPATH": str(code)}
     server = subprocess.Popen(
-        [
-            str(mnistctl),
-            "serve",
-            str(args.source),
-            "--port",
-            str(port),
-            "--max-batch",
-            str(args.max_batch),
-            "--batch-wait-ms",
-            str(args.batch_wait_ms),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=code
     )
     try:
         wait_healthy(port, server)
@@ -108,6 +112,12 @@ def main() -> None:
         image = rng.random((28, 28, 1)).round(3).tolist()
         body = json.dumps({"instances": [image]}).encode()
         client(port, body, time.monotonic() + 2, [], [])  # warm-up
+        if args.generator == "wrk":
+            result = run_wrk(port, body, args.clients, args.seconds)
+            result.update(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+            result["code"] = str(args.code or ROOT)
+            report_load(result, args.json)
+            return
         latencies: list[float] = []
         errors: list[float] = []
         stop_at = time.monotonic() + args.seconds
@@ -139,14 +149,64 @@ def main() -> None:
         "max_ms": round(float(ms.max()), 2) if len(ms) else None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
-    if args.json:
+    report_load(result, args.json)
+
+
+def report_load(result: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result, indent=2))
-    else:
-        print(
-            f"{result['clients']} clients for {result['seconds']} s: {result['requests']} requests "
-            f"({result['requests_per_s']}/s), {result['errors']} errors; latency p50 {result['p50_ms']} ms, "
-            f"p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
-        )
+        return
+    print(
+        f"{result['clients']} clients for {result['seconds']} s: {result['requests']} requests "
+        f"({result['requests_per_s']}/s), {result['errors']} errors; latency p50 {result['p50_ms']} ms, "
+        f"p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
+    )
+
+
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[%s]==]
+"""
+
+
+def run_wrk(port: int, body: bytes, connections: int, seconds: float) -> dict:
+    """wrk, one thread, ``connections`` keep-alive connections; its latency distribution."""
+    import re
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk), or use --generator python")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT % body.decode())
+        script.flush()
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s",
+                   "-s", script.name, f"http://127.0.0.1:{port}/v1/models/mnist:predict"]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+        return round(float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit], 2)
+
+    percentiles = {int(p): ms(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)$", out, re.M)}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    errors += sum(map(int, socket_errors.groups())) if socket_errors else 0
+    return {
+        "generator": "wrk",
+        "clients": connections,
+        "seconds": seconds,
+        "requests": requests,
+        "errors": errors,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": percentiles[50],
+        "p90_ms": percentiles[90],
+        "p99_ms": percentiles[99],
+        "max_ms": ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1)),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
 
 
 def rss_mb(pid: int) -> float:
