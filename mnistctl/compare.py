@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import io
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -40,8 +42,20 @@ TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
 
 
 def _config_items(run: Run) -> dict[str, Any]:
+    path = run.path / CONFIG_FILE
     try:
-        raw = yaml.safe_load((run.path / CONFIG_FILE).read_text(encoding="utf-8"))
+        stat = path.stat()
+        changed = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        return {}
+    return dict(_flat_config(path, changed))
+
+
+@functools.lru_cache(maxsize=512)
+def _flat_config(path: Path, changed: tuple[int, int, int]) -> dict[str, Any]:
+    """A run's config.yaml as flat keys, read once for each time it was written (``changed``)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     flat = flatten(raw) if isinstance(raw, dict) else {}
@@ -96,8 +110,7 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
         (columns, rows): the result columns followed by the differing config keys.
     """
     configs = [_config_items(r) for r in runs]
-    keys = sorted({k for c in configs for k in c}, key=_key_order)
-    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    differing = _differing_keys(configs)
     rows = []
     for run, config in zip(runs, configs, strict=True):
         try:
@@ -119,6 +132,21 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
         missing = [r for r in rows if r.get(sort) is None]
         rows = sorted(present, key=lambda r: _sortable(r[sort]), reverse=reverse) + missing
     return columns, rows
+
+
+def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for c in configs for k in c}, key=_key_order)
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+def differing_settings(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+    """What sets the runs apart: the config keys whose values differ (the run's name aside;
+    layers summarised per layer, as ``summarize_layers`` does), and each run's values."""
+    configs = [_config_items(r) for r in runs]
+    differing = [k for k in _differing_keys(configs) if k != "name"]
+    rows = [{k: c.get(k) for k in differing} for c in configs]
+    columns = summarize_layers(differing, rows, runs)
+    return columns, [{k: row[k] for k in columns} for row in rows]
 
 
 _LAYER_KEY = re.compile(r"^model\.layers(\[\d+\])?")

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mnistctl.compare import differing_settings
 from mnistctl.data import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.metrics import latest_predictions, read_distributions, read_metrics
@@ -174,7 +175,9 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
     @app.get("/api/runs")
     def runs() -> dict[str, Any]:
         found = watched.runs()
-        return {"path": str(watched.path), "single": watched.single, "runs": [run_summary(r) for r in found]}
+        columns, settings = differing_settings(found)
+        summaries = [{**run_summary(r), "settings": row} for r, row in zip(found, settings, strict=True)]
+        return {"path": str(watched.path), "single": watched.single, "settings": columns, "runs": summaries}
 
     @app.get("/api/runs/{name}")
     def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import functools
 import json
 import math
 import os
@@ -241,10 +242,11 @@ class Run:
         if self._experiment is None:
             path = self.path / CONFIG_FILE
             try:
-                raw = read_yaml(path)
-            except ConfigError as err:
-                raise RunError(f"cannot read the run's config: {err}") from None
-            self._experiment = parse_experiment(raw, str(path))
+                stat = path.stat()
+                changed = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            except OSError:
+                changed = None  # read_yaml says what is wrong
+            self._experiment = _parsed_config(path, changed)
         return self._experiment
 
     @property
@@ -270,6 +272,17 @@ def _alive(record: RunRecord) -> bool:
             return True
         return time.time() - float(record.heartbeat or 0) < 10 * HEARTBEAT_S
     return time.time() - float(record.heartbeat or 0) < 3 * HEARTBEAT_S
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_config(path: Path, changed: tuple[int, int, int] | None) -> Experiment:
+    """A run's config.yaml, parsed once for each time it was written (``changed``: its mtime, size and inode):
+    a folder of runs watched live is listed every second."""
+    try:
+        raw = read_yaml(path)
+    except ConfigError as err:
+        raise RunError(f"cannot read the run's config: {err}") from None
+    return parse_experiment(raw, str(path))
 
 
 class RunLock:

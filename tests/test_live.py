@@ -14,11 +14,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from mnistctl.cli import main
 from mnistctl.data import load_experiment_data
-from mnistctl.live import run_state, run_summary
+from mnistctl.live import create_live_app, run_state, run_summary
 from mnistctl.runs import load_run
 
 from .conftest import CONFIGS, headless_chromium
@@ -83,6 +84,24 @@ def test_a_folder_lists_every_runs_curve_and_its_best(trained_run):
     assert summary["metric"] == "test_accuracy" and [p[0] for p in summary["curve"]] == [20, 40, 60]
     best = max(summary["curve"], key=lambda p: p[1])
     assert summary["best"] == {"step": best[0], "value": best[1]}
+
+
+def test_a_folder_shows_what_sets_its_runs_apart(trained_run, tmp_path):
+    folder = tmp_path / "sweep"
+    for name, lr0, filters in (("trial-a", 0.003, 4), ("trial-b", 0.01, 8)):
+        shutil.copytree(trained_run, folder / name)
+        config = folder / name / "config.yaml"
+        raw = yaml.safe_load(config.read_text())
+        raw["name"], raw["schedule"]["lr0"], raw["model"]["layers"][0]["filters"] = name, lr0, filters
+        config.write_text(yaml.safe_dump(raw))
+    app = create_live_app(folder)
+    index = next(route for route in app.routes if route.path == "/api/runs").endpoint()
+    assert index["settings"] == ["layers[0]", "schedule.lr0"]  # not the names: the settings
+    by_name = {r["name"]: r["settings"] for r in index["runs"]}
+    assert by_name == {
+        "trial-a": {"layers[0]": "conv 3x3x4", "schedule.lr0": 0.003},
+        "trial-b": {"layers[0]": "conv 3x3x8", "schedule.lr0": 0.01},
+    }
 
 
 @pytest.fixture
