@@ -394,7 +394,7 @@ def _markdown(
         "the runs themselves (evaluations included in the wall time) and vary with whatever else",
         "the machine was doing;",
         "[BENCHMARKS.md](BENCHMARKS.md) has controlled throughput measurements. Batch norm moved",
-        "to TensorFlow's fused kernel on 2026-11-29 at 15:25 UTC (commit 333245e; epsilon 1.001e-5,",
+        "to TensorFlow's fused kernel on 2026-11-29 at 15:23 UTC (commit 333245e; epsilon 1.001e-5,",
         "the moving variance unbiased): batch-norm runs the ledger shows finished before then would",
         "differ in their last digits if trained again.",
         "",
