@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, help="serve's --max-batch (1: no batching)")
     parser.add_argument("--batch-wait-ms", type=float, help="serve's --batch-wait-ms (default: serve's)")
     parser.add_argument("--generator", choices=["python", "wrk"], default="python")
+    parser.add_argument("--workers", type=int, help="serve's --workers (processes)")
     parser.add_argument("--code", type=Path, help="a checkout whose mnistctl package serves (before/after)")
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.seconds <= 300:
@@ -97,6 +98,8 @@ def main() -> None:
         command += ["--max-batch", str(args.max_batch)]
     if args.batch_wait_ms is not None:
         command += ["--batch-wait-ms", str(args.batch_wait_ms)]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
     # `python -m` puts its working directory first on the path, before the installed package.
     code = (args.code or ROOT).resolve()
     env = {**os.environ, "PYTHONPATH": str(code)}
@@ -113,8 +116,9 @@ def main() -> None:
         body = json.dumps({"instances": [image]}).encode()
         client(port, body, time.monotonic() + 2, [], [])  # warm-up
         if args.generator == "wrk":
+            run_wrk(port, body, args.clients, 3)  # every process warmed up at every batch size
             result = run_wrk(port, body, args.clients, args.seconds)
-            result.update(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+            result.update(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, workers=args.workers)
             result["code"] = str(args.code or ROOT)
             report_load(result, args.json)
             return

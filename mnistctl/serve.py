@@ -15,8 +15,10 @@ import gc
 import importlib.util
 import json
 import os
+import signal
 import socket
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -410,3 +412,58 @@ def serve(predictor: Any, sock: socket.socket, batching: Batching | None = Batch
     app = create_app(predictor, batching=batching)
     _freeze_garbage()
     uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+
+
+def serve_forked(
+    load: Callable[[], Any], sock: socket.socket, batching: Batching | None, workers: int
+) -> None:
+    """Serve from ``workers`` processes that share the listening socket, each with a model of its
+    own (``load`` runs in each of them). Each process's Python - HTTP, JSON, the hand-over to the
+    model - then runs on a core of its own; the kernel hands each new connection to one of them.
+
+    Call it before TensorFlow is imported: the processes are forked, and TensorFlow's threads do
+    not survive a fork. Ctrl-C reaches every process (one process group); SIGTERM to this one is
+    passed on. Returns when all have stopped.
+
+    Raises:
+        ServeError: a process that could not load the model or stopped with an error.
+    """
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: load, serve, and never return into the parent's code
+            code = 0
+            try:
+                serve(load(), sock, batching)
+            except KeyboardInterrupt:
+                pass
+            except BaseException as err:  # reported; then this process ends, whatever it was
+                print(f"error: serving process {os.getpid()}: {err}", file=sys.stderr, flush=True)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    sock.close()  # the workers hold it
+
+    def pass_on(signum: int, frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    failed: list[str] = []
+    try:
+        alive = set(children)
+        while alive:
+            try:
+                pid, status = os.wait()
+            except KeyboardInterrupt:  # Ctrl-C: the workers got it too and are shutting down
+                continue
+            alive.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # uvicorn re-raises those after stopping
+                failed.append(f"process {pid} exited with {code}")
+                pass_on(signal.SIGTERM, None)  # one failed: the others stop too
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise ServeError(f"serving stopped: {'; '.join(failed)}")

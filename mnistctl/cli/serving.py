@@ -107,27 +107,52 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     show_default=True,
     help="How long a batch that is not full waits for more requests.",
 )
-def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: float) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes serving side by side, each with its own copy of the model (more requests per "
+    "second on several cores, that many times the memory).",
+)
+def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: float, workers: int) -> None:
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
     from mnistctl.checkpoints import check_model_source
-    from mnistctl.serve import Batching, bind
+    from mnistctl.serve import Batching, bind, serve_forked
     from mnistctl.serve import serve as run_server
 
     check_model_source(source)  # a wrong path is one line at once, before TensorFlow loads
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
+    batching = Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms)
+    if workers > 1:  # TensorFlow loads in each process, after the fork
+        where = f"http://{host}:{port}/"
+        out.print(f"serving {escape(str(source))} on {where} from {workers} processes  (Ctrl-C stops)")
+        _announce_routes(host, port, max_batch)
+
+        def load() -> object:
+            from mnistctl.export import Predictor
+
+            return Predictor(source)
+
+        serve_forked(load, sock, batching, workers)
+        return
     with loading_tensorflow():
         from mnistctl.export import Predictor
 
     predictor = Predictor(source)
     out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")
+    _announce_routes(host, port, max_batch)
+    run_server(predictor, sock, batching)
+
+
+def _announce_routes(host: str, port: int, max_batch: int) -> None:
     out.print(
         f'  POST http://{host}:{port}/v1/models/mnist:predict  {{"instances": [28x28x1 floats in 0..1, ...]}}'
     )
     out.print(f"  POST http://{host}:{port}/predict  (body: a PNG or JPEG, Content-Type: image/png)")
     if max_batch > 1:
         out.print(f"  concurrent requests are merged into batches of up to {max_batch} images")
-    run_server(predictor, sock, Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms))
 
 
 @main.command()
