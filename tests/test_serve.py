@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
 import shutil
 import socket
@@ -616,3 +617,73 @@ def test_a_model_that_is_not_there_is_one_line_before_tensorflow_loads(tmp_path,
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such run directory or checkpoint"
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the server did not answer")
+
+
+def children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def test_workers_serve_side_by_side_and_stop_together(exported, server, test_digits):
+    _, predictor = server
+    images, _ = test_digits
+    port = free_port()
+    command = [sys.executable, "-m", "mnistctl", "serve", str(exported), "--port", str(port), "--workers"]
+    process = subprocess.Popen([*command, "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        workers = children_of(process.pid)
+        assert len(workers) == 2
+        batch = (images[:24].astype(np.float32) / 255.0)[..., None]
+        expected = predictor.predict(batch).argmax(axis=1)
+        answers: dict[int, int] = {}
+
+        def ask(i: int) -> None:  # a connection of its own each: the kernel spreads them
+            body = json.dumps({"instances": [batch[i].tolist()]}).encode()
+            status, reply = request(f"{url}/v1/models/mnist:predict", body)
+            assert status == 200
+            answers[i] = reply["predictions"][0]["classes"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(batch))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [answers[i] for i in range(len(batch))] == list(expected)  # each its own answer
+    finally:
+        process.terminate()  # SIGTERM to the parent reaches every worker
+        out, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert "from 2 processes" in out
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
+
+
+def test_a_worker_that_cannot_load_the_model_stops_the_server_with_its_reason(exported, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported / "1", broken)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    command = [sys.executable, "-m", "mnistctl", "serve", str(broken), "--port", str(free_port())]
+    result = subprocess.run(
+        [*command, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "error: serving process" in result.stderr and "error: serving stopped: process" in result.stderr
