@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -122,6 +123,10 @@ def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: flo
     from mnistctl.serve import Batching, bind, serve_forked
     from mnistctl.serve import serve as run_server
 
+    if workers > 1 and not hasattr(os, "fork"):
+        raise click.BadParameter(
+            "more than one process needs fork(), which this system lacks", param_hint="--workers"
+        )
     check_model_source(source)  # a wrong path is one line at once, before TensorFlow loads
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
     batching = Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms)
