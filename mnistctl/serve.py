@@ -429,27 +429,37 @@ def serve_forked(
         ServeError: a process that could not load the model or stopped with an error.
     """
     children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # a worker: load, serve, and never return into the parent's code
-            code = 0
-            try:
-                serve(load(), sock, batching)
-            except KeyboardInterrupt:
-                pass
-            except BaseException as err:  # reported; then this process ends, whatever it was
-                print(f"error: serving process {os.getpid()}: {err}", file=sys.stderr, flush=True)
-                code = 1
-            os._exit(code)
-        children.append(pid)
-    sock.close()  # the workers hold it
 
     def pass_on(signum: int, frame: Any) -> None:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, pass_on)
+    sys.stdout.flush()  # nothing buffered is written twice
+    sys.stderr.flush()
+    previous = signal.signal(signal.SIGTERM, pass_on)  # before the first fork: no orphans
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:  # a worker: load, serve, and never return into the parent's code
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own
+                code = 0
+                try:
+                    serve(load(), sock, batching)
+                except KeyboardInterrupt:
+                    pass
+                except BaseException as err:  # reported; then this process ends, whatever it was
+                    print(f"error: serving process {os.getpid()}: {err}", file=sys.stderr, flush=True)
+                    code = 1
+                os._exit(code)
+            children.append(pid)
+    except OSError as err:  # fork failed: stop the ones started
+        pass_on(signal.SIGTERM, None)
+        for child in children:
+            os.waitpid(child, 0)
+        signal.signal(signal.SIGTERM, previous)
+        raise ServeError(f"cannot start {workers} serving processes: {err.strerror or err}") from None
+    sock.close()  # the workers hold it
     failed: list[str] = []
     try:
         alive = set(children)
