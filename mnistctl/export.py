@@ -242,7 +242,7 @@ class Predictor:
             {
                 "class": int(np.argmax(row)),
                 "label": classes[int(np.argmax(row))],
-                "probabilities": [round(float(p), 6) for p in row],
+                "probabilities": [float(p) for p in row],  # as computed: 1e-9 is not 0
             }
             for row in probabilities
         ]

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -78,8 +79,36 @@ class Batching:
     threads: int = max(1, min(4, os.cpu_count() or 1))  # batches in flight at once
 
 
+class RequestLog:
+    """ASGI middleware: one line per request (method, path, status, milliseconds) to ``write``."""
+
+    def __init__(self, app: Any, write: Callable[[str], None]) -> None:
+        self.app, self.write = app, write
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 0
+
+        async def sending(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            ms = (time.perf_counter() - started) * 1000
+            self.write(f"{scope['method']} {scope['path']} {status or '-'} {ms:.1f} ms")
+
+
 def create_app(
-    predictor: Any, body_timeout_s: float = BODY_TIMEOUT_S, batching: Batching | None = Batching()
+    predictor: Any,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    batching: Batching | None = Batching(),
+    log: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The ASGI app around a loaded :class:`mnistctl.export.Predictor`.
 
@@ -87,6 +116,7 @@ def create_app(
         body_timeout_s: a request body that sends nothing for this long is answered 408 and
             its connection closed, so slow senders cannot hold the server's connections.
         batching: merge concurrent requests into one ``session.run`` (None: one run each).
+        log: called with one line per request (None: nothing is logged).
     """
     batcher = None
     if batching is not None and batching.max_batch > 1:
@@ -104,6 +134,8 @@ def create_app(
             batcher.close()
 
     app = FastAPI(title="mnistctl", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+    if log is not None:
+        app.add_middleware(RequestLog, write=log)
     counts = {"requests": 0}  # changed only on the event loop's thread
     served_version = str(predictor.info.get("version", 1))
 
@@ -405,17 +437,26 @@ def _headers_deadline_protocol(timeout_s: float, parser: str) -> type:
     return HeadersDeadline
 
 
-def serve(predictor: Any, sock: socket.socket, batching: Batching | None = Batching()) -> None:
-    """Serve on a socket from :func:`bind` until interrupted."""
+def serve(
+    predictor: Any,
+    sock: socket.socket,
+    batching: Batching | None = Batching(),
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Serve on a socket from :func:`bind` until interrupted (``log``: one line per request)."""
     import uvicorn
 
-    app = create_app(predictor, batching=batching)
+    app = create_app(predictor, batching=batching, log=log)
     _freeze_garbage()
     uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
 
 
 def serve_forked(
-    load: Callable[[], Any], sock: socket.socket, batching: Batching | None, workers: int
+    load: Callable[[], Any],
+    sock: socket.socket,
+    batching: Batching | None,
+    workers: int,
+    log: Callable[[str], None] | None = None,
 ) -> None:
     """Serve from ``workers`` processes that share the listening socket, each with a model of its
     own (``load`` runs in each of them). Each process's Python - HTTP, JSON, the hand-over to the
@@ -445,7 +486,7 @@ def serve_forked(
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own
                 code = 0
                 try:
-                    serve(load(), sock, batching)
+                    serve(load(), sock, batching, log)
                 except KeyboardInterrupt:
                     pass
                 except BaseException as err:  # reported; then this process ends, whatever it was

@@ -260,3 +260,12 @@ def test_commands_that_load_tensorflow_say_so_on_a_terminal_only(trained_run):
         [sys.executable, "-m", "mnistctl", "eval", str(trained_run)], capture_output=True, cwd=CONFIGS.parent
     )
     assert piped.returncode == 0 and b"loading" not in piped.stdout + piped.stderr
+
+
+def test_the_progress_line_names_the_run_as_the_user_named_it():
+    from mnistctl.cli.views import run_label
+
+    assert run_label("20261129T150746Z-my-run") == "my-run"  # train --name my-run
+    assert run_label("20261129T150746Z-conv_dropout") == "conv_dropout"
+    assert run_label("trial-00001") == "trial-00001"  # a sweep's trial keeps its whole name
+    assert run_label("plain") == "plain"

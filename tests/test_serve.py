@@ -687,3 +687,58 @@ def test_a_worker_that_cannot_load_the_model_stops_the_server_with_its_reason(ex
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "error: serving process" in result.stderr and "error: serving stopped: process" in result.stderr
+
+
+def test_predict_answers_every_readable_picture_and_names_each_bad_one(trained_run, test_digits, tmp_path):
+    images, _ = test_digits
+    good, bad, other = tmp_path / "good.png", tmp_path / "bad.png", tmp_path / "other.png"
+    good.write_bytes(as_png(images[0]))
+    bad.write_bytes(b"not an image at all")
+    other.write_bytes(as_png(images[1]))
+    result = invoke("predict", trained_run, good, bad, other, "--json")
+    assert result.exit_code == 2  # not every picture was answered
+    report = json.loads(result.stdout)
+    assert [r["file"] for r in report] == [str(good), str(bad), str(other)]
+    assert "error" not in report[0] and "error" not in report[2]
+    assert report[1]["error"].startswith(f"{bad}: not an image Pillow can read")
+    from mnistctl.export import Predictor
+    from mnistctl.images import read_image_file
+
+    exact = Predictor(trained_run).predict(np.stack([read_image_file(good), read_image_file(other)]))[0]
+    assert report[0]["probabilities"] == [float(p) for p in exact]  # as computed, not rounded
+    result = invoke("predict", trained_run, good, bad)
+    assert result.exit_code == 2
+    assert f"{good}: " in result.stdout and f"error: {bad}: not an image" in result.stderr
+
+
+def test_the_request_log_has_one_line_per_request_with_its_status(server):
+    import asyncio
+
+    from mnistctl.serve import create_app
+
+    _, predictor = server
+    lines: list[str] = []
+    app = create_app(predictor, batching=None, log=lines.append)
+
+    async def call(method: str, path: str, body: bytes = b"") -> None:
+        scope = {
+            "type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
+            "headers": [(b"content-type", b"application/json")], "query_string": b"",
+            "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+        }  # fmt: skip
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    asyncio.run(call("GET", "/healthz"))
+    asyncio.run(call("POST", "/v1/models/mnist:predict", b"{not json"))
+    assert [line.rsplit(" ", 2)[0] for line in lines] == [
+        "GET /healthz 200",
+        "POST /v1/models/mnist:predict 400",
+    ]
+    assert all(line.endswith(" ms") for line in lines)

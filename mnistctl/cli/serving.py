@@ -67,27 +67,40 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     """
     import numpy as np
 
-    from mnistctl.images import read_image_file
-
-    inputs = [read_image_file(path) for path in images]  # every file is checked before the model loads
     from mnistctl.checkpoints import check_model_source
+    from mnistctl.images import ImageError, read_image_file
 
-    check_model_source(source)
-    with loading_tensorflow():
-        from mnistctl.export import Predictor
+    inputs: dict[Path, np.ndarray] = {}
+    problems: dict[Path, str] = {}
+    for path in images:  # every file is read before the model loads; a bad one is reported alone
+        try:
+            inputs[path] = read_image_file(path)
+        except ImageError as error:
+            problems[path] = str(error)
+    results: dict[Path, dict] = {}
+    if inputs:  # with no picture to classify, the model is not even looked at
+        check_model_source(source)
+        with loading_tensorflow():
+            from mnistctl.export import Predictor
 
-    predictor = Predictor(source)
-    results = predictor.labelled(predictor.predict(np.stack(inputs)))
-    results = [{"file": str(path), **result} for path, result in zip(images, results, strict=True)]
+        predictor = Predictor(source)
+        rows = predictor.labelled(predictor.predict(np.stack(list(inputs.values()))))
+        results = dict(zip(inputs, rows, strict=True))
     if as_json:
-        click.echo(json.dumps(results, indent=2))
-        return
-    classes = predictor.classes
-    for r in results:
-        top = max(r["probabilities"])
-        ranked = sorted(range(len(classes)), key=lambda i: -r["probabilities"][i])[1:3]
-        others = ", ".join(f"{classes[i]} {r['probabilities'][i]:.1%}" for i in ranked)
-        out.print(f"{r['file']}: [bold]{r['label']}[/] ({top:.1%}; then {others})")
+        report = [{"file": str(path), **results.get(path, {"error": problems.get(path)})} for path in images]
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for path in images:
+            if path in problems:
+                err.print(f"[bold red]error:[/] {escape(problems[path])}", soft_wrap=True)
+                continue
+            r, classes = results[path], predictor.classes
+            top = max(r["probabilities"])
+            ranked = sorted(range(len(classes)), key=lambda i: -r["probabilities"][i])[1:3]
+            others = ", ".join(f"{classes[i]} {r['probabilities'][i]:.1%}" for i in ranked)
+            out.print(f"{escape(str(path))}: [bold]{r['label']}[/] ({top:.1%}; then {others})")
+    if problems:
+        raise SystemExit(2)  # the others were answered; the exit code says not all were
 
 
 @main.command()
@@ -116,7 +129,10 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     help="Processes serving side by side, each with its own copy of the model (more requests per "
     "second on several cores, that many times the memory).",
 )
-def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: float, workers: int) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No line per request (on a terminal there is one).")
+def serve(
+    source: Path, host: str, port: int, max_batch: int, batch_wait_ms: float, workers: int, quiet: bool
+) -> None:
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
     from mnistctl.checkpoints import check_model_source
@@ -130,6 +146,7 @@ def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: flo
     check_model_source(source)  # a wrong path is one line at once, before TensorFlow loads
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
     batching = Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms)
+    log = None if quiet or not out.is_terminal else lambda line: out.print(escape(line), highlight=False)
     if workers > 1:  # TensorFlow loads in each process, after the fork
         where = f"http://{host}:{port}/"
         out.print(f"serving {escape(str(source))} on {where} from {workers} processes  (Ctrl-C stops)")
@@ -140,7 +157,7 @@ def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: flo
 
             return Predictor(source)
 
-        serve_forked(load, sock, batching, workers)
+        serve_forked(load, sock, batching, workers, log)
         return
     with loading_tensorflow():
         from mnistctl.export import Predictor
@@ -148,7 +165,7 @@ def serve(source: Path, host: str, port: int, max_batch: int, batch_wait_ms: flo
     predictor = Predictor(source)
     out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")
     _announce_routes(host, port, max_batch)
-    run_server(predictor, sock, batching)
+    run_server(predictor, sock, batching, log)
 
 
 def _announce_routes(host: str, port: int, max_batch: int) -> None:

@@ -33,6 +33,13 @@ def sparkline(values: list[float], width: int = 16) -> str:
     return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
 
 
+def run_label(directory: str) -> str:
+    """A run's name as the user gave it (``--name``, or the config's): its directory's name
+    without the time stamp in front (``20261129T150746Z-name``)."""
+    stamp, dash, name = directory.partition("-")
+    return name if dash and len(stamp) == 16 and stamp[8] == "T" and stamp.endswith("Z") else directory
+
+
 class ProgressView(Hook):
     """A live progress bar with the latest metrics and sparklines, or one line per evaluation
     when the output is not a terminal (CI, pipes). ``quiet`` silences both."""
@@ -59,7 +66,7 @@ class ProgressView(Hook):
             console=self.console,
         )
         self.task = self.progress.add_task(
-            ctx.experiment.name,
+            run_label(ctx.run_dir.name) if ctx.run_dir else ctx.experiment.name,
             total=ctx.total_steps,
             completed=ctx.step,
             lr=ctx.experiment.schedule(ctx.step),
