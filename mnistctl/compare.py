@@ -19,6 +19,7 @@ import yaml
 
 from mnistctl.config import flatten
 from mnistctl.errors import MnistctlError
+from mnistctl.files import version
 from mnistctl.hooks import max_test_accuracy
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import CONFIG_FILE, METRICS_FILE, Run
@@ -43,17 +44,13 @@ TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
 
 def _config_items(run: Run) -> dict[str, Any]:
     path = run.path / CONFIG_FILE
-    try:
-        stat = path.stat()
-        changed = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    except OSError:
-        return {}
-    return dict(_flat_config(path, changed))
+    written = version(path)
+    return dict(_flat_config(path, written)) if written else {}
 
 
 @functools.lru_cache(maxsize=512)
-def _flat_config(path: Path, changed: tuple[int, int, int]) -> dict[str, Any]:
-    """A run's config.yaml as flat keys, read once for each time it was written (``changed``)."""
+def _flat_config(path: Path, written: tuple[int, int, int]) -> dict[str, Any]:
+    """A run's config.yaml as flat keys, read once for each time it was written (``files.version``)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

@@ -39,3 +39,13 @@ def write_in_place(path: Path, data: bytes | str) -> None:
         f.truncate()
         f.flush()
         os.fsync(f.fileno())
+
+
+def version(path: Path) -> tuple[int, int, int] | None:
+    """Which write of ``path`` this is (its mtime, size and inode; None when it cannot be read):
+    a key for caching what was parsed from it, since an atomic rewrite changes the inode."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)

@@ -36,7 +36,7 @@ from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
-from mnistctl.files import write_atomic, write_in_place
+from mnistctl.files import version, write_atomic, write_in_place
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
 
 CONFIG_FILE = "config.yaml"
@@ -241,12 +241,7 @@ class Run:
         """The resolved config this run was trained with (parsed once; no machine checks)."""
         if self._experiment is None:
             path = self.path / CONFIG_FILE
-            try:
-                stat = path.stat()
-                changed = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            except OSError:
-                changed = None  # read_yaml says what is wrong
-            self._experiment = _parsed_config(path, changed)
+            self._experiment = _parsed_config(path, version(path))  # None: read_yaml says what is wrong
         return self._experiment
 
     @property
@@ -275,9 +270,9 @@ def _alive(record: RunRecord) -> bool:
 
 
 @functools.lru_cache(maxsize=512)
-def _parsed_config(path: Path, changed: tuple[int, int, int] | None) -> Experiment:
-    """A run's config.yaml, parsed once for each time it was written (``changed``: its mtime, size and inode):
-    a folder of runs watched live is listed every second."""
+def _parsed_config(path: Path, written: tuple[int, int, int] | None) -> Experiment:
+    """A run's config.yaml, parsed once for each time it was written (``files.version``): a
+    folder of runs watched live is listed every second."""
     try:
         raw = read_yaml(path)
     except ConfigError as err:

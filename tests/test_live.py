@@ -22,9 +22,8 @@ from mnistctl.data import load_experiment_data
 from mnistctl.live import create_live_app, run_state, run_summary
 from mnistctl.runs import load_run
 
-from .conftest import CONFIGS, headless_chromium
+from .conftest import CONFIGS, free_port, headless_chromium, wait_for
 from .test_runs import OLD_RUN
-from .test_serve import free_port
 
 
 def get(url: str) -> tuple[int, dict | str]:
@@ -38,18 +37,6 @@ def get(url: str) -> tuple[int, dict | str]:
         return status, json.loads(body)
     except ValueError:
         return status, body
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer")
 
 
 def test_the_state_of_a_run_holds_its_rows_bands_and_latest_digits(trained_run):

@@ -26,7 +26,7 @@ from mnistctl.cli import main
 from mnistctl.data import load_dataset
 from mnistctl.images import ImageError, preprocess
 
-from .conftest import CONFIGS, headless_chromium
+from .conftest import CONFIGS, free_port, headless_chromium, wait_for
 
 
 def invoke(*args):
@@ -147,12 +147,6 @@ def test_bad_pictures(tmp_path, data, message):
 
 
 # -- the server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -619,18 +613,6 @@ def test_a_model_that_is_not_there_is_one_line_before_tensorflow_loads(tmp_path,
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: no such run directory or checkpoint"
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the server did not answer")
-
-
 def children_of(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in found.stdout.split()]
@@ -644,7 +626,7 @@ def test_workers_serve_side_by_side_and_stop_together(exported, server, test_dig
     process = subprocess.Popen([*command, "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, process)
+        wait_for(url + "/healthz", process)
         workers = children_of(process.pid)
         assert len(workers) == 2
         batch = (images[:24].astype(np.float32) / 255.0)[..., None]
