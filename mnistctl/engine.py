@@ -304,7 +304,7 @@ def run_sweep(
     # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
     statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
     interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
-    _mark_stopped(sweep_dir, {trial for trial, status in statuses.items() if status == "TERMINATED"})
+    _mark_ended(sweep_dir, statuses)
     trials = write_trials(sweep_dir)
     best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
     if best is not None:
@@ -419,19 +419,25 @@ def _scheduler(sweep: Sweep) -> Any:
     )
 
 
-def _mark_stopped(sweep_dir: Path, finished: set[str]) -> None:
-    """Trials that Tune ended without error before their last step were stopped early (their
-    process is gone, so their records may still claim it): say so, for compare and resume."""
+def _mark_ended(sweep_dir: Path, statuses: dict[str, str]) -> None:
+    """Say in each trial's run.json how Tune left it, which the trial cannot tell: ``stopped``
+    for one that Tune ended without error before its last step (a scheduler's decision), and
+    ``interrupted`` for one still under way when the sweep was (Tune stops it as a scheduler
+    would, or its worker dies with the driver). ``compare`` and ``--resume`` read them."""
     for run in find_runs([sweep_dir]):
-        record = run.record
-        if record.trial not in finished or record.status.finished:
+        status = statuses.get(run.record.trial)
+        if status in (None, "ERROR") or run.record.status.finished:
             continue
         deadline = time.time() + 10
         while run.status.claimed and time.time() < deadline:  # wait for the process to exit
             time.sleep(0.2)
             run = load_run(run.path)
-        if not run.record.status.finished:
+        if run.record.status.finished:
+            continue
+        if status == "TERMINATED":
             run.update(status=Status.STOPPED)
+        elif run.record.status is Status.STOPPED or run.status is Status.CRASHED:
+            run.update(status=Status.INTERRUPTED)  # Tune stopped it because the sweep was
 
 
 def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:

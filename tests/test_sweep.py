@@ -202,6 +202,8 @@ def test_an_interrupted_sweep_continues_where_it_stopped(mnist_cache, tmp_path):
     first = sweep_dir / "trial-00000"
     finished_files = {p: p.read_bytes() for p in (first / "metrics.csv", first / "run.json")}
     assert load_run(first).record.status is Status.COMPLETED
+    second = load_run(sweep_dir / "trial-00001")  # its worker killed by Tune: said so, not "crashed"
+    assert second.record.status is Status.INTERRUPTED and second.status is Status.INTERRUPTED
 
     run_sweep_process("--resume", str(sweep_dir))
     rows = trials_csv(sweep_dir)
