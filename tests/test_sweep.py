@@ -90,6 +90,20 @@ def test_a_good_sweep_file_resolves(tmp_path):
     assert sweep.experiment({"schedule.lr0": 0.005, "model.layers[1].dropout": 0.25}).schedule.lr0 == 0.005
 
 
+def test_validate_checks_a_sweep_file_as_sweep_does(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    last = " ".join(result.output.split())  # rich wraps long lines
+    assert "sweep s: 4 trials of the config above, schedule.lr0: loguniform [0.001, 0.01];" in last
+    assert "60 steps of" in last  # the base config with the file's set:
+    path.write_text(GOOD.replace("{choice: [0.0, 0.25]}", "{choice: [0.0, 1.5]}"))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    message = "space.model.layers[1].dropout=1.5: model.layers[1].dropout"
+    assert result.exit_code == 2 and message in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

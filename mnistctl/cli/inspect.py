@@ -27,10 +27,21 @@ from mnistctl.errors import MnistctlError
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG and show its layers, output shapes and parameter counts (no TensorFlow)."""
-    from mnistctl.config import check_machine, infer_shapes, load_config
+    """Check CONFIG and show its layers, output shapes and parameter counts (no TensorFlow).
 
-    exp = load_config(config, overrides)
+    A sweep file is checked as ``sweep`` would check it: its base config with the file's
+    ``set:``, and every bound of its search space."""
+    from mnistctl.config import check_machine, infer_shapes, load_config
+    from mnistctl.config.overrides import read_mapping
+
+    sweep = None
+    if "base" in read_mapping(config):
+        from mnistctl.sweep import load_sweep
+
+        sweep = load_sweep(config, overrides)
+        exp = sweep.base
+    else:
+        exp = load_config(config, overrides)
     check_machine(exp, str(config))
     table = Table(title=f"{exp.name}: {exp.description}", title_justify="left")
     for column in ("#", "layer", "output", "parameters"):
@@ -44,6 +55,12 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
         f"{sum(s.params for s in shapes):,} parameters{averaged}; optimizer {exp.optimizer.tag}, schedule "
         f"{exp.schedule.tag}, {exp.train.steps} steps of {exp.train.batch_size} on {exp.data.dataset}: valid"
     )
+    if sweep is not None:
+        trials = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
+        space = "; ".join(f"{key}: {escape(domain.describe())}" for key, domain in sweep.space.items())
+        out.print(
+            f"sweep {sweep.name}: {trials} of the config above, {space}; ranked by {sweep.spec.metric}: valid"
+        )
 
 
 @main.command("eval")
