@@ -1,18 +1,21 @@
-"""An ensemble record chosen without looking at the test set, from a finished sweep of members.
+"""An ensemble record chosen without looking at the test set, from finished sweeps of members.
 
     mnistctl sweep configs/sweeps/record_ensemble.yaml --max-concurrent 2   # the members (resumable:
                                                                            # --resume runs/record_ensemble)
     python benchmarks/ensemble_record.py runs/record_ensemble               # choose, then test once
+    python benchmarks/ensemble_record.py runs/A runs/B --name AB --choose-by loss   # a pool of sweeps
 
 1. Every finished member is evaluated on the validation hold-out (the last 5,000 training
-   images, which no member trained on) and ranked by its own validation accuracy.
-2. The number of members is the n whose first-n average is most accurate on validation
-   (ties: the lower validation loss) - ``mnistctl.ensemble.choose_size``.
+   images, which no member trained on) and ranked by its own validation accuracy (ties: the
+   lower loss), or by its validation loss with ``--choose-by loss``.
+2. The number of members is the n whose first-n average is best on validation by the same
+   measure - ``mnistctl.ensemble.choose_size``.
 3. Only then is the test set read: once, for the chosen ensemble; each member's test accuracy
    at its validation-selected checkpoint is reported beside it, never used.
 
-Writes the result under the sweep's name in docs/ensembles.json; ``mnistctl reproduce`` (and
-this script) rebuild docs/RESULTS.md, whose "Ensembles" section shows it.
+Writes the result under the sweep's name (or ``--name``) in docs/ensembles.json;
+``mnistctl reproduce`` (and this script) rebuild docs/RESULTS.md, whose "Ensembles" section
+shows it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnistctl.ensemble import choose_size, members_of  # noqa: E402
+from mnistctl.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
 from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
 from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
 from mnistctl.runs import cpu_model  # noqa: E402
@@ -38,28 +41,35 @@ def _seconds(text: str | None) -> float | None:
     return dt.datetime.fromisoformat(text).timestamp() if text else None
 
 
-def record(sweep_dir: Path, data_dir: Path | None = None) -> dict:
+def record(
+    sweep_dirs: list[Path] | Path, data_dir: Path | None = None, name: str | None = None, by: str = "accuracy"
+) -> dict:
+    sweep_dirs = [sweep_dirs] if isinstance(sweep_dirs, Path) else sweep_dirs
     started = time.perf_counter()
-    members = members_of([sweep_dir], split="validation", log=print)
+    members = members_of(sweep_dirs, split="validation", log=print)
     validation = evaluate_ensemble(members, data_dir=data_dir, split="validation")
-    order = sorted(
-        range(len(members)),
-        key=lambda i: (-validation.members[i].test_accuracy, validation.members[i].test_loss),
-    )
+    scores = validation.members
+    if by == "loss":
+        order = sorted(range(len(members)), key=lambda i: scores[i].test_loss)
+    else:
+        order = sorted(range(len(members)), key=lambda i: (-scores[i].test_accuracy, scores[i].test_loss))
     labels = validation.ensemble.labels
-    size, curve = choose_size([validation.members[i].probabilities for i in order], labels)
+    size, curve, losses = choose_size([scores[i].probabilities for i in order], labels, by=by)
     chosen = [members[i] for i in order[:size]]
     test = evaluate_ensemble(chosen, data_dir=data_dir, split="test")  # the one look at the test set
 
+    several = len(sweep_dirs) > 1
     rows = []
     for rank, i in enumerate(order):
         run = members[i].run
         rows.append(
             {
-                "run": run.name,
+                "run": f"{run.path.parent.name}/{run.name}" if several else run.name,
+                "config": members[i].experiment.name,
                 "seed": members[i].experiment.train.seed,
-                "step": validation.members[i].step,
-                "validation_accuracy": round(validation.members[i].test_accuracy, 4),
+                "step": scores[i].step,
+                "validation_accuracy": round(scores[i].test_accuracy, 4),
+                "validation_loss": round(scores[i].test_loss, 4),
                 "test_accuracy": run.record.best_test_accuracy,  # at the validation-chosen step
                 "chosen": rank < size,
                 "wall_s": run.record.wall_s,
@@ -69,14 +79,18 @@ def record(sweep_dir: Path, data_dir: Path | None = None) -> dict:
     ends = [_seconds(m.run.record.ended_at) for m in members]
     singles = [r["test_accuracy"] for r in rows]
     first = members[0].experiment
+    configs = list(dict.fromkeys(r["config"] for r in rows))
     return {
-        "sweep": sweep_dir.name,
-        "config": first.name,
+        "sweep": name or "+".join(d.name for d in sweep_dirs),
+        "sweeps": [d.name for d in sweep_dirs],
+        "config": ", ".join(configs),
+        "choose_by": by,
         "dataset": first.data.dataset,
         "train_images": 60000 - (first.data.validation or 0),
         "validation_images": len(labels),
         "members": rows,
         "validation_accuracy_by_size": [round(a, 4) for a in curve],
+        "validation_loss_by_size": [round(v, 4) for v in losses],
         "chosen_size": size,
         "ensemble_validation_accuracy": round(curve[size - 1], 4),
         "ensemble_test_accuracy": round(test.ensemble.test_accuracy, 4),
@@ -93,11 +107,15 @@ def record(sweep_dir: Path, data_dir: Path | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR")
+    parser.add_argument("--name", help="the record's name in docs/ensembles.json (default: the sweeps')")
+    parser.add_argument(
+        "--choose-by", choices=CHOOSE_BY, default="accuracy", help="rank members and choose their number by"
+    )
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
-    result = record(args.sweep_dir, args.data_dir)
+    result = record(args.sweep_dirs, args.data_dir, args.name, args.choose_by)
     path = args.docs / ENSEMBLES
     known = json.loads(path.read_text()) if path.is_file() else {}
     known[result["sweep"]] = result

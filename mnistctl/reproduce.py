@@ -468,9 +468,10 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
         "",
         "Soft voting (the mean of the members' probabilities, `mnistctl eval RUN RUN ...`). Each",
         "member trains with the last 5,000 training images held out; members are ranked, and their",
-        "number chosen, on that hold-out alone; the test set is read once, for the chosen ensemble",
-        "(`benchmarks/ensemble_record.py`). *Single* is the members' own test accuracy at their",
-        "validation-chosen checkpoints, mean ± standard deviation.",
+        "number chosen, on that hold-out alone (by accuracy, or by log loss where it says so); the",
+        "test set is read once, for the chosen ensemble (`benchmarks/ensemble_record.py`). *Single*",
+        "is the members' own test accuracy at their validation-chosen checkpoints, mean ± standard",
+        "deviation.",
         "",
         "| sweep | dataset | members (chosen of trained) | validation accuracy | **test accuracy** "
         "| single: test accuracy | training (sum / wall) | machine |",
@@ -486,16 +487,28 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
             f"| {e['machine']}, {e['measured']} |"
         )
     for e in ensembles.values():
+        by = e.get("choose_by", "accuracy")
+        mixed = "," in e["config"]
         lines += [
             "",
-            f"`{e['sweep']}`: validation accuracy of the best n members averaged, n = 1, 2, ...: "
+            f"`{e['sweep']}`: members ranked by validation {'log loss' if by == 'loss' else 'accuracy'}; "
+            "validation accuracy of the first n averaged, n = 1, 2, ...: "
             + ", ".join(f"{a:.4f}" for a in e["validation_accuracy_by_size"])
-            + ".",
+            + (
+                "; validation log loss: " + ", ".join(f"{v:.4f}" for v in e["validation_loss_by_size"])
+                if "validation_loss_by_size" in e
+                else ""
+            )
+            + f"; {e['chosen_size']} chosen by the {'lowest loss' if by == 'loss' else 'highest accuracy'}.",
             "",
-            "| member | seed | validation accuracy | test accuracy | chosen | wall time |",
-            "|---|---|---|---|---|---|",
+            "| member |"
+            + (" config |" if mixed else "")
+            + " seed | validation accuracy | test accuracy | chosen "
+            "| wall time |",
+            "|---|" + ("---|" if mixed else "") + "---|---|---|---|---|",
             *(
-                f"| {m['run']} | {m['seed']} | {m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} "
+                f"| {m['run']} |" + (f" `{m['config']}` |" if mixed else "") + f" {m['seed']} "
+                f"| {m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} "
                 f"| {'yes' if m['chosen'] else 'no'} | {m['wall_s']:.0f} s |"
                 for m in e["members"]
             ),

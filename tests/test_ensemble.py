@@ -204,11 +204,31 @@ def test_choose_size_takes_the_most_accurate_prefix_and_breaks_ties_by_loss():
     a = probs([0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.0, 0.4], [0.9, 0.05, 0.05])  # 3 of 4
     b = probs([0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9], [0.1, 0.9, 0.0])  # 3 of 4
     c = probs([0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])  # 0 of 4
-    size, curve = choose_size([a, b, c], labels)
+    size, curve, losses = choose_size([a, b, c], labels)
     # a alone 3/4; a+b: image 2 becomes right (0.3 vs 0.65) and image 3 stays (0.5 vs 0.475): 4/4
     assert curve == [0.75, 1.0, 0.5] and size == 2  # c then outvotes them on images 2 and 3
-    size, curve = choose_size([a, a], labels)  # equal accuracy and loss: the fewer members
+    size, curve, _ = choose_size([a, a], labels)  # equal accuracy and loss: the fewer members
     assert curve == [0.75, 0.75] and size == 1
+    # The losses by hand: -mean(log p(true label)) of each first-n average
+    by_hand = [
+        -np.mean(np.log([0.9, 0.8, 0.4, 0.9])),
+        -np.mean(np.log([0.85, 0.85, 0.65, 0.5])),
+        -np.mean(np.log([0.85 * 2 / 3, (0.85 * 2) / 3, 0.65 * 2 / 3, 0.5 * 2 / 3])),
+    ]
+    assert np.allclose(losses, by_hand, atol=1e-6)
+
+
+def test_choose_size_by_loss_follows_the_loss_where_accuracy_would_follow_one_image():
+    from mnistctl.ensemble import choose_size
+
+    labels = np.array([0, 0, 0])
+    hesitant = np.array([[0.51, 0.49]] * 3, dtype=np.float32)  # all right, barely
+    sure = np.array([[0.99, 0.01], [0.99, 0.01], [0.3, 0.7]], dtype=np.float32)  # one wrong
+    # together: (0.75, 0.75, 0.405) on the true class - one image wrong, a much lower loss
+    size, curve, losses = choose_size([hesitant, sure], labels, by="loss")
+    assert size == 2 and np.allclose(curve, [1.0, 2 / 3])
+    assert np.allclose(losses, [-np.log(0.51), -np.mean(np.log([0.75, 0.75, 0.405]))], atol=1e-6)
+    assert choose_size([hesitant, sure], labels, by="accuracy")[0] == 1
 
 
 def test_the_record_script_chooses_on_validation_and_writes_the_results_section(runs, tmp_path):
@@ -233,6 +253,12 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
     if len(chosen) > 1:  # the test accuracy is that of the chosen members, averaged
         test = evaluate_ensemble(members_of([runs / name for name in chosen])).ensemble.test_accuracy
         assert result["ensemble_test_accuracy"] == round(test, 4)
+
+    by_loss = script.record([runs], name="by-loss", by="loss")  # the other rule, same members
+    losses = [m["validation_loss"] for m in by_loss["members"]]
+    assert losses == sorted(losses) and by_loss["sweep"] == "by-loss" and by_loss["choose_by"] == "loss"
+    curve = by_loss["validation_loss_by_size"]
+    assert curve[by_loss["chosen_size"] - 1] == min(curve)  # (rounded to 4 places)
 
     from mnistctl.reproduce import ENSEMBLES, _ensembles_markdown
 
