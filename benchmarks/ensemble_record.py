@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from mnistctl.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
 from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
+from mnistctl.metrics import read_metrics, training_time  # noqa: E402
 from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
-from mnistctl.runs import cpu_model  # noqa: E402
+from mnistctl.runs import METRICS_FILE, cpu_model  # noqa: E402
 
 
 def _seconds(text: str | None) -> float | None:
@@ -72,10 +73,11 @@ def record(
                 "validation_loss": round(scores[i].test_loss, 4),
                 "test_accuracy": run.record.best_test_accuracy,  # at the validation-chosen step
                 "chosen": rank < size,
-                "wall_s": run.record.wall_s,
+                "wall_s": training_time(read_metrics(run.path / METRICS_FILE)),
             }
         )
     starts = [_seconds(m.run.record.started_at) for m in members]
+    resumed = any(m.run.record.resumes for m in members)
     ends = [_seconds(m.run.record.ended_at) for m in members]
     singles = [r["test_accuracy"] for r in rows]
     first = members[0].experiment
@@ -98,7 +100,10 @@ def record(
         "single_test_accuracy_mean": round(statistics.mean(singles), 4),
         "single_test_accuracy_std": round(statistics.stdev(singles), 4) if len(singles) > 1 else 0.0,
         "training_s_sum": round(sum(r["wall_s"] or 0 for r in rows)),
-        "training_s_wall": round(max(ends) - min(starts)) if None not in starts + ends else None,
+        # first start to last end; not known for a sweep resumed across sittings (the gaps)
+        "training_s_wall": round(max(ends) - min(starts))
+        if None not in starts + ends and not resumed
+        else None,
         "choose_and_test_s": round(time.perf_counter() - started),
         "machine": f"{cpu_model()}, {members[0].run.record.machine.get('cores', '?')} cores",
         "measured": dt.date.today().isoformat(),

@@ -122,7 +122,9 @@ def fit(
             began.append(hook)  # a begin that fails half-way still gets its end
             hook.begin(ctx)
         window = _Window()
-        started = time.perf_counter()
+        # A resumed run's clock goes on from its last kept evaluation: elapsed_s is the time
+        # its kept progress took, whatever was lost to a crash or spent between sittings.
+        started = time.perf_counter() - (ctx.history[-1].elapsed_s if ctx.history else 0.0)
         for step in range(ctx.start_step, ctx.total_steps):
             t0 = time.perf_counter()
             idx = order.indices(step)

@@ -75,6 +75,19 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     return rows
 
 
+def training_time(rows: list[dict[str, float]]) -> float:
+    """Seconds of training behind a run's evaluations (evaluations included), over all the
+    processes that trained it. A resumed run's clock (``elapsed_s``) goes on from its last kept
+    evaluation; in runs from before 2026-11-29 each process started it again at zero, which is
+    added up here."""
+    total, previous = 0.0, 0.0
+    for row in rows:
+        if row["elapsed_s"] < previous:
+            total += previous
+        previous = row["elapsed_s"]
+    return total + previous
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the rows up to ``step`` (and drop a torn last line), atomically.
 

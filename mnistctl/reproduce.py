@@ -483,8 +483,13 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
             f"| {e['chosen_size']} of {len(e['members'])} "
             f"| {e['ensemble_validation_accuracy']:.4f} | **{e['ensemble_test_accuracy']:.4f}** "
             f"| {e['single_test_accuracy_mean']:.4f} ± {e['single_test_accuracy_std']:.4f} "
-            f"| {e['training_s_sum'] / 3600:.1f} h / {(e['training_s_wall'] or 0) / 3600:.1f} h "
-            f"| {e['machine']}, {e['measured']} |"
+            f"| {e['training_s_sum'] / 3600:.1f} h / "
+            + (
+                f"{e['training_s_wall'] / 3600:.1f} h "
+                if e["training_s_wall"]
+                else "- (resumed across sittings) "
+            )
+            + f"| {e['machine']}, {e['measured']} |"
         )
     for e in ensembles.values():
         by = e.get("choose_by", "accuracy")

@@ -491,8 +491,11 @@ class RunRecorder(Hook):
         self._beat = 0.0
 
     def begin(self, ctx: TrainContext) -> None:
-        self._started = time.time()
-        self._beat = self._started
+        # wall_s adds up every process that trained the run (a resumed one goes on from the
+        # earlier ones' total), and is kept current with the heartbeat, so a crash loses little.
+        before = (self.run.record.wall_s or 0.0) if ctx.start_step else 0.0
+        self._started = time.time() - before
+        self._beat = time.time()
         self.run.update(
             status=Status.RUNNING,
             started_at=utc_now(),
@@ -507,12 +510,13 @@ class RunRecorder(Hook):
         now = time.time()
         if now - self._beat > HEARTBEAT_S:  # checked every step; written rarely
             self._beat = now
-            self.run.update(steps_done=ctx.step)
+            self.run.update(steps_done=ctx.step, wall_s=now - self._started)
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         self._beat = time.time()
         self.run.update(
             steps_done=ctx.step,
+            wall_s=self._beat - self._started,
             peak_rss_mb=peak_rss_mb(),
             selected_by="validation" if ctx.experiment.data.validation else "test",
             final=record,

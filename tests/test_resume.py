@@ -125,6 +125,10 @@ def test_signal_checkpoints_and_prints_the_resume_command(uninterrupted, tmp_pat
     assert (run / "checkpoints" / "latest" / f"model-{stopped}.index").is_file()
     assert invoke("train", "--resume", run, "--quiet").exit_code == 0
     assert results(run) == results(uninterrupted)
+    resumed = meta(run)  # the time adds up over both processes, and the curves' clock goes on
+    assert resumed["wall_s"] >= info["wall_s"] + resumed["timing"]["train_s"]
+    elapsed = [float(row["elapsed_s"]) for row in metrics(run)]
+    assert elapsed == sorted(elapsed), elapsed
 
 
 def test_completed_run_is_extended_with_more_steps(uninterrupted, tmp_path):

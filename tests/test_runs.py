@@ -155,3 +155,14 @@ def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, run, args, message):
     assert runs / run in [Path(word.rstrip(":")).parent for word in line.split()], line  # names the file
     assert line.startswith("error: ") and message in line, line
     assert (runs / run / "run.json").read_bytes() == before  # nothing changed
+
+
+def test_training_time_adds_up_the_processes_of_a_resumed_run():
+    from mnistctl.metrics import training_time
+
+    def rows(*elapsed):
+        return [{"step": 10.0 * (i + 1), "elapsed_s": e} for i, e in enumerate(elapsed)]
+
+    assert training_time(rows(5.0, 10.0, 15.0)) == 15.0  # one process, or a clock that went on
+    assert training_time(rows(5.0, 10.0, 4.0, 9.0)) == 19.0  # an older run: the clock restarted
+    assert training_time([]) == 0.0
