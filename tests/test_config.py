@@ -39,6 +39,11 @@ EXPECTED_PARAMETERS = {
     + 10
     + 3 * (24 + 48 + 64 + 200),
     "record": (25 * 32 + 25 * 32 * 48 + 16 * 48 * 64 + 3136 * 200 + 200 * 10) + 10 + 3 * (32 + 48 + 64 + 200),
+    # valid 3x3 convolutions: 28 -> 26 -> 24, stride 2 -> 12, 10, 8, stride 2 -> 4: 4 * 4 * 64 into the dense
+    "record_pairs": (9 * 32 + 9 * 32 * 32 + 25 * 32 * 32 + 9 * 32 * 64 + 9 * 64 * 64 + 25 * 64 * 64)
+    + (1024 * 128 + 128 * 10)
+    + 10
+    + 3 * (3 * 32 + 3 * 64 + 128),
     # conv weights (no biases under batch norm), then offsets and two moving statistics per channel
     "speedrun": (16 * 16 + 9 * 16 * 32 + 1568 * 128 + 128 * 10) + 10 + 3 * (16 + 32 + 128),
     "tiny": (9 * 4 + 4) + (14 * 14 * 4 * 16 + 16) + (16 * 10 + 10),
