@@ -42,6 +42,34 @@ def _seconds(text: str | None) -> float | None:
     return dt.datetime.fromisoformat(text).timestamp() if text else None
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return round(statistics.mean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+
+
+def _single_models(rows: list[dict]) -> list[dict]:
+    """Each config of the pool as a single model: its members' mean validation accuracy, which
+    alone chooses the config (``chosen``), and beside it their mean test accuracy."""
+    configs = []
+    for name in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == name]
+        validation, validation_std = _mean_std([r["validation_accuracy"] for r in mine])
+        test, test_std = _mean_std([r["test_accuracy"] for r in mine])
+        configs.append(
+            {
+                "config": name,
+                "members": len(mine),
+                "validation_accuracy_mean": validation,
+                "validation_accuracy_std": validation_std,
+                "test_accuracy_mean": test,
+                "test_accuracy_std": test_std,
+            }
+        )
+    best = max(configs, key=lambda c: c["validation_accuracy_mean"])
+    for c in configs:
+        c["chosen"] = c is best
+    return configs
+
+
 def record(
     sweep_dirs: list[Path] | Path, data_dir: Path | None = None, name: str | None = None, by: str = "accuracy"
 ) -> dict:
@@ -79,7 +107,8 @@ def record(
     starts = [_seconds(m.run.record.started_at) for m in members]
     resumed = any(m.run.record.resumes for m in members)
     ends = [_seconds(m.run.record.ended_at) for m in members]
-    singles = [r["test_accuracy"] for r in rows]
+    single_mean, single_std = _mean_std([r["test_accuracy"] for r in rows])
+    by_config = _single_models(rows)
     first = members[0].experiment
     configs = list(dict.fromkeys(r["config"] for r in rows))
     return {
@@ -97,8 +126,9 @@ def record(
         "ensemble_validation_accuracy": round(curve[size - 1], 4),
         "ensemble_test_accuracy": round(test.ensemble.test_accuracy, 4),
         "ensemble_test_loss": round(test.ensemble.test_loss, 4),
-        "single_test_accuracy_mean": round(statistics.mean(singles), 4),
-        "single_test_accuracy_std": round(statistics.stdev(singles), 4) if len(singles) > 1 else 0.0,
+        "single_test_accuracy_mean": single_mean,
+        "single_test_accuracy_std": single_std,
+        "single_models": by_config,
         "training_s_sum": round(sum(r["wall_s"] or 0 for r in rows)),
         # first start to last end; not known for a sweep resumed across sittings (the gaps)
         "training_s_wall": round(max(ends) - min(starts))

@@ -505,6 +505,7 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
                 else ""
             )
             + f"; {e['chosen_size']} chosen by the {'lowest loss' if by == 'loss' else 'highest accuracy'}.",
+            *_single_models_markdown(e),
             "",
             "| member |"
             + (" config |" if mixed else "")
@@ -519,6 +520,27 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
             ),
         ]
     return lines
+
+
+def _single_models_markdown(ensemble: dict) -> list[str]:
+    """The single-model row of a pool of several configs: the one its validation chose."""
+    configs = ensemble.get("single_models", [])
+    if len(configs) < 2:
+        return []
+    chosen = next(c for c in configs if c["chosen"])
+    others = ", ".join(
+        f"`{c['config']}` {c['validation_accuracy_mean']:.4f} (test {c['test_accuracy_mean']:.4f})"
+        for c in configs
+        if not c["chosen"]
+    )
+    return [
+        "",
+        f"Single model, the config chosen on validation: `{chosen['config']}`, mean validation accuracy "
+        f"{chosen['validation_accuracy_mean']:.4f} ± {chosen['validation_accuracy_std']:.4f} over "
+        f"{chosen['members']} seeds, against {others}; its **test accuracy: "
+        f"{chosen['test_accuracy_mean']:.4f} ± {chosen['test_accuracy_std']:.4f}** "
+        f"(trained on {ensemble['train_images']:,} images).",
+    ]
 
 
 def _machines(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> str:

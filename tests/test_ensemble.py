@@ -265,3 +265,30 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
     (tmp_path / ENSEMBLES).write_text(json.dumps({result["sweep"]: result}))
     text = "\n".join(_ensembles_markdown({result["sweep"]: result}))
     assert f"**{result['ensemble_test_accuracy']:.4f}**" in text and "## Ensembles" in text
+
+
+def test_the_single_model_row_is_the_config_with_the_better_mean_validation_accuracy():
+    import importlib.util
+
+    from mnistctl.reproduce import _single_models_markdown
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "ensemble_record", ROOT / "benchmarks" / "ensemble_record.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = [  # b: better on validation, worse on test - validation chooses
+        {"config": "a", "validation_accuracy": 0.9960, "test_accuracy": 0.9970},
+        {"config": "b", "validation_accuracy": 0.9966, "test_accuracy": 0.9950},
+        {"config": "a", "validation_accuracy": 0.9962, "test_accuracy": 0.9968},
+        {"config": "b", "validation_accuracy": 0.9964, "test_accuracy": 0.9954},
+    ]
+    configs = script._single_models(rows)
+    assert [(c["config"], c["chosen"], c["members"]) for c in configs] == [("a", False, 2), ("b", True, 2)]
+    assert configs[1]["validation_accuracy_mean"] == 0.9965 and configs[1]["test_accuracy_mean"] == 0.9952
+    text = " ".join(_single_models_markdown({"single_models": configs, "train_images": 55000}))
+    assert "config chosen on validation: `b`, mean validation accuracy 0.9965 ± 0.0001 over 2 seeds" in text
+    assert "`a` 0.9961 (test 0.9969)" in text and "**test accuracy: 0.9952 ± 0.0003**" in text
+    assert _single_models_markdown({"single_models": configs[:1], "train_images": 55000}) == []
