@@ -70,6 +70,20 @@ def _single_models(rows: list[dict]) -> list[dict]:
     return configs
 
 
+def _wall(members: list) -> float | None:
+    """Each sweep's first start to its last end, added up over the sweeps of a pool (run at
+    different times); not known for a sweep resumed across sittings (the gaps between them)."""
+    total = 0.0
+    for sweep in dict.fromkeys(m.run.path.parent for m in members):
+        records = [m.run.record for m in members if m.run.path.parent == sweep]
+        starts = [_seconds(r.started_at) for r in records]
+        ends = [_seconds(r.ended_at) for r in records]
+        if None in starts + ends or any(r.resumes for r in records):
+            return None
+        total += max(ends) - min(starts)
+    return round(total)
+
+
 def record(
     sweep_dirs: list[Path] | Path, data_dir: Path | None = None, name: str | None = None, by: str = "accuracy"
 ) -> dict:
@@ -104,9 +118,6 @@ def record(
                 "wall_s": training_time(read_metrics(run.path / METRICS_FILE)),
             }
         )
-    starts = [_seconds(m.run.record.started_at) for m in members]
-    resumed = any(m.run.record.resumes for m in members)
-    ends = [_seconds(m.run.record.ended_at) for m in members]
     single_mean, single_std = _mean_std([r["test_accuracy"] for r in rows])
     by_config = _single_models(rows)
     first = members[0].experiment
@@ -130,10 +141,7 @@ def record(
         "single_test_accuracy_std": single_std,
         "single_models": by_config,
         "training_s_sum": round(sum(r["wall_s"] or 0 for r in rows)),
-        # first start to last end; not known for a sweep resumed across sittings (the gaps)
-        "training_s_wall": round(max(ends) - min(starts))
-        if None not in starts + ends and not resumed
-        else None,
+        "training_s_wall": _wall(members),
         "choose_and_test_s": round(time.perf_counter() - started),
         "machine": f"{cpu_model()}, {members[0].run.record.machine.get('cores', '?')} cores",
         "measured": dt.date.today().isoformat(),
@@ -147,13 +155,15 @@ def main() -> None:
     parser.add_argument(
         "--choose-by", choices=CHOOSE_BY, default="accuracy", help="rank members and choose their number by"
     )
+    parser.add_argument("--note", help="a sentence shown under the record in RESULTS.md (kept when rerun)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
     result = record(args.sweep_dirs, args.data_dir, args.name, args.choose_by)
     path = args.docs / ENSEMBLES
     known = json.loads(path.read_text()) if path.is_file() else {}
-    known[result["sweep"]] = result
+    note = args.note or known.get(result["sweep"], {}).get("note")
+    known[result["sweep"]] = {**result, **({"note": note} if note else {})}
     path.write_text(json.dumps(known, indent=2) + "\n")
     write_tables(args.docs)
     print(json.dumps({k: v for k, v in result.items() if k != "members"}, indent=2))

@@ -506,6 +506,7 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
             )
             + f"; {e['chosen_size']} chosen by the {'lowest loss' if by == 'loss' else 'highest accuracy'}.",
             *_single_models_markdown(e),
+            *(["", e["note"]] if e.get("note") else []),
             "",
             "| member |"
             + (" config |" if mixed else "")
