@@ -493,7 +493,7 @@ def _ensembles_markdown(ensembles: dict[str, dict]) -> list[str]:
         )
     for e in ensembles.values():
         by = e.get("choose_by", "accuracy")
-        mixed = "," in e["config"]
+        mixed = len(e.get("single_models", [])) > 1  # a pool of several configs
         lines += [
             "",
             f"`{e['sweep']}`: members ranked by validation {'log loss' if by == 'loss' else 'accuracy'}; "

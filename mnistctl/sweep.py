@@ -244,6 +244,11 @@ def apply_values(base: Experiment, values: dict[str, Any], source: str, name_key
     return parse_experiment(raw, source)
 
 
+def is_sweep_file(path: Path) -> bool:
+    """A sweep file names the config its trials start from (``base:``); a config does not."""
+    return "base" in read_mapping(path)
+
+
 def load_sweep(path: Path, overrides: tuple[str, ...] = (), name: str | None = None) -> Sweep:
     """Read and check a sweep file. ``overrides`` are ``--set`` for the base config."""
     raw = read_mapping(path)

@@ -32,12 +32,10 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     A sweep file is checked as ``sweep`` would check it: its base config with the file's
     ``set:``, and every bound of its search space."""
     from mnistctl.config import check_machine, infer_shapes, load_config
-    from mnistctl.config.overrides import read_mapping
+    from mnistctl.sweep import is_sweep_file, load_sweep
 
     sweep = None
-    if "base" in read_mapping(config):
-        from mnistctl.sweep import load_sweep
-
+    if is_sweep_file(config):
         sweep = load_sweep(config, overrides)
         exp = sweep.base
     else:

@@ -250,7 +250,6 @@ def sweep(
     """Train many runs on Ray Tune: SOURCE is a sweep file (a base config and a search space),
     or a config with --grid. Each trial is a run directory under --runs-dir/<sweep name>/."""
     from mnistctl import sweep as sweeps
-    from mnistctl.config.overrides import read_mapping
 
     if resume is not None:
         if source is not None or overrides or grids or name:
@@ -260,7 +259,7 @@ def sweep(
         plan = sweeps.read_sweep_dir(resume)
     elif source is None:
         raise click.UsageError("give a SWEEP file (or a config with --grid), or --resume SWEEP_DIR")
-    elif "base" in read_mapping(source):
+    elif sweeps.is_sweep_file(source):
         if grids:
             raise click.UsageError("--grid is for a config; a sweep file has its space: in the file")
         plan = sweeps.load_sweep(source, overrides, name)
