@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from mnistctl.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
 from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
+from mnistctl.files import to_json  # noqa: E402
 from mnistctl.metrics import read_metrics, training_time  # noqa: E402
 from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
 from mnistctl.runs import METRICS_FILE, cpu_model  # noqa: E402
@@ -164,9 +165,9 @@ def main() -> None:
     known = json.loads(path.read_text()) if path.is_file() else {}
     note = args.note or known.get(result["sweep"], {}).get("note")
     known[result["sweep"]] = {**result, **({"note": note} if note else {})}
-    path.write_text(json.dumps(known, indent=2) + "\n")
+    path.write_text(to_json(known, indent=2) + "\n")
     write_tables(args.docs)
-    print(json.dumps({k: v for k, v in result.items() if k != "members"}, indent=2))
+    print(to_json({k: v for k, v in result.items() if k != "members"}, indent=2))
 
 
 if __name__ == "__main__":

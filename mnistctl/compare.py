@@ -19,7 +19,7 @@ import yaml
 
 from mnistctl.config import flatten
 from mnistctl.errors import MnistctlError
-from mnistctl.files import version
+from mnistctl.files import to_json, version
 from mnistctl.hooks import max_test_accuracy
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import CONFIG_FILE, METRICS_FILE, Run
@@ -284,7 +284,7 @@ def cell(value: Any, column: str = "") -> str:
 def render(columns: list[str], rows: list[dict], fmt: str) -> str:
     """csv, json or markdown text (the rich table is drawn by the CLI)."""
     if fmt == "json":
-        return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=2)
+        return to_json([{c: r.get(c) for c in columns} for r in rows], indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import socket
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistctl.config import Experiment, dump_yaml, parse_experiment, to_dict
-from mnistctl.files import write_atomic
+from mnistctl.files import to_json, write_atomic
 from mnistctl.hooks import EvalRecord, Hook, TrainContext
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import METRICS_FILE, Status, find_runs, is_run_dir, load_run
@@ -308,7 +307,7 @@ def run_sweep(
     trials = write_trials(sweep_dir)
     best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
     if best is not None:
-        write_atomic(sweep_dir / BEST_FILE, json.dumps(best, indent=2) + "\n")
+        write_atomic(sweep_dir / BEST_FILE, to_json(best, indent=2) + "\n")
     return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started)
 
 

@@ -24,6 +24,7 @@ from mnistctl.checkpoints import CheckpointError, resolve, saved_model_path
 from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
 from mnistctl.ensemble import Member, describe_members
 from mnistctl.errors import MnistctlError
+from mnistctl.files import to_json
 from mnistctl.model import build_logits, checkpoint_names
 from mnistctl.runs import Run, load_run
 
@@ -151,7 +152,7 @@ def _write(session: v1.Session, g: InferenceGraph, out: Path, info: dict[str, An
         )
         builder.add_meta_graph_and_variables(session, [TAG], signature_def_map={SIGNATURE: signature})
         builder.save()
-        (staging / "model" / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (staging / "model" / INFO_FILE).write_text(to_json(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         (staging / "model").rename(out)

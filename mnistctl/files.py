@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
@@ -49,3 +52,24 @@ def version(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN and infinity (in nested dicts, lists and tuples) made None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def to_json(value: Any, **options: Any) -> str:
+    """Strict JSON: NaN and infinities, which JSON has no words for, are written as ``null``.
+
+    Python's ``json`` writes them as bare ``NaN``/``Infinity`` by default, which strict parsers
+    (browsers' ``JSON.parse``, jq, Go, Rust) refuse. Readers turn ``null`` back into NaN where
+    a number is expected.
+    """
+    return json.dumps(finite_or_none(value), allow_nan=False, **options)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistctl.errors import DamagedFileError
-from mnistctl.files import write_atomic
+from mnistctl.files import to_json, write_atomic
 from mnistctl.hooks import FIELDS, EvalRecord, Hook, TrainContext
 
 if TYPE_CHECKING:
@@ -263,8 +263,15 @@ ACTIVATION_IMAGES = 1000  # test images whose hidden activations are summarised
 
 
 def percentiles(arrays: list[np.ndarray]) -> list[float]:
+    """PERCENTILES of all values, interpolated; an infinite value (a diverging weight) gives
+    its infinity where interpolating towards it would give NaN (inf * 0)."""
     values = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.zeros(1)
-    return [float(v) for v in np.percentile(values, PERCENTILES)]
+    with np.errstate(invalid="ignore"):
+        linear = np.percentile(values, PERCENTILES)
+    if np.isfinite(values).all():
+        return [float(v) for v in linear]
+    nearest = np.percentile(values, PERCENTILES, method="nearest")
+    return [float(n if math.isnan(v) else v) for v, n in zip(linear, nearest, strict=True)]
 
 
 class DistributionWriter(Hook):
@@ -395,7 +402,7 @@ class EvaluationLog(Hook):
 
     def begin(self, ctx: TrainContext) -> None:
         kept = [e for e in read_evaluations(self.path) if e["step"] <= ctx.start_step]
-        write_atomic(self.path, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept))
+        write_atomic(self.path, "".join(to_json(e, separators=(",", ":")) + "\n" for e in kept))
 
     def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
         if ctx.last_test is None or ctx.last_batch is None:
@@ -412,7 +419,7 @@ class EvaluationLog(Hook):
             "batch_predicted": [int(p) for p in batch_predicted],
         }
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            f.write(to_json(entry, separators=(",", ":")) + "\n")
 
 
 def read_evaluations(path: Path) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
-from mnistctl.files import version, write_atomic, write_in_place
+from mnistctl.files import to_json, version, write_atomic, write_in_place
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
 
 CONFIG_FILE = "config.yaml"
@@ -227,7 +227,7 @@ class Run:
                 raise TypeError(f"RunRecord has no field {key!r}")  # a bug, not a user error
             setattr(self.record, key, value)
         self.record.heartbeat = time.time()
-        text = json.dumps(self.record.to_json(), indent=2) + "\n"
+        text = to_json(self.record.to_json(), indent=2) + "\n"
         try:
             write_atomic(self.path / META_FILE, text)
         except OSError as err:

@@ -48,6 +48,38 @@ def test_train_writes_a_self_describing_run(trained_run):
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def strict_json(text: str):
+    """json.loads as strict parsers read it: bare NaN or Infinity is an error."""
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_everything_written_or_printed_as_json_is_strict_json(trained_run):
+    """The run has no validation images, so its validation metrics are NaN: JSON says null."""
+    meta = strict_json((trained_run / "run.json").read_text())
+    assert meta["final"]["validation_accuracy"] is None and meta["final"]["test_accuracy"] > 0.5
+    for line in (trained_run / "evaluations.jsonl").read_text().splitlines():
+        strict_json(line)
+    for args in (("eval", trained_run, "--json"), ("compare", trained_run, "--format", "json")):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        strict_json(result.output)
+
+
+def test_a_run_json_with_bare_nan_from_an_older_version_still_loads(trained_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained_run, old)
+    meta = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({**meta, "best_validation_accuracy": float("nan")}))
+    assert "NaN" in (old / "run.json").read_text()
+    result = invoke("compare", old, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert strict_json(result.output)[0]["status"] == "completed"
+
+
 def test_eval_reports_accuracy_per_class_and_confusion(trained_run):
     result = invoke("eval", trained_run, "--json")
     assert result.exit_code == 0, result.output

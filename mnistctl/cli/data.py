@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ from rich.table import Table
 
 from mnistctl.cli.app import data_dir_option, dataset_choice, logger, main, out
 from mnistctl.config import DATASETS
+from mnistctl.files import to_json
 
 
 @main.group()
@@ -45,7 +45,7 @@ def info(dataset: str, as_json: bool) -> None:
 
     reports = [dataset_info(name) for name in _datasets(dataset)]
     if as_json:
-        click.echo(json.dumps(reports, indent=2))
+        click.echo(to_json(reports, indent=2))
         return
     for report in reports:
         table = Table(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -21,6 +20,7 @@ from mnistctl.cli.app import (
 )
 from mnistctl.compare import FORMATS
 from mnistctl.errors import MnistctlError
+from mnistctl.files import to_json
 
 
 @main.command()
@@ -123,7 +123,7 @@ def eval_(
             figure = plots.confusion_figure(np.array(report.confusion), report.classes)
             err.print(f"confusion matrix: {plots.save(figure, confusion)}")
     if as_json:
-        click.echo(json.dumps((ensemble or report).as_dict(), indent=2))
+        click.echo(to_json((ensemble or report).as_dict(), indent=2))
         return
     if ensemble is None:
         out.print(f"run: {escape(report.run)}\ncheckpoint: {escape(report.checkpoint)} (step {report.step})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import click
 from rich.markup import escape
 
 from mnistctl.cli.app import data_dir_option, err, loading_tensorflow, main, out, top_option
+from mnistctl.files import to_json
 
 
 @main.command()
@@ -88,7 +88,7 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
         results = dict(zip(inputs, rows, strict=True))
     if as_json:
         report = [{"file": str(path), **results.get(path, {"error": problems.get(path)})} for path in images]
-        click.echo(json.dumps(report, indent=2))
+        click.echo(to_json(report, indent=2))
     else:
         for path in images:
             if path in problems:
