@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistctl.runs import cpu_has_bfloat16, cpu_model
+from mnistctl.machine import cpu_has_bfloat16, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {

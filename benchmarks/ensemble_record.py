@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 from mnistctl.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
 from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
 from mnistctl.files import to_json  # noqa: E402
+from mnistctl.machine import cpu_model  # noqa: E402
 from mnistctl.metrics import read_metrics, training_time  # noqa: E402
 from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
-from mnistctl.runs import METRICS_FILE, cpu_model  # noqa: E402
+from mnistctl.runs import METRICS_FILE  # noqa: E402
 
 
 def _seconds(text: str | None) -> float | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnistctl.runs import cpu_model  # noqa: E402
+from mnistctl.machine import cpu_model  # noqa: E402
 
 CONFIG = ROOT / "configs" / "conv_dropout.yaml"
 

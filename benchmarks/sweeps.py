@@ -76,7 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweeps" / "bench")
     args = parser.parse_args()
-    from mnistctl.runs import cpu_model, find_runs
+    from mnistctl.machine import cpu_model
+    from mnistctl.runs import find_runs
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     runs = args.runs_dir / stamp

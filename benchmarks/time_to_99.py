@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnistctl.runs import cpu_has_bfloat16, cpu_model  # noqa: E402
+from mnistctl.machine import cpu_has_bfloat16, cpu_model  # noqa: E402
 
 CONFIG = ROOT / "configs" / "speedrun.yaml"
 RESULTS = ROOT / "benchmarks" / "time_to_99.json"

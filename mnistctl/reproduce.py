@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistctl.config import Experiment, flatten, load_config, to_dict
+from mnistctl.config.shipped import SHIPPED_DIR, shipped_configs
 from mnistctl.files import write_atomic
 from mnistctl.hooks import Hook, best_row
 from mnistctl.metrics import read_metrics
@@ -86,11 +87,23 @@ def read_ledger(path: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(f) if row.get("config")]
 
 
-def default_configs(dataset: str, configs_dir: Path = Path("configs")) -> list[Path]:
+def default_configs(dataset: str) -> list[Path]:
     """The configs ``reproduce`` trains when none are named: the walk-through's, or on
-    Fashion-MNIST the convolutional ones and the record."""
-    names = WALKTHROUGH if dataset == "mnist" else FASHION
-    return [configs_dir / f"{name}.yaml" for name in names]
+    Fashion-MNIST the convolutional ones and the record (the shipped files, wherever the
+    command runs)."""
+    shipped = shipped_configs()
+    return [shipped[name] for name in (WALKTHROUGH if dataset == "mnist" else FASHION)]
+
+
+def default_docs_dir(runs_dir: Path, cwd: Path | None = None) -> Path:
+    """Where ``reproduce`` keeps its ledger and tables when not told: the checkout's ``docs/``
+    when it runs inside the checkout it was installed from (what the README's tables are made
+    of), else beside its runs, so it never writes into a directory it did not make."""
+    cwd = (cwd or Path.cwd()).resolve()
+    checkout = SHIPPED_DIR.parent.parent
+    docs = checkout / "docs"
+    inside = cwd == checkout or checkout in cwd.parents
+    return docs if inside and (checkout / "pyproject.toml").is_file() and docs.is_dir() else runs_dir
 
 
 def summarize_run(run: Run, config: str, seed: int, sha: str) -> dict[str, object]:

@@ -38,6 +38,7 @@ from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json, version, write_atomic, write_in_place
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
+from mnistctl.machine import describe as describe_machine
 
 CONFIG_FILE = "config.yaml"
 META_FILE = "run.json"
@@ -379,7 +380,7 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
             "numpy": _version("numpy"),
             "tensorflow": _version("tensorflow"),
         },
-        machine={"platform": platform.platform(), "processor": cpu_model(), "cores": os.cpu_count()},
+        machine=describe_machine(),
         command=" ".join(sys.argv),
     )
     return run
@@ -395,32 +396,6 @@ def _version(module: str) -> str | None:
         return version(module)
     except PackageNotFoundError:
         return None
-
-
-CPUINFO = Path("/proc/cpuinfo")  # Linux only; elsewhere the lookups below fall back
-
-
-def _cpuinfo(key: str) -> str | None:
-    """The first value of ``key`` in CPUINFO, or None."""
-    try:
-        for line in CPUINFO.read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == key:
-                return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name, for records of where a number was measured."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX); Linux only."""
-    flags = (_cpuinfo("flags") or "").split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_run(path: Path) -> Run:

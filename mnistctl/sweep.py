@@ -50,6 +50,7 @@ from mnistctl.config import (
 )
 from mnistctl.config.overrides import read_mapping, set_path, split_key
 from mnistctl.config.parsing import Invalid, kind, parse, shown, sub
+from mnistctl.config.shipped import resolve_config
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import best_row
@@ -109,8 +110,8 @@ class SweepSpec:
     """A sweep file.
 
     Attributes:
-        base: the config every trial starts from (relative to the current directory, or to
-            the sweep file's own).
+        base: the config every trial starts from: a shipped config's name (``conv_dropout``),
+            or a path (relative to the current directory, or to the sweep file's own).
         name: the sweep's directory under the runs directory (default: the file's stem).
         description: one line for humans.
         set: fixed overrides, ``key.path: value``, applied to the base before the space.
@@ -246,11 +247,14 @@ def apply_values(base: Experiment, values: dict[str, Any], source: str, name_key
 
 def is_sweep_file(path: Path) -> bool:
     """A sweep file names the config its trials start from (``base:``); a config does not."""
-    return "base" in read_mapping(path)
+    return "base" in read_mapping(resolve_config(path, sweeps=True))
 
 
 def load_sweep(path: Path, overrides: tuple[str, ...] = (), name: str | None = None) -> Sweep:
-    """Read and check a sweep file. ``overrides`` are ``--set`` for the base config."""
+    """Read and check a sweep file (a path, or a shipped one's name). ``overrides`` are
+    ``--set`` for the base config, which is a path (relative to the current directory or to the
+    sweep file) or a shipped config's name."""
+    path = resolve_config(path, sweeps=True)
     raw = read_mapping(path)
     try:
         spec = parse(raw, SweepSpec)
@@ -258,9 +262,7 @@ def load_sweep(path: Path, overrides: tuple[str, ...] = (), name: str | None = N
         raise ConfigError(f"{path}: {err.path}: {err.message}") from None
     if not spec.base:
         raise ConfigError(f"{path}: base: missing; name the config every trial starts from")
-    base_path = Path(spec.base)
-    if not base_path.is_absolute() and not base_path.exists() and (path.parent / base_path).exists():
-        base_path = path.parent / base_path
+    base_path = resolve_config(spec.base, relative_to=path.parent)
     return resolve_sweep(spec, base_path, str(path), overrides, name or spec.name or path.stem)
 
 
@@ -268,6 +270,7 @@ def grid_sweep(
     config: Path, grids: tuple[str, ...], overrides: tuple[str, ...], log: Log, name: str | None = None
 ) -> Sweep:
     """The one-liner: ``sweep CONFIG --grid key=v1,v2 ...``, every combination once."""
+    config = resolve_config(config)
     from mnistctl.config.overrides import parse_value
 
     space = {}

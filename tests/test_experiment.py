@@ -172,14 +172,25 @@ def test_two_resumes_of_one_run_at_once_one_trains_the_other_is_refused(validate
     assert load_run(run).record.status is Status.INTERRUPTED
 
 
-def test_bfloat16_on_a_cpu_without_it_warns(monkeypatch):
-    from mnistctl import experiment
+@pytest.mark.parametrize(
+    ("flags", "onednn", "says"),
+    [
+        ({"avx2"}, "1", "neither AVX512_BF16 nor AMX; TensorFlow leaves the graph in float32"),
+        ({"avx2", "avx512f"}, "1", "oneDNN emulates bfloat16 with AVX-512"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "0", "oneDNN is off (TF_ENABLE_ONEDNN_OPTS=0)"),
+        ({"avx2", "amx_bf16"}, "1", None),
+    ],
+)
+def test_bfloat16_where_it_does_not_take_effect_says_what_happens(monkeypatch, flags, onednn, says):
+    from mnistctl import experiment, machine
 
     said = []
-    monkeypatch.setattr(experiment, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(experiment, "cpu_flags", lambda: flags)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
     experiment._check_precision(load_config(TINY, ["train.precision=bfloat16"]), said.append)
-    experiment._check_precision(load_config(TINY), said.append)
-    assert len(said) == 1 and "neither AVX512_BF16 nor AMX" in said[0]
+    experiment._check_precision(load_config(TINY), said.append)  # float32: nothing to say
+    assert said == [] if says is None else (len(said) == 1 and says in said[0])
 
 
 def test_a_damaged_checkpoint_index_loses_nothing(validated_run, tmp_path):

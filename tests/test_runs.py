@@ -80,16 +80,38 @@ def test_a_run_json_that_is_not_a_record_is_one_error(tmp_path):
 
 
 def test_cpu_lookups_read_cpuinfo_and_fall_back(tmp_path, monkeypatch):
-    from mnistctl import runs
+    from mnistctl import machine
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n")
-    monkeypatch.setattr(runs, "CPUINFO", info)
-    assert runs.cpu_model() == "Some CPU" and runs.cpu_has_bfloat16()
+    monkeypatch.setattr(machine, "CPUINFO", info)
+    assert machine.cpu_model() == "Some CPU" and machine.cpu_has_bfloat16()
     info.write_text("model name\t: Other\nflags\t\t: fpu avx2 avx512f\n")
-    assert not runs.cpu_has_bfloat16()
-    monkeypatch.setattr(runs, "CPUINFO", tmp_path / "missing")
-    assert runs.cpu_model() and not runs.cpu_has_bfloat16()
+    assert not machine.cpu_has_bfloat16()
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "missing")
+    assert machine.cpu_model() and not machine.cpu_has_bfloat16()
+
+
+def test_a_machine_summary_names_what_decides_the_kernels(tmp_path, monkeypatch):
+    from mnistctl import machine
+
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(machine, "CPUINFO", info)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    info.write_text(
+        "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n"
+    )
+    described = machine.describe()
+    assert described["vector"] == ["AVX2"] and described["bfloat16"] is False
+    assert machine.summary(described).startswith("AMD EPYC (Zen 3/Zen 4), ")
+    assert machine.summary(described).endswith(" cores, AVX2, no AMX")
+    info.write_text(
+        "vendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t: avx2 avx512f avx512_bf16 amx_bf16\n"
+    )
+    assert machine.vector_extensions() == ["AMX", "AVX512_BF16", "AVX-512", "AVX2"]
+    assert machine.bfloat16_takes_effect()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert not machine.bfloat16_takes_effect() and machine.summary().endswith("oneDNN off")
 
 
 def _damaged_copies(tmp_path: Path) -> Path:

@@ -147,7 +147,13 @@ def _check_name(name: str) -> None:
 @click.option(
     "--runs-dir", type=click.Path(path_type=Path), default=Path("runs/reproduce"), show_default=True
 )
-@click.option("--docs", "docs_dir", type=click.Path(path_type=Path), default=Path("docs"), show_default=True)
+@click.option(
+    "--docs",
+    "docs_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the ledger, RESULTS.md and results.csv go (default: docs/ inside the mnistctl "
+    "checkout, else --runs-dir).",
+)
 @click.option(
     "--dataset",
     type=dataset_choice(),
@@ -168,20 +174,23 @@ def reproduce(
     configs: tuple[Path, ...],
     seeds: int | None,
     runs_dir: Path,
-    docs_dir: Path,
+    docs_dir: Path | None,
     dataset: str,
     overrides: tuple[str, ...],
     max_concurrent: int | None,
     address: str | None,
     quiet: bool,
 ) -> None:
-    """Train the walk-through's configs (default: all of them) with several seeds and write
-    docs/RESULTS.md and docs/results.csv. Finished (config, seed) runs are skipped next time."""
+    """Train the walk-through's configs (default: all of them; CONFIGS are paths or shipped
+    names) with several seeds and write RESULTS.md and results.csv. Finished (config, seed)
+    runs are skipped next time."""
     from mnistctl.config import check_machine, load_config
-    from mnistctl.reproduce import Parallel, default_configs
+    from mnistctl.config.shipped import resolve_config
+    from mnistctl.reproduce import Parallel, default_configs, default_docs_dir
     from mnistctl.reproduce import reproduce as run_reproduction
 
-    paths = list(configs) or default_configs(dataset)
+    paths = [resolve_config(c) for c in configs] or default_configs(dataset)
+    docs_dir = docs_dir or default_docs_dir(runs_dir)
     overrides = (*overrides, f"data.dataset={dataset}")
     for path in paths:  # every config is checked before the first (long) run starts
         check_machine(load_config(path, overrides), str(path))

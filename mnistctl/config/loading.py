@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import typing
-from pathlib import Path
 from typing import Any
 
 from mnistctl.config.checks import check_experiment, preflight
 from mnistctl.config.overrides import ConfigError, apply_overrides, read_mapping
 from mnistctl.config.parsing import Invalid, parse, to_dict
 from mnistctl.config.schema import Experiment
+from mnistctl.config.shipped import resolve_config
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Experiment:
     """Read, override and validate an experiment config.
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or the name of a shipped config (``conv_dropout``).
         overrides: ``key.path=value`` strings, applied in order; values are parsed as YAML.
 
     Returns:
@@ -26,8 +26,9 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
     Raises:
         ConfigError: naming the file (or the ``--set``) and key path of the first problem.
     """
-    raw = read_mapping(Path(path))
-    raw.setdefault("name", Path(path).stem)
+    path = resolve_config(path)
+    raw = read_mapping(path)
+    raw.setdefault("name", path.stem)
     overridden = apply_overrides(raw, overrides)
     return parse_experiment(raw, str(path), overridden)
 
