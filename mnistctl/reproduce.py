@@ -20,26 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnistctl.config import Experiment, flatten, load_config, to_dict
-from mnistctl.config.shipped import SHIPPED_DIR, shipped_configs
+from mnistctl.config.shipped import PUBLISHED, SHIPPED_DIR, WALKTHROUGH, shipped_configs
 from mnistctl.files import write_atomic
 from mnistctl.hooks import Hook, best_row
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import METRICS_FILE, Run, RunLock, find_runs
 
-# The walk-through's published figures: its maximum test accuracy over a run, evaluated on the
-# 10k test images every 100 steps.
-PUBLISHED: dict[str, tuple[float, str]] = {
-    "softmax": (0.92, "≈ 0.92 (0.9268 after 10k steps)"),
-    "five_layers_sigmoid": (0.9788, "0.9788"),
-    "five_layers_relu": (0.9825, "0.9825"),
-    "five_layers_relu_lrdecay": (0.9824, "0.9824"),
-    "five_layers_relu_lrdecay_dropout": (0.9827, "0.9817-0.9836"),
-    "conv": (0.989, "0.989"),
-    "conv_dropout": (0.9932, "0.9928-0.9935"),
-    "batchnorm_five_layers_relu": (0.9855, "0.9850-0.9859"),
-    "batchnorm_conv": (0.9955, "0.9952-0.9958"),
-}
-WALKTHROUGH = tuple(PUBLISHED)
 FASHION = ("conv", "conv_dropout", "record")  # the configs worth a Fashion-MNIST row
 ONE_SEED_AFTER_S = 300.0  # a config whose first run takes longer gets only that one seed
 

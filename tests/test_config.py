@@ -320,6 +320,51 @@ def test_missing_file_directory_and_binary(tmp_path):
         load_config(binary)
 
 
+def test_a_shipped_config_is_named_by_name_from_any_directory(tmp_path, monkeypatch):
+    from mnistctl.config.shipped import SHIPPED_DIR
+
+    monkeypatch.chdir(tmp_path)
+    exp = load_config("conv_dropout")
+    assert exp.name == "conv_dropout" and exp == load_config(SHIPPED_DIR / "conv_dropout.yaml")
+    (tmp_path / "conv_dropout").mkdir()  # a path that exists wins over a shipped name
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config("conv_dropout")
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [("conv_dropuot", "did you mean conv_dropout?"), ("mine.yaml", None), ("no/such/file.yaml", None)],
+)
+def test_an_unknown_config_lists_the_shipped_ones(tmp_path, monkeypatch, given, hint):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(given)
+    message = str(caught.value)
+    assert message.startswith(f"{given}: no such config file; ")
+    assert (hint in message) if hint else ("did you mean" not in message)
+    assert "usable by name: softmax, five_layers_sigmoid, " in message and "mnistctl configs" in message
+
+
+def test_configs_lists_every_shipped_config_with_its_parameters():
+    from mnistctl.config.shipped import shipped_configs
+
+    result = CliRunner().invoke(main, ["configs"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:2] == ["config", "parameters"]
+    listed = {line.split()[0]: line for line in lines[1:-1]}
+    assert list(listed) == list(shipped_configs())
+    assert "244,076" in listed["conv_dropout"] and "0.9928-0.9935" in listed["conv_dropout"]
+    assert lines[-1].startswith("sweeps (mnistctl sweep NAME): ") and "walkthrough_tuning" in lines[-1]
+
+
+def test_a_shipped_sweep_is_validated_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its base (a name too) resolves from anywhere
+    result = CliRunner().invoke(main, ["validate", "conv_dropout_lr_dropout"])
+    assert result.exit_code == 0, result.output
+    assert "sweep conv_dropout_lr_dropout:" in result.output and ": valid" in result.output
+
+
 def test_billion_laughs_is_refused_fast(write_config):
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]

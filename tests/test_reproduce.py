@@ -6,6 +6,7 @@ import csv
 import os
 import socket
 
+import pytest
 from click.testing import CliRunner
 
 from mnistctl.cli import main
@@ -93,6 +94,30 @@ def test_bad_config_is_refused_before_any_training(tmp_path):
     )
     assert result.exit_code == 2 and "no such config file" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_reproduce_by_name_outside_the_checkout_keeps_its_ledger_beside_its_runs(
+    mnist_cache, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("reproduce", "tiny", "--seeds", "1", "--quiet", *BUDGET)
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "runs" / "reproduce"
+    assert [r["config"] for r in csv.DictReader((runs / "reproduce-runs.csv").open())] == ["tiny"]
+    assert (runs / "RESULTS.md").is_file() and "RESULTS.md" in result.output
+
+
+def test_the_ledger_goes_to_the_checkouts_docs_only_inside_the_checkout(tmp_path):
+    from mnistctl.config.shipped import SHIPPED_DIR
+    from mnistctl.reproduce import default_docs_dir
+
+    checkout = SHIPPED_DIR.parent.parent
+    if not (checkout / "pyproject.toml").is_file():
+        pytest.skip("mnistctl is installed, not run from its checkout")
+    runs = tmp_path / "runs"
+    assert default_docs_dir(runs, cwd=checkout) == checkout / "docs"
+    assert default_docs_dir(runs, cwd=checkout / "tests") == checkout / "docs"
+    assert default_docs_dir(runs, cwd=tmp_path) == runs
 
 
 def test_every_walkthrough_config_is_shipped():

@@ -61,6 +61,41 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
         )
 
 
+@main.command("configs")
+def list_configs() -> None:
+    """The configs that ship with mnistctl, one line each; name one instead of a path
+    (mnistctl train conv_dropout). No TensorFlow."""
+    from mnistctl.config import load_config, parameter_count
+    from mnistctl.config.shipped import PUBLISHED, shipped_configs, shipped_sweeps
+
+    rows = []
+    for name, path in shipped_configs().items():
+        exp = load_config(path)
+        published = PUBLISHED.get(name)
+        rows.append(
+            (
+                name,
+                f"{parameter_count(exp.model):,}",
+                f"{exp.train.steps:,} x {exp.train.batch_size}",
+                published[1] if published else "-",
+                exp.description,
+            )
+        )
+    headers = ("config", "parameters", "steps x batch", "walk-through (max)", "model")
+    if out.is_terminal:
+        table = Table(title="shipped configs: mnistctl train NAME", title_justify="left")
+        for header in headers:
+            table.add_column(header, justify="right" if header == "parameters" else "left", no_wrap=True)
+        for row in rows:
+            table.add_row(*map(escape, row))
+        out.print(table)
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        for line in (headers, *rows):
+            out.print(escape("  ".join(t.ljust(w) for t, w in zip(line, widths, strict=True)).rstrip()))
+    out.print(f"sweeps (mnistctl sweep NAME): {', '.join(shipped_sweeps())}")
+
+
 @main.command("eval")
 @click.argument("targets", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
