@@ -190,6 +190,27 @@ def saved_model_path(source: Path) -> Path | None:
     return None
 
 
+class ExportError(MnistctlError):
+    """An export that cannot be written or read."""
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse, before anything is built, a target an export may not take: one that exists
+    (without ``overwrite``, or that is not an export), or one inside a run's checkpoints,
+    where the run's next save would delete it (a slot keeps only its own checkpoints)."""
+    for folder in (out.resolve(), *out.resolve().parents):
+        if folder.name == CHECKPOINT_DIR and is_run_dir(folder.parent):
+            raise ExportError(
+                f"{out}: inside the checkpoints of the run {folder.parent}, whose next save would "
+                "delete it; export somewhere else"
+            )
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"{out}: already exists (use --force to replace it)")
+        if not (out / "saved_model.pb").is_file():
+            raise ExportError(f"{out}: exists and is not a SavedModel; refusing to replace it")
+
+
 def check_model_source(source: Path) -> None:
     """Fail fast - before TensorFlow loads - on a source that is neither an export nor a run
     (or checkpoint), with the same one line loading it would give."""

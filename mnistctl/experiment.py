@@ -5,7 +5,8 @@
 differ only in the hooks they are given: ``default_hooks`` writes the run directory, and
 callers add their own (a progress view, a sweep's reporter) or replace the defaults.
 
-The resume policy (what a resume may change) lives here too, in ``check_changes``.
+What a resume may change, and every refusal that needs only the run's files, is
+:mod:`mnistctl.resume` (no TensorFlow, so a refusal is instant).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistctl.checkpoints import LATEST, CheckpointHook, Checkpoints, latest_in, restore, step_of
-from mnistctl.config import Experiment, apply_to, check_machine, diff_configs, dump_yaml, load_config
+from mnistctl.config import Experiment, check_machine, dump_yaml
 from mnistctl.data import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
@@ -33,6 +34,7 @@ from mnistctl.metrics import (
     read_metrics,
 )
 from mnistctl.model import Graph, build_graph, count_parameters, make_session
+from mnistctl.resume import check_resume, describe_changes
 from mnistctl.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -128,43 +130,6 @@ class RunWriteError(MnistctlError):
     """A run's file that could not be written (a full disk, say)."""
 
 
-class ResumeError(MnistctlError):
-    """A run that cannot be resumed as asked."""
-
-
-# Keys a resume may change. Steps: always (that is how a finished run is extended); the rest
-# only with --force, since they change the results but not the graph's variables.
-ALWAYS_RESUMABLE = ("train.steps", "train.stop_at", "train.early_stopping", "description")
-RESUMABLE_WITH_FORCE = ("train.", "schedule.", "data.test_size")
-STOPPING_KEYS = ("train.stop_at", "train.early_stopping")
-
-
-def check_changes(run_dir: Path, changes: list[dict], force: bool) -> None:
-    """The resume policy: which config changes a resume accepts.
-
-    Raises:
-        ResumeError: listing the keys that may not change (with or without ``force``).
-    """
-    refused = [c for c in changes if not c["key"].startswith(ALWAYS_RESUMABLE)]
-    if not force:
-        if refused:
-            raise ResumeError(
-                f"{run_dir}: the config differs from the run's: {_describe(refused)}; "
-                "resume with the same config, or --force to accept train/schedule changes"
-            )
-        return
-    breaking = [c for c in refused if not c["key"].startswith(RESUMABLE_WITH_FORCE)]
-    if breaking:
-        raise ResumeError(
-            f"{run_dir}: cannot resume with a different model, optimizer or training data: "
-            f"{_describe(breaking)}; start a new run instead"
-        )
-
-
-def _describe(changes: list[dict]) -> str:
-    return ", ".join(f"{c['key']}: {c['old']!r} -> {c['new']!r}" for c in changes)
-
-
 def resume_experiment(
     run_dir: Path,
     *,
@@ -196,35 +161,16 @@ def resume_experiment(
     """
     load_run(run_dir)  # one clear line if it is not a run directory, before the lock file is made
     with RunLock(run_dir):  # one writer at a time: a second resume is refused here
-        run = load_run(run_dir)
-        read_metrics(run.path / METRICS_FILE)  # a damaged metrics.csv stops here, before any change
-        if run.status.claimed and not reclaim:
-            raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
-        recorded = run.experiment()
-        source = str(run_dir / CONFIG_FILE)
-        exp = load_config(config, overrides) if config else apply_to(recorded, overrides, source)
-        changes = diff_configs(recorded, exp)
-        check_changes(run_dir, changes, force)
-        if run.status.ended_by_rule and not any(c["key"].startswith(STOPPING_KEYS) for c in changes):
-            raise ResumeError(
-                f"{run_dir}: {run.record.stop_reason or run.status}; to train on, change or remove "
-                "that rule (--set train.stop_at=null, --set train.early_stopping=null)"
-            )
-        check_machine(exp, source)
-        checkpoint = latest_in(run.path / CHECKPOINT_DIR / LATEST)
-        step = step_of(checkpoint) if checkpoint else 0
-        if step >= exp.train.steps:
-            raise ResumeError(
-                f"{run_dir}: already trained {step} of {exp.train.steps} steps; "
-                f"extend it with --set train.steps=N (N > {step})"
-            )
+        plan = check_resume(run_dir, overrides=overrides, config=config, force=force, reclaim=reclaim)
+        run, exp, changes, checkpoint = plan.run, plan.experiment, plan.changes, plan.checkpoint
         data = load_experiment_data(exp, data_dir=data_dir, log=log)
         _check_precision(exp, log)
         g = build_graph(exp)
         run.update(
             status=Status.RESUMING, error=None, pid=os.getpid(), host=socket.gethostname(), **(record or {})
         )
-        log(f"resuming {run.name} from step {step}" + (f" ({_describe(changes)})" if changes else ""))
+        said = f" ({describe_changes(changes)})" if changes else ""
+        log(f"resuming {run.name} from step {plan.step}{said}")
 
         def record_resume(restored: int) -> None:
             write_atomic(run.path / CONFIG_FILE, dump_yaml(exp))

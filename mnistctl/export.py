@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from mnistctl._tf import tf
-from mnistctl.checkpoints import CheckpointError, resolve, saved_model_path
+from mnistctl.checkpoints import (
+    CheckpointError,
+    ExportError,
+    check_export_target,
+    resolve,
+    saved_model_path,
+)
 from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
 from mnistctl.ensemble import Member, describe_members
-from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json
 from mnistctl.model import build_logits, checkpoint_names
 from mnistctl.runs import Run, load_run
@@ -33,10 +38,6 @@ SIGNATURE = "serving_default"
 TAG = "serve"
 INFO_FILE = "mnistctl.json"  # what was exported, next to the SavedModel files
 INPUT = {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]}
-
-
-class ExportError(MnistctlError):
-    """An export target or source that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def export_saved_model(target: Path, out: Path, *, overwrite: bool = False) -> d
     run_dir, prefix = resolve(target)
     run = load_run(run_dir)
     exp = run.experiment()
-    _check_target(out, overwrite)
+    check_export_target(out, overwrite)
     g = build_inference_graph(exp)
     with v1.Session(graph=g.graph) as session:
         _restore(session, g, prefix)
@@ -91,7 +92,7 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
     Same input and outputs as a single model's export; each member's layers sit under its own
     name scope (``member0/``, ...) with the variables of its selected checkpoint.
     """
-    _check_target(out, overwrite)
+    check_export_target(out, overwrite)
     graph = tf.Graph()
     with graph.as_default():
         images = v1.placeholder(tf.float32, [None, *IMAGE_SHAPE], name="images")
@@ -130,14 +131,6 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
                     f"{prefix}: cannot restore the model ({str(err).splitlines()[0]})"
                 ) from None
         return _write(session, g, out, info)
-
-
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out}: already exists (use --force to replace it)")
-        if not (out / "saved_model.pb").is_file():
-            raise ExportError(f"{out}: exists and is not a SavedModel; refusing to replace it")
 
 
 def _write(session: v1.Session, g: InferenceGraph, out: Path, info: dict[str, Any]) -> dict[str, Any]:

@@ -260,6 +260,51 @@ def test_fast_commands_do_not_import_tensorflow(args, trained_run):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["train", "--resume", "{run}"], "{run}: already trained 60 of 60 steps; extend it with"),
+        (
+            ["train", "--resume", "{run}", "--set", "model.layers[1].units=8"],
+            "the config differs from the run's",
+        ),
+        (["train", "--resume", "{run}", "--force", "--set", "optimizer.beta1=0.5"], "cannot resume with a"),
+        (["train", "--resume", "{locked}", "--set", "train.steps=100"], "{locked}: in use by pid"),
+        (["train", "--resume", "{tmp}"], "{tmp}: not a run directory"),
+        (["export", "{run}", "--out", "{tmp}/taken"], "{tmp}/taken/1: already exists (use --force"),
+        (["export", "{run}", "--out", "{run}/checkpoints/best"], "inside the checkpoints of the run"),
+        (["eval", "{tmp}/nothing"], "{tmp}/nothing: no such run directory or checkpoint"),
+        (["serve", "{run}", "--port", "{port}"], "cannot listen there"),
+        (["train", "tiny", "--live", "--port", "{port}"], "cannot listen there"),
+    ],
+)
+def test_refusals_that_need_only_files_come_before_tensorflow_loads(args, says, trained_run, tmp_path):
+    import socket
+
+    from mnistctl.runs import RunLock
+
+    run, locked = tmp_path / "run", tmp_path / "locked"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run, locked)
+    (tmp_path / "taken" / "1").mkdir(parents=True)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    names = dict(run=run, locked=locked, tmp=tmp_path, port=taken.getsockname()[1])
+    code = (
+        "import sys\nfrom mnistctl.cli import main\n"
+        f"try:\n    main({[a.format(**names) for a in args]!r})\nexcept SystemExit as e:\n"
+        "    assert e.code == 2, e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    with taken, RunLock(locked):  # this process trains "locked", as far as the child can tell
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=CONFIGS.parent
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and says.format(**names) in result.stderr, result.stderr
+
+
 def run_in_a_terminal(args: list[str], timeout: float = 120) -> bytes:
     """Run ``python -m mnistctl ARGS`` with stdout and stderr on a pseudo-terminal; all it wrote."""
     import os

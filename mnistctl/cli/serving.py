@@ -29,9 +29,11 @@ def export(targets: tuple[Path, ...], base: Path, version: int, force: bool, top
     SavedModel (tag serve, signature serving_default) in BASE/VERSION: the layout TensorFlow
     Serving loads. Several runs, or a directory of runs, export as one model that averages
     their probabilities."""
+    from mnistctl.checkpoints import check_export_target
     from mnistctl.ensemble import is_ensemble, members_of
 
     out_dir = base / str(version)
+    check_export_target(out_dir, force)  # a target that exists: one line now, before TensorFlow
     if is_ensemble(targets):
         members = members_of(targets, top=top, log=lambda line: err.print(escape(line)))
         with loading_tensorflow():

@@ -78,10 +78,13 @@ def train(
             _check_name(name)
     elif name is not None:
         raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
-    else:
-        from mnistctl.runs import load_run
+    else:  # every refusal that needs only the run's files comes now, before TensorFlow loads
+        from mnistctl.resume import check_resume
+        from mnistctl.runs import RunLock, load_run
 
-        load_run(resume)  # not a run directory: one line now, before TensorFlow loads
+        load_run(resume)  # not a run directory: one line, and no lock file made in it
+        with RunLock(resume):  # trained by another process: "in use by pid ..."
+            check_resume(resume, overrides=overrides, config=config, force=force)
     if live:
         from mnistctl.serve import bind
 
