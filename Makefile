@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train check lint format test system-packages clean
+.PHONY: setup train check lint format test test-onednn-off system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: setup system-packages
 	$(BIN)/pytest
 
 check: lint test
+
+# The tests that run TensorFlow once more with oneDNN off: other kernels and other rounding, the
+# nearest stand-in on one machine for another CPU (CI runs this after make check).
+test-onednn-off: setup system-packages
+	TF_ENABLE_ONEDNN_OPTS=0 $(BIN)/pytest -m "tensorflow and not install"
 
 format: setup
 	$(BIN)/ruff format .

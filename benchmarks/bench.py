@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistctl.config import Experiment
 from mnistctl.machine import cpu_has_bfloat16, cpu_model
+from mnistctl.machine import summary as machine_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -276,11 +278,13 @@ def measure(variant: str, model: str, steps: int, warmup: int, batch: int = BATC
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def matmul_gflops() -> float:
-    """The machine's float32 matmul ceiling: a 4096x4096 product in TensorFlow, best of 5."""
+def matmul_gflops(precision: str = "float32") -> float:
+    """The machine's matmul ceiling in ``precision``: a 4096x4096 product in TensorFlow, best of 5."""
+    cast = "" if precision == "float32" else "a=tf.cast(a,tf.bfloat16)\n"
     code = (
         "import time\nfrom mnistctl._tf import tf\nv1=tf.compat.v1\n"
-        "a=tf.random.normal([4096,4096]);c=tf.reduce_sum(tf.matmul(a,a))\ns=v1.Session();s.run(c)\nbest=1e9\n"
+        f"a=tf.random.normal([4096,4096])\n{cast}c=tf.reduce_sum(tf.cast(tf.matmul(a,a),tf.float32))\n"
+        "s=v1.Session();s.run(c)\nbest=1e9\n"
         "for _ in range(5):\n t=time.perf_counter();s.run(c);best=min(best,time.perf_counter()-t)\n"
         "print(2*4096**3/best/1e9)"
     )
@@ -290,12 +294,12 @@ def matmul_gflops() -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def train_flops_per_image(model: str) -> float:
+def train_flops_per_image(model: str | Experiment) -> float:
     """Forward multiply-adds x 2 (FLOPs) x 3 (forward, and backward for inputs and weights)."""
     from mnistctl.config import infer_shapes, load_config
 
-    macs = sum(shape.multiply_adds for shape in infer_shapes(load_config(MODELS[model]).model))
-    return macs * 2 * 3
+    exp = load_config(MODELS[model]) if isinstance(model, str) else model
+    return sum(shape.multiply_adds for shape in infer_shapes(exp.model)) * 2 * 3
 
 
 def batch_sweep() -> list[dict]:
@@ -391,6 +395,7 @@ def main() -> None:
     machine = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        "summary": machine_summary(),
         "matmul_gflops": round(ceiling),
         "python": platform.python_version(),
     }
@@ -445,7 +450,8 @@ def write_docs(rows: list[dict], sweep: list[dict], machine: dict, repeats: int)
         "python benchmarks/bench.py   # about 10 minutes; writes this section and benchmarks/*.csv",
         "```",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul ceiling "
+        f"Machine: {machine.get('summary') or '{cpu}, {cores} cores'.format(**machine)}; "
+        "float32 matmul ceiling "
         f"{machine['matmul_gflops']} GFLOP/s (4096x4096, TensorFlow). Training images/s at batch 100, "
         f"median of {repeats} interleaved repetitions, each in a fresh process after a warm-up. "
         "*mnistctl ÷ this* above 1 means mnistctl is faster (bfloat16 rows: against mnistctl in "

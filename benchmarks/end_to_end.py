@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnistctl.machine import cpu_model  # noqa: E402
+from mnistctl.machine import summary as machine_summary  # noqa: E402
 
 CONFIG = ROOT / "configs" / "conv_dropout.yaml"
 
@@ -124,7 +123,7 @@ def main() -> None:
             statistics.median(times["mnistctl"]) / statistics.median(times["handwritten"]), 3
         ),
         "last_lines": finals,
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "machine": machine_summary(),
         "measured": time.strftime("%Y-%m-%d"),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")

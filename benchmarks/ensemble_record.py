@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from mnistctl.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
 from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
 from mnistctl.files import to_json  # noqa: E402
-from mnistctl.machine import cpu_model  # noqa: E402
+from mnistctl.machine import summary as machine_summary  # noqa: E402
 from mnistctl.metrics import read_metrics, training_time  # noqa: E402
 from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
 from mnistctl.runs import METRICS_FILE  # noqa: E402
@@ -145,7 +145,7 @@ def record(
         "training_s_sum": round(sum(r["wall_s"] or 0 for r in rows)),
         "training_s_wall": _wall(members),
         "choose_and_test_s": round(time.perf_counter() - started),
-        "machine": f"{cpu_model()}, {members[0].run.record.machine.get('cores', '?')} cores",
+        "machine": machine_summary(),
         "measured": dt.date.today().isoformat(),
     }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnistctl.machine import cpu_model  # noqa: E402
+from mnistctl.machine import summary as machine_summary  # noqa: E402
 
 CONFIG = ROOT / "configs" / "conv_dropout.yaml"
 
@@ -98,7 +97,7 @@ def main() -> None:
         "median_images_per_s": {k: round(statistics.median(v)) for k, v in rates.items()},
         "live_over_plain": round(statistics.median(rates["live"]) / statistics.median(rates["plain"]), 3),
         "page_polls_per_live_run": polls,
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "machine": machine_summary(),
         "measured": time.strftime("%Y-%m-%d"),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")

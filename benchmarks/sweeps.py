@@ -76,12 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweeps" / "bench")
     args = parser.parse_args()
-    from mnistctl.machine import cpu_model
+    from mnistctl.machine import summary as machine_summary
     from mnistctl.runs import find_runs
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     runs = args.runs_dir / stamp
-    out: dict = {"machine": f"{cpu_model()}, 2 cores", "started": stamp}
+    out: dict = {"machine": machine_summary(), "started": stamp}
 
     out["ray_startup_s"] = [round(ray_startup(), 2) for _ in range(3)]
     print(f"Ray start-up: {out['ray_startup_s']} s", flush=True)

@@ -38,6 +38,7 @@ LEDGER_LOCK = ".reproduce.lock"  # held by the one `reproduce` writing the ledge
 LEDGER_FIELDS = (
     "config", "seed", "config_sha", "steps", "max_test_accuracy", "max_step", "final_test_accuracy",
     "first_99_step", "wall_s", "images_per_s", "cpu", "cores", "tensorflow", "finished_at", "run",
+    "vector",
 )  # fmt: skip
 
 
@@ -112,6 +113,8 @@ def summarize_run(run: Run, config: str, seed: int, sha: str) -> dict[str, objec
         "images_per_s": f"{record.timing.images_per_s or 0:.0f}",
         "cpu": record.machine.get("processor", ""),
         "cores": record.machine.get("cores", ""),
+        # What decides TensorFlow's kernels (and last digits); older ledger rows lack it.
+        "vector": " + ".join(record.machine.get("vector") or []),
         "tensorflow": record.versions.get("tensorflow", ""),
         "finished_at": record.ended_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "run": run.name,
@@ -548,7 +551,10 @@ def _machines(table: list[dict[str, object]], ledger: list[dict[str, str]]) -> s
     shown = {row["config"] for row in table}
     used: dict[str, list[str]] = {}
     for r in ledger:
-        names = used.setdefault(f"{r['cpu']}, {r['cores']} cores, TensorFlow {r['tensorflow']}", [])
+        vector = r.get("vector") or "vector extensions not recorded"
+        names = used.setdefault(
+            f"{r['cpu']} ({vector}), {r['cores']} cores, TensorFlow {r['tensorflow']}", []
+        )
         if r["config"] in shown and f"`{r['config']}`" not in names:
             names.append(f"`{r['config']}`")
     used = {machine: names for machine, names in used.items() if names}

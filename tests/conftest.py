@@ -104,3 +104,16 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
         except OSError:
             time.sleep(0.2)
     raise AssertionError(f"{url} did not answer")
+
+
+# Modules whose tests build graphs or train without the data fixtures.
+TENSORFLOW_MODULES = {"test_model", "test_loop", "test_experiment", "test_resume", "test_stopping"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that run TensorFlow: `.ci/run` runs them a second time with oneDNN off
+    (other kernels, other rounding: the nearest stand-in for another CPU on one machine)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if {"mnist_cache", "fashion_cache"} & set(item.fixturenames) or module in TENSORFLOW_MODULES:
+            item.add_marker(pytest.mark.tensorflow)

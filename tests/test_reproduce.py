@@ -134,11 +134,12 @@ def test_aggregate_marks_partial_99_and_one_seed():
 
 
 def test_machines_line_says_which_machine_measured_what():
-    row = ledger_row(cpu="A")
-    other = {**row, "config": "record", "cpu": "B"}
-    assert _machines(aggregate([row]), [row]) == "Machine: A, 2 cores, TensorFlow 2 (CPU only)."
+    row = ledger_row(cpu="A", vector="AVX2")
+    other = {**row, "config": "record", "cpu": "B", "vector": ""}  # a row from before the column
+    assert _machines(aggregate([row]), [row]) == "Machine: A (AVX2), 2 cores, TensorFlow 2 (CPU only)."
     line = _machines(aggregate([row, other]), [row, other])
-    assert "A, 2 cores, TensorFlow 2: `conv`" in line and "B, 2 cores, TensorFlow 2: `record`" in line
+    assert "A (AVX2), 2 cores, TensorFlow 2: `conv`" in line
+    assert "B (vector extensions not recorded), 2 cores, TensorFlow 2: `record`" in line
 
 
 def test_labels_keep_datasets_and_precisions_apart():
