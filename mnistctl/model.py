@@ -7,9 +7,9 @@ training loop, evaluation and export need.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from mnistctl._tf import tf
 from mnistctl.config import (
@@ -27,7 +27,7 @@ from mnistctl.config import (
 )
 from mnistctl.loop import NONFINITE_LOSS
 from mnistctl.registry import Registry
-from mnistctl.schedules import Constant, Exponential, OneCycle
+from mnistctl.schedules import ScheduleConfig
 
 v1 = tf.compat.v1
 tf_errors = tf.errors
@@ -43,31 +43,15 @@ ACTIVATIONS.register("softmax")(tf.identity)
 
 LAYER_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("layer type")
 OPTIMIZER_BUILDERS: Registry[Callable[..., v1.train.Optimizer]] = Registry("optimizer")
-# The learning-rate schedules again, as graph ops of the global step, so a training step needs
-# no rate fed from Python. tests/test_model.py checks they equal schedules.py's at many steps.
-SCHEDULE_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("schedule")
+# A schedule's one definition (mnistctl.schedules) over TensorFlow's operations: the rate as a
+# graph op of the global step, so a training step needs no rate fed from Python.
+TF_OPS = SimpleNamespace(exp=tf.exp, cos=tf.cos, minimum=tf.minimum, where=tf.where)
 BATCH_NORM_EPSILON = 1.001e-5  # the smallest the fused kernel accepts
 
 
-@SCHEDULE_BUILDERS.register("constant")
-def build_constant(cfg: Constant, step: tf.Tensor) -> tf.Tensor:
-    return tf.constant(cfg.lr, tf.float32)
-
-
-@SCHEDULE_BUILDERS.register("exponential")
-def build_exponential(cfg: Exponential, step: tf.Tensor) -> tf.Tensor:
-    decayed = cfg.lr0 * tf.exp(-tf.cast(step, tf.float64) / cfg.decay_steps)
-    return tf.cast(cfg.lr_min + decayed, tf.float32)
-
-
-@SCHEDULE_BUILDERS.register("one_cycle")
-def build_one_cycle(cfg: OneCycle, step: tf.Tensor) -> tf.Tensor:
-    step = tf.cast(step, tf.float64)
-    start = cfg.lr0 / cfg.start_divisor
-    warming = start + (cfg.lr0 - start) * step / max(cfg.warmup, 1)
-    done = tf.minimum((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), 1.0)
-    cooling = cfg.lr_min + (cfg.lr0 - cfg.lr_min) * (1 + tf.cos(math.pi * done)) / 2
-    return tf.cast(tf.where(step < cfg.warmup, warming, cooling), tf.float32)
+def build_schedule(cfg: ScheduleConfig, step: tf.Tensor) -> tf.Tensor:
+    """The learning rate at the global step ``step``, from the schedule's own definition."""
+    return tf.cast(cfg.rate(tf.cast(step, tf.float64), TF_OPS), tf.float32)
 
 
 @dataclass(frozen=True)
@@ -117,11 +101,35 @@ class LayerContext:
     layer_index: int
 
 
+# Every trainable variable a layer makes has a role, weights or biases: the histograms, the
+# percentiles and the dashboard show them apart. A layer builder makes its variables with
+# ``_weight`` and ``_bias``; build_graph refuses a trainable variable with no role.
+WEIGHTS, BIASES = "mnistctl_weights", "mnistctl_biases"
+
+
 def _weight(shape: list[int], init: InitConfig) -> tf.Variable:
     zeros = init.weights == "zeros"
-    return tf.Variable(
-        tf.zeros(shape) if zeros else v1.truncated_normal(shape, stddev=init.stddev), name="weights"
-    )
+    initial = tf.zeros(shape) if zeros else v1.truncated_normal(shape, stddev=init.stddev)
+    return _with_role(tf.Variable(initial, name="weights"), WEIGHTS)
+
+
+def _bias(channels: int, value: float, name: str = "biases") -> tf.Variable:
+    return _with_role(tf.Variable(tf.fill([channels], value), name=name), BIASES)
+
+
+def _with_role(var: tf.Variable, role: str) -> tf.Variable:
+    v1.add_to_collection(role, var)
+    return var
+
+
+def _roles() -> tuple[tuple[tf.Variable, ...], tuple[tf.Variable, ...]]:
+    """The graph's (weights, biases); every trainable variable must be one or the other."""
+    weights, biases = tuple(v1.get_collection(WEIGHTS)), tuple(v1.get_collection(BIASES))
+    known = {id(v) for v in weights + biases}
+    unknown = [v.op.name for v in v1.trainable_variables() if id(v) not in known]
+    if unknown:  # a layer builder's bug, not a user's error
+        raise TypeError(f"trainable variables without a role (make them with _weight or _bias): {unknown}")
+    return weights, biases
 
 
 def _bias_value(layer: LayerConfig, init: InitConfig) -> float:
@@ -138,7 +146,7 @@ def _batch_norm(x: tf.Tensor, layer: LayerConfig, ctx: LayerContext) -> tf.Tenso
     bfloat16, 2 cores). Its batch variance for the moving average is the unbiased one.
     """
     channels = x.shape[-1]
-    offset = tf.Variable(tf.fill([channels], _bias_value(layer, ctx.init)), name="offset")
+    offset = _bias(channels, _bias_value(layer, ctx.init), name="offset")
     moving_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="moving_mean")
     moving_var = tf.Variable(tf.ones([channels]), trainable=False, name="moving_variance")
     images = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, channels])
@@ -162,8 +170,7 @@ def _bias_norm_activate(x: tf.Tensor, layer: LayerConfig, ctx: LayerContext) -> 
     if layer.batch_norm:
         x = _batch_norm(x, layer, ctx)
     else:
-        bias = tf.Variable(tf.fill([x.shape[-1]], _bias_value(layer, ctx.init)), name="biases")
-        x = x + bias
+        x = x + _bias(x.shape[-1], _bias_value(layer, ctx.init))
     x = ACTIVATIONS.get(layer.activation)(x)
     if layer.dropout > 0:
         x = _dropout(x, layer.dropout, ctx)
@@ -294,9 +301,7 @@ def build_graph(exp: Experiment) -> Graph:
         loss_sum = tf.reduce_sum(per_image, name="loss_sum")
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, targets), tf.int32), name="correct")
 
-        learning_rate = tf.identity(
-            SCHEDULE_BUILDERS.get(exp.schedule.tag)(exp.schedule, global_step), "learning_rate"
-        )
+        learning_rate = tf.identity(build_schedule(exp.schedule, global_step), "learning_rate")
         objective = loss
         if exp.train.label_smoothing:  # targets (1 - e) one-hot + e / 10: the metrics keep the plain loss
             smoothing = exp.train.label_smoothing
@@ -314,9 +319,7 @@ def build_graph(exp: Experiment) -> Graph:
         sums = tf.stack([loss_sum, tf.cast(correct, tf.float32), tf.cast(tf.shape(labels)[0], tf.float32)])
         train_op = tf.group(minimize, window.assign_add(tf.cast(sums, tf.float64)), name="train_op")
         init_op = tf.group(v1.global_variables_initializer(), v1.local_variables_initializer())
-        trainable = v1.trainable_variables()
-        weights = tuple(v for v in trainable if "weights" in v.name)
-        biases = tuple(v for v in trainable if "weights" not in v.name)
+        weights, biases = _roles()
     return Graph(
         graph=graph,
         images=images,

@@ -1,18 +1,26 @@
-"""Learning-rate schedules: small pure functions of the step, fed to the graph each step.
+"""Learning-rate schedules: small pure functions of the step, each written once.
 
-Computing the rate in Python keeps the schedule visible in one line of code and lets the
-progress view and the metrics show exactly the value the optimizer used.
+A schedule's ``rate(step, ops)`` is its one definition, written over four operations (``exp``,
+``cos``, ``minimum``, ``where``). With Python's math (``schedule(step)``) it gives the rate the
+progress view and the records show; with TensorFlow's (``mnistctl.model``) the same definition
+becomes the graph op of the global step the optimizer reads, so no rate is fed from Python.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 from mnistctl.registry import Registry
 
 SCHEDULES: Registry[type[ScheduleConfig]] = Registry("schedule")
+
+# The operations a schedule's definition may use, in Python; mnistctl.model has TensorFlow's.
+PYTHON_OPS = SimpleNamespace(
+    exp=math.exp, cos=math.cos, minimum=min, where=lambda condition, yes, no: yes if condition else no
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +31,12 @@ class ScheduleConfig:
     tag_key: ClassVar[str] = "name"
     tag: ClassVar[str] = ""
 
-    def __call__(self, step: int) -> float:
+    def rate(self, step: Any, ops: Any) -> Any:
+        """The rate at ``step`` (a float, or a float64 tensor), computed with ``ops``."""
         raise NotImplementedError
+
+    def __call__(self, step: int) -> float:
+        return float(self.rate(float(step), PYTHON_OPS))
 
 
 @SCHEDULES.register("constant")
@@ -39,7 +51,7 @@ class Constant(ScheduleConfig):
     tag: ClassVar[str] = "constant"
     lr: float = field(default=0.001, metadata={"gt": 0})
 
-    def __call__(self, step: int) -> float:
+    def rate(self, step: Any, ops: Any) -> Any:
         return self.lr
 
 
@@ -59,8 +71,8 @@ class Exponential(ScheduleConfig):
     lr_min: float = field(default=0.0001, metadata={"ge": 0})
     decay_steps: float = field(default=2000.0, metadata={"gt": 0})
 
-    def __call__(self, step: int) -> float:
-        return self.lr_min + self.lr0 * math.exp(-step / self.decay_steps)
+    def rate(self, step: Any, ops: Any) -> Any:
+        return self.lr_min + self.lr0 * ops.exp(-step / self.decay_steps)
 
 
 @SCHEDULES.register("one_cycle")
@@ -85,9 +97,9 @@ class OneCycle(ScheduleConfig):
     lr_min: float = field(default=0.0, metadata={"ge": 0})
     start_divisor: float = field(default=25.0, metadata={"ge": 1})
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            start = self.lr0 / self.start_divisor
-            return start + (self.lr0 - start) * step / self.warmup
-        done = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
-        return self.lr_min + (self.lr0 - self.lr_min) * (1 + math.cos(math.pi * done)) / 2
+    def rate(self, step: Any, ops: Any) -> Any:
+        start = self.lr0 / self.start_divisor
+        warming = start + (self.lr0 - start) * step / max(self.warmup, 1)
+        done = ops.minimum((step - self.warmup) / max(1, self.steps - self.warmup), 1.0)
+        cooling = self.lr_min + (self.lr0 - self.lr_min) * (1 + ops.cos(math.pi * done)) / 2
+        return ops.where(step < self.warmup, warming, cooling)

@@ -26,6 +26,23 @@ def test_graph_matches_the_config(path):
     assert g.images.shape.as_list() == [None, 28, 28]
 
 
+def test_every_trainable_variable_has_a_role_declared_by_its_layer(monkeypatch):
+    exp = load_config(CONFIGS / "batchnorm_conv.yaml")
+    g = tf_model.build_graph(exp)
+    assert [v.shape.rank for v in g.weights] == [4, 4, 4, 2, 2]  # kernels and matrices
+    assert {v.shape.rank for v in g.biases} == {1} and any("offset" in v.name for v in g.biases)
+    with g.graph.as_default():
+        trainable = tf_model.v1.trainable_variables()
+    assert len(g.weights) + len(g.biases) == len(trainable)
+
+    def no_role(shape, init):  # a new layer type's builder that forgets to declare a role
+        return tf_model.tf.Variable(tf_model.tf.zeros(shape), name="kernel")
+
+    monkeypatch.setattr(tf_model, "_weight", no_role)
+    with pytest.raises(TypeError, match=r"without a role .*'layer0_conv/kernel'"):
+        tf_model.build_graph(load_config(CONFIGS / "tiny.yaml"))
+
+
 POOLED = """
 model:
   layers:
