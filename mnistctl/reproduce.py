@@ -111,7 +111,7 @@ def summarize_run(run: Run, config: str, seed: int, sha: str) -> dict[str, objec
         "first_99_step": first_99,
         "wall_s": f"{record.wall_s or 0:.1f}",
         "images_per_s": f"{record.timing.images_per_s or 0:.0f}",
-        "cpu": record.machine.get("processor", ""),
+        "cpu": " ".join(filter(None, (record.machine.get("processor"), record.machine.get("family")))),
         "cores": record.machine.get("cores", ""),
         # What decides TensorFlow's kernels (and last digits); older ledger rows lack it.
         "vector": " + ".join(record.machine.get("vector") or []),
