@@ -44,10 +44,11 @@ test: setup system-packages
 
 check: lint test
 
-# The tests that run TensorFlow once more with oneDNN off: other kernels and other rounding, the
-# nearest stand-in on one machine for another CPU (CI runs this after make check).
+# The tests whose assertions rest on what TensorFlow computes, once more with oneDNN off: other
+# kernels and other rounding, the nearest stand-in on one machine for another CPU (CI runs this
+# after make check; tests/conftest.py says which tests).
 test-onednn-off: setup system-packages
-	TF_ENABLE_ONEDNN_OPTS=0 $(BIN)/pytest -m "tensorflow and not install"
+	TF_ENABLE_ONEDNN_OPTS=0 $(BIN)/pytest -m tensorflow
 
 format: setup
 	$(BIN)/ruff format .

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
-from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.hooks import EvalEvent, Hook, TrainContext
 from mnistctl.runs import CHECKPOINT_DIR, Status, is_run_dir
 
 if TYPE_CHECKING:  # finding checkpoints (resolve, latest_in) needs no TensorFlow; saving does
@@ -84,7 +84,8 @@ class CheckpointHook(Hook):
         if ctx.step % self.every == 0:
             self._save_latest(ctx)
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        improved = event.improved
         if improved:
             self.checkpoints.save(ctx.session, BEST, ctx.step)
 

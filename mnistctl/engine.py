@@ -23,7 +23,7 @@ from typing import Any
 
 from mnistctl.config import Experiment, dump_yaml, parse_experiment, to_dict
 from mnistctl.files import to_json, write_atomic
-from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.hooks import EvalEvent, Hook, TrainContext
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import METRICS_FILE, Status, find_runs, is_run_dir, load_run
 from mnistctl.sweep import (
@@ -63,7 +63,8 @@ class TuneReporter(Hook):
         self.report = report
         self._last: dict[str, float] | None = None
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        record = event.record
         metrics = {
             k: v
             for k, v in record.as_row().items()

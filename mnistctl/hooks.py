@@ -61,6 +61,33 @@ class EvalRecord:
 
 FIELDS = tuple(EvalRecord.__dataclass_fields__)
 
+Named = tuple[tuple[str, np.ndarray], ...]  # (variable name, its value), in the graph's order
+
+
+@dataclass(frozen=True)
+class EvalEvent:
+    """One evaluation, measured once by the loop: every hook reads what it needs from here and
+    none runs the session (the weights are fetched once per evaluation, whoever writes them).
+
+    A new metric is a field here and its computation in ``mnistctl.loop``; writers are tested
+    by feeding them events, without TensorFlow.
+    """
+
+    record: EvalRecord
+    improved: bool  # the best evaluation so far (see best_row)
+    test_predictions: np.ndarray  # the class chosen for every test image
+    test_probabilities: np.ndarray  # float32 [test images, classes]
+    batch: np.ndarray  # indices of the last training batch
+    batch_predictions: np.ndarray  # the classes the model gives those images now
+    weights: Named  # the layers' weights (kernels and matrices), as trained
+    biases: Named  # the layers' biases (batch norm's offsets among them)
+    # The hidden layers' outputs on the first HIDDEN_IMAGES test images, for models with batch
+    # norm (whose activations the walk-through shows); () for the others.
+    hidden: tuple[np.ndarray, ...] = ()
+
+
+HIDDEN_IMAGES = 1000  # test images whose hidden activations an event carries
+
 Row = TypeVar("Row", EvalRecord, Mapping[str, float])
 
 
@@ -105,8 +132,8 @@ class TrainContext:
     last: EvalRecord | None = None
     run_dir: Any = None  # the run directory (a Path), for hooks that draw from its files
     data: Any = None  # the Dataset being trained on
-    last_test: Any = None  # the latest test-set Evaluation (predictions, probabilities)
     last_batch: np.ndarray | None = None  # indices of the last training batch
+    last_event: EvalEvent | None = None  # the latest evaluation, as the hooks received it
     # A hook sets this to end training cleanly after the current step, with this status
     # (a sweep's scheduler stopping a trial early: ``stopped``).
     stop: Status | None = None
@@ -137,8 +164,8 @@ class Hook:
     def after_step(self, ctx: TrainContext) -> None:
         """After every step; ``ctx.step`` steps are done. Must be cheap."""
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        """After each evaluation; ``improved`` when it is the best so far (see ``best_row``)."""
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        """After each evaluation (before that step's ``after_step``), with what it measured."""
 
     def end(self, ctx: TrainContext, status: Status) -> None:
         """Once, with how training ended: completed, interrupted, diverged or failed."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from mnistctl.data import BatchOrder, Dataset
 from mnistctl.errors import MnistctlError
-from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
+from mnistctl.hooks import HIDDEN_IMAGES, EvalEvent, EvalRecord, Hook, TrainContext, best_row
 from mnistctl.runs import Status, peak_rss_mb
 
 # The message of the graph's check_numerics on the loss: a non-finite loss fails the step
@@ -208,7 +208,6 @@ def _evaluate_and_report(
             validation = evaluate(
                 ctx.session, ctx.graph, data.validation_images, data.validation_labels, cfg.eval_batch_size
             )
-    ctx.last_test = test
     loss_sum, correct, images = ctx.session.run(ctx.graph.train_window)
     ctx.session.run(ctx.graph.reset_window)
     record = EvalRecord(
@@ -230,5 +229,39 @@ def _evaluate_and_report(
     if improved:
         ctx.best = record
     ctx.last = record
+    event = _measure(ctx, data, record, improved, test)
+    ctx.last_event = event
     for hook in hooks:
-        hook.after_eval(ctx, record, improved)
+        hook.after_eval(ctx, event)
+
+
+def _measure(
+    ctx: TrainContext, data: Dataset, record: EvalRecord, improved: bool, test: Evaluation
+) -> EvalEvent:
+    """Everything the hooks read of an evaluation besides the metrics, in one ``session.run``:
+    the weights and biases as trained, the last training batch's predictions and, for models
+    with batch norm, the hidden layers' outputs on the first HIDDEN_IMAGES test images (test
+    mode: each image's outputs are its own, so one batch can hold both sets of images)."""
+    g, batch = ctx.graph, ctx.last_batch
+    wants_hidden = bool(g.hidden) and any(layer.normalised for layer in ctx.experiment.model.layers)
+    shown = data.test_images[:HIDDEN_IMAGES] if wants_hidden else data.test_images[:0]
+    fetched = ctx.session.run(
+        {"weights": list(g.weights), "biases": list(g.biases), "predictions": g.predictions,
+         "hidden": list(g.hidden) if wants_hidden else []},
+        {g.images: np.concatenate([data.train_images[batch], shown])},
+    )  # fmt: skip
+    return EvalEvent(
+        record=record,
+        improved=improved,
+        test_predictions=test.predictions,
+        test_probabilities=test.probabilities,
+        batch=batch,
+        batch_predictions=np.asarray(fetched["predictions"])[: len(batch)],
+        weights=tuple(zip(_names(g.weights), fetched["weights"], strict=True)),
+        biases=tuple(zip(_names(g.biases), fetched["biases"], strict=True)),
+        hidden=tuple(np.asarray(h)[len(batch) :] for h in fetched["hidden"]),
+    )
+
+
+def _names(variables: Sequence[Any]) -> list[str]:
+    return [getattr(getattr(v, "op", None), "name", str(v)) for v in variables]

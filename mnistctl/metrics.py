@@ -19,7 +19,7 @@ import numpy as np
 
 from mnistctl.errors import DamagedFileError
 from mnistctl.files import to_json, write_atomic
-from mnistctl.hooks import FIELDS, EvalRecord, Hook, TrainContext
+from mnistctl.hooks import FIELDS, EvalEvent, Hook, TrainContext
 
 if TYPE_CHECKING:
     from mnistctl.config import Experiment
@@ -43,9 +43,9 @@ class CsvWriter(Hook):
         if new:
             self._writer.writeheader()
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
         assert self._writer is not None and self._file is not None
-        self._writer.writerow({k: _fmt(v) for k, v in record.as_row().items()})
+        self._writer.writerow({k: _fmt(v) for k, v in event.record.as_row().items()})
         self._file.flush()
 
     def end(self, ctx: TrainContext, status: Status) -> None:
@@ -197,7 +197,8 @@ class TensorBoardWriter(Hook):
         self._writer.add_session_log(log, ctx.start_step + 1)
         self._writer.add_summary(hparams_summary(ctx.experiment, self.logdir.parent.name), ctx.start_step)
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        record = event.record
         summary = self._tf.compat.v1.Summary()
         for tag in SCALARS:
             value = getattr(record, tag)
@@ -207,19 +208,17 @@ class TensorBoardWriter(Hook):
                     tag=f"{name}/{group}" if group in ("train", "test", "validation") else tag,
                     simple_value=value,
                 )
-        if ctx.last_test is not None:
-            wrong = np.flatnonzero(ctx.last_test.predictions != ctx.data.test_labels)[:MISRECOGNISED_SHOWN]
-            if wrong.size:
-                height, width, png = _digit_grid(ctx.data.test_images[wrong])
-                image = self._tf.compat.v1.Summary.Image(
-                    height=height, width=width, colorspace=1, encoded_image_string=png
-                )
-                summary.value.add(tag="misrecognised_test_digits", image=image)
-        weights, biases = ctx.session.run([list(ctx.graph.weights), list(ctx.graph.biases)])
-        for var, value in zip(ctx.graph.weights + ctx.graph.biases, weights + biases, strict=True):
+        wrong = np.flatnonzero(event.test_predictions != ctx.data.test_labels)[:MISRECOGNISED_SHOWN]
+        if wrong.size:
+            height, width, png = _digit_grid(ctx.data.test_images[wrong])
+            image = self._tf.compat.v1.Summary.Image(
+                height=height, width=width, colorspace=1, encoded_image_string=png
+            )
+            summary.value.add(tag="misrecognised_test_digits", image=image)
+        for name, value in event.weights + event.biases:
             histogram = self._histogram(value)
             if histogram is not None:
-                summary.value.add(tag=var.op.name, histo=histogram)
+                summary.value.add(tag=name, histo=histogram)
         try:
             self._writer.add_summary(summary, record.step)
             self._writer.flush()
@@ -259,7 +258,6 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) 
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 DISTRIBUTION_FIELDS = ("step", "kind", *(f"p{p}" for p in PERCENTILES))
-ACTIVATION_IMAGES = 1000  # test images whose hidden activations are summarised
 
 
 def percentiles(arrays: list[np.ndarray]) -> list[float]:
@@ -289,17 +287,14 @@ class DistributionWriter(Hook):
         kept = [r for r in read_rows(self.path) if _step(r) <= ctx.start_step]
         self._write(kept, mode="w")
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        g = ctx.graph
-        weights, biases = ctx.session.run([list(g.weights), list(g.biases)])
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        step = event.record.step
         rows = [
-            (record.step, "weights", *percentiles(weights)),
-            (record.step, "biases", *percentiles(biases)),
+            (step, "weights", *percentiles([value for _, value in event.weights])),
+            (step, "biases", *percentiles([value for _, value in event.biases])),
         ]
-        if self.activations and g.hidden:
-            images = ctx.data.test_images[:ACTIVATION_IMAGES]
-            hidden = ctx.session.run(list(g.hidden), {g.images: images})
-            rows.append((record.step, "activations", *percentiles(hidden)))
+        if self.activations and event.hidden:
+            rows.append((step, "activations", *percentiles(list(event.hidden))))
         self._write([dict(zip(DISTRIBUTION_FIELDS, row, strict=True)) for row in rows])
 
     def _write(self, rows: list[dict], mode: str = "a") -> None:
@@ -358,6 +353,7 @@ class PredictionWriter(Hook):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.best: tuple[int, np.ndarray] | None = None
+        self.last: EvalEvent | None = None
 
     def begin(self, ctx: TrainContext) -> None:
         try:
@@ -367,27 +363,29 @@ class PredictionWriter(Hook):
         if saved is not None and int(saved["best_step"]) <= ctx.start_step:
             self.best = (int(saved["best_step"]), saved["best_predictions"])
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        if improved:
-            self.best = (record.step, ctx.last_test.predictions.astype(np.uint8))
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        if event.improved:
+            self.best = (event.record.step, event.test_predictions.astype(np.uint8))
+        self.last = event
 
     def end(self, ctx: TrainContext, status: Status) -> None:
-        if ctx.last_test is None or ctx.last_batch is None or not status.checkpointed_at_end:
+        # The last evaluation is the last step's (the loop evaluates there), so its batch
+        # predictions are the end's.
+        last = self.last
+        if last is None or not status.checkpointed_at_end:
             return
-        data, g, batch = ctx.data, ctx.graph, ctx.last_batch
-        train_predictions = ctx.session.run(g.predictions, {g.images: data.train_images[batch]})
-        best_step, best = self.best if self.best else (ctx.last.step, ctx.last_test.predictions)
+        best_step, best = self.best if self.best else (last.record.step, last.test_predictions)
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
-            step=ctx.last.step,
-            labels=data.test_labels,
-            predictions=ctx.last_test.predictions.astype(np.uint8),
-            probabilities=ctx.last_test.probabilities.astype(np.float16),
+            step=last.record.step,
+            labels=ctx.data.test_labels,
+            predictions=last.test_predictions.astype(np.uint8),
+            probabilities=last.test_probabilities.astype(np.float16),
             best_step=best_step,
             best_predictions=best.astype(np.uint8),
-            train_indices=batch,
-            train_predictions=train_predictions.astype(np.uint8),
+            train_indices=last.batch,
+            train_predictions=last.batch_predictions.astype(np.uint8),
         )
         write_atomic(self.path, buffer.getvalue())
 
@@ -404,19 +402,15 @@ class EvaluationLog(Hook):
         kept = [e for e in read_evaluations(self.path) if e["step"] <= ctx.start_step]
         write_atomic(self.path, "".join(to_json(e, separators=(",", ":")) + "\n" for e in kept))
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
-        if ctx.last_test is None or ctx.last_batch is None:
-            return
-        data, g, batch = ctx.data, ctx.graph, ctx.last_batch
-        predicted = ctx.last_test.predictions
-        wrong = np.flatnonzero(predicted != data.test_labels)
-        batch_predicted = ctx.session.run(g.predictions, {g.images: data.train_images[batch]})
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        predicted = event.test_predictions
+        wrong = np.flatnonzero(predicted != ctx.data.test_labels)
         entry = {
-            "step": record.step,
+            "step": event.record.step,
             "test_count": len(predicted),
             "wrong": [[int(i), int(predicted[i])] for i in wrong],
-            "batch": [int(i) for i in batch],
-            "batch_predicted": [int(p) for p in batch_predicted],
+            "batch": [int(i) for i in event.batch],
+            "batch_predicted": [int(p) for p in event.batch_predictions],
         }
         with self.path.open("a", encoding="utf-8") as f:
             f.write(to_json(entry, separators=(",", ":")) + "\n")

@@ -37,7 +37,7 @@ from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json, version, write_atomic, write_in_place
-from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
+from mnistctl.hooks import EvalEvent, EvalRecord, Hook, TrainContext, best_row
 from mnistctl.machine import describe as describe_machine
 
 CONFIG_FILE = "config.yaml"
@@ -119,6 +119,45 @@ class Status(str, Enum):
             return cls(value)
         except ValueError:
             return cls.UNKNOWN
+
+    def may_become(self, new: Status) -> bool:
+        """Whether a run's record may go from this status to ``new`` (see TRANSITIONS)."""
+        return new == self or new in TRANSITIONS.get(self, frozenset())
+
+
+# A run's life, the one place that says it: each recorded status and those it may go to.
+# ``crashed`` and ``unknown`` are only ever read (never written), and every other change is a
+# bug that Run.update refuses. A resume starts from any ended status (``completed`` extended,
+# ``failed`` or ``diverged`` retried from their last good checkpoint) or from a claimed one
+# whose process is gone; a sweep says ``stopped`` (its scheduler ended the trial) or
+# ``interrupted`` (the sweep itself was) of trials it ended.
+_ENDED_BY_THE_LOOP = frozenset(
+    {
+        Status.COMPLETED,
+        Status.INTERRUPTED,
+        Status.DIVERGED,
+        Status.FAILED,
+        Status.STOPPED,
+        Status.TARGET_REACHED,
+        Status.EARLY_STOPPED,
+    }
+)
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.CREATED: frozenset({Status.RUNNING, Status.RESUMING, Status.INTERRUPTED, Status.FAILED}),
+    Status.RESUMING: frozenset({Status.RUNNING, Status.INTERRUPTED, Status.FAILED}),
+    Status.RUNNING: _ENDED_BY_THE_LOOP | {Status.RESUMING},
+    Status.COMPLETED: frozenset({Status.RESUMING}),
+    Status.INTERRUPTED: frozenset({Status.RESUMING, Status.STOPPED}),
+    Status.DIVERGED: frozenset({Status.RESUMING}),
+    Status.FAILED: frozenset({Status.RESUMING}),
+    Status.STOPPED: frozenset({Status.RESUMING, Status.INTERRUPTED}),
+    Status.TARGET_REACHED: frozenset({Status.RESUMING}),
+    Status.EARLY_STOPPED: frozenset({Status.RESUMING}),
+}
+
+
+class StatusError(TypeError):
+    """A status change the run's life does not allow: a bug in mnistctl, not a user's error."""
 
 
 @dataclass
@@ -222,10 +261,18 @@ class Run:
         return self.path.name
 
     def update(self, **changes: Any) -> None:
-        """Set fields of the record and rewrite run.json atomically; also the heartbeat."""
-        for key, value in changes.items():
+        """Set fields of the record and rewrite run.json atomically; also the heartbeat.
+
+        Raises:
+            StatusError: a status change that TRANSITIONS does not allow (nothing is written).
+        """
+        for key in changes:
             if not hasattr(self.record, key) or key == "extra":
                 raise TypeError(f"RunRecord has no field {key!r}")  # a bug, not a user error
+        new = changes.get("status")
+        if new is not None and not self.record.status.may_become(new):
+            raise StatusError(f"{self.path}: a run may not go from {self.record.status} to {new}")
+        for key, value in changes.items():
             setattr(self.record, key, value)
         self.record.heartbeat = time.time()
         text = to_json(self.record.to_json(), indent=2) + "\n"
@@ -487,7 +534,8 @@ class RunRecorder(Hook):
             self._beat = now
             self.run.update(steps_done=ctx.step, wall_s=now - self._started)
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        record, improved = event.record, event.improved
         self._beat = time.time()
         self.run.update(
             steps_done=ctx.step,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from mnistctl.config import TrainConfig
-from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.hooks import EvalEvent, EvalRecord, Hook, TrainContext
 from mnistctl.runs import Status
 
 
@@ -44,7 +44,8 @@ class StoppingRules(Hook):
         else:
             self.waited += 1
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        record = event.record
         self._track(record)
         if ctx.stop is not None:
             return  # something else (a sweep's scheduler, Ctrl-C) already ends the run

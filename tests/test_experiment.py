@@ -107,8 +107,8 @@ def test_the_default_hooks_can_be_replaced(mnist_cache, tmp_path):
     seen = []
 
     class Report(Hook):
-        def after_eval(self, ctx, record, improved):
-            seen.append(record.step)
+        def after_eval(self, ctx, event):
+            seen.append(event.record.step)
 
     exp = load_config(TINY, ["train.steps=20", "train.eval_every=10"])
     run = run_experiment(exp, runs_dir=tmp_path, build_hooks=lambda run, exp, g: [RunRecorder(run), Report()])

@@ -209,7 +209,7 @@ def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(traine
     view.begin(ctx)
     started = time.perf_counter()
     for _ in range(5):  # five evaluations in quick succession
-        view.after_eval(ctx, None, False)
+        view.after_eval(ctx, None)
     assert time.perf_counter() - started < 0.1  # the training did not wait for any drawing
     view.end(ctx, Status.COMPLETED)
     assert 1 <= view.drawn <= 2 and view.error is None  # folded: not one redraw per evaluation

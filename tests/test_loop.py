@@ -37,6 +37,7 @@ class FakeSession:
         self.evaluations = 0  # evaluations begun (each reads the test set once)
         self.fail_at_step, self.diverge_at_step = fail_at_step, diverge_at_step
         self.fed = []
+        self.measured = []  # the measurement fetches, one per evaluation
 
     def run(self, fetches, feed=None):
         g = self.g
@@ -52,6 +53,13 @@ class FakeSession:
             return [1.0, 2, 4]
         if fetches == g.reset_window:
             return None
+        if isinstance(fetches, dict):  # the evaluation's one measurement: weights, batch, hidden
+            self.measured.append(sorted(fetches))
+            n = len(feed[g.images])
+            hidden = [np.zeros((n, 4))] * len(fetches["hidden"])
+            weights, biases = [np.ones((3, 2))], [np.zeros(2)]
+            predictions = np.zeros(n, np.int32)
+            return {"weights": weights, "biases": biases, "predictions": predictions, "hidden": hidden}
         # an evaluation batch: [loss_sum, correct, predictions(, probabilities)]. The test set
         # (with probabilities) comes first at each evaluation, then the validation set.
         n = len(feed[g.images])
@@ -65,7 +73,8 @@ class FakeSession:
 def fake_graph():
     names = ["images", "labels", "training", "train_op", "train_window", "reset_window"]
     names += ["loss_sum", "correct", "predictions", "probabilities"]
-    return SimpleNamespace(**{n: n for n in names}, swap_averages=None)
+    variables = {"weights": ("layer0/weights",), "biases": ("layer0/biases",), "hidden": ("hidden0",)}
+    return SimpleNamespace(**{n: n for n in names}, **variables, swap_averages=None)
 
 
 def tiny_data(validation: bool = True) -> Dataset:
@@ -109,8 +118,8 @@ class Recorder(Hook):
     def after_step(self, ctx):
         self._note("after_step", ctx)
 
-    def after_eval(self, ctx, record, improved):
-        self._note("after_eval", ctx, improved)
+    def after_eval(self, ctx, event):
+        self._note("after_eval", ctx, event.improved)
 
     def end(self, ctx, status):
         self._note("end", ctx, status)
@@ -185,8 +194,8 @@ def test_best_is_chosen_by_validation_and_improves_only_when_strictly_better():
     records = []
 
     class Keep(Hook):
-        def after_eval(self, ctx, record, improved):
-            records.append(record)
+        def after_eval(self, ctx, event):
+            records.append(event.record)
 
     ctx = context(session, steps=20)
     fit(ctx, tiny_data(), [Recorder(log), Keep()])
@@ -241,3 +250,22 @@ def test_a_trial_that_tune_stops_ends_as_stopped():
     session = FakeSession(fake_graph())
     status = fit(context(session, steps=20), tiny_data(), [TuneReporter(stop)])
     assert status is Status.STOPPED and session.steps == 5
+
+
+def test_one_evaluation_measures_once_and_every_hook_gets_the_same_event():
+    """The weights are fetched once per evaluation, however many writers read them."""
+    session = FakeSession(fake_graph())
+    seen = []
+
+    class Reader(Hook):
+        def after_eval(self, ctx, event):
+            seen.append(event)
+
+    fit(context(session, steps=10), tiny_data(), [Reader(), Reader(), Reader()])
+    assert session.measured == [["biases", "hidden", "predictions", "weights"]] * 2  # steps 5 and 10
+    assert len(seen) == 6 and seen[0] is seen[1] is seen[2] and seen[3] is seen[4] is seen[5]
+    event = seen[-1]
+    assert event.record.step == 10 and event.weights[0][0] == "layer0/weights"
+    assert event.batch_predictions.shape == event.batch.shape == (4,)  # the batch's, not the extra images'
+    assert event.hidden == ()  # tiny has no batch norm: its activations are not carried
+    assert event.test_probabilities.shape == (TEST_IMAGES, 10)

@@ -11,6 +11,8 @@ import pytest
 from mnistctl.hooks import EvalRecord
 from mnistctl.runs import RunRecord, Status, Timing, load_run
 
+from .conftest import CONFIGS
+
 OLD_RUN = Path(__file__).parent / "data" / "run-before-redesign"  # written by mnistctl 1c78572
 
 
@@ -42,9 +44,10 @@ def test_update_writes_run_json_and_refuses_unknown_fields(tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(OLD_RUN, run_dir)
     run = load_run(run_dir)
-    run.update(status=Status.INTERRUPTED, steps_done=12)
+    assert run.record.status is Status.COMPLETED
+    run.update(status=Status.RESUMING, steps_done=12)
     again = json.loads((run_dir / "run.json").read_text())
-    assert again["status"] == "interrupted" and again["steps_done"] == 12 and again["heartbeat"] > 0
+    assert again["status"] == "resuming" and again["steps_done"] == 12 and again["heartbeat"] > 0
     with pytest.raises(TypeError, match="no field 'stauts'"):
         run.update(stauts="completed")
 
@@ -188,3 +191,34 @@ def test_training_time_adds_up_the_processes_of_a_resumed_run():
     assert training_time(rows(5.0, 10.0, 15.0)) == 15.0  # one process, or a clock that went on
     assert training_time(rows(5.0, 10.0, 4.0, 9.0)) == 19.0  # an older run: the clock restarted
     assert training_time([]) == 0.0
+
+
+ALLOWED = {
+    ("created", "running"), ("created", "resuming"), ("created", "interrupted"), ("created", "failed"),
+    ("resuming", "running"), ("resuming", "interrupted"), ("resuming", "failed"),
+    ("running", "completed"), ("running", "interrupted"), ("running", "diverged"), ("running", "failed"),
+    ("running", "stopped"), ("running", "target_reached"), ("running", "early_stopped"),
+    ("running", "resuming"),  # reclaimed: the process that claimed it is gone
+    ("completed", "resuming"), ("interrupted", "resuming"), ("diverged", "resuming"),
+    ("failed", "resuming"), ("target_reached", "resuming"), ("early_stopped", "resuming"),
+    ("stopped", "resuming"), ("stopped", "interrupted"), ("interrupted", "stopped"),  # a sweep's word
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("old", [s for s in Status if s not in (Status.CRASHED, Status.UNKNOWN)])
+def test_a_runs_status_changes_only_as_its_life_allows(tmp_path, old):
+    from mnistctl.config import load_config
+    from mnistctl.runs import StatusError, create_run
+
+    run = create_run(tmp_path, load_config(CONFIGS / "tiny.yaml"))
+    run.record.status = old
+    for new in Status:
+        before = (run.path / "run.json").read_text()
+        if new == old or (old.value, new.value) in ALLOWED:
+            run.update(status=new)
+            assert load_run(run.path).record.status is new
+            run.record.status = old
+        else:
+            with pytest.raises(StatusError, match=f"may not go from {old} to {new}"):
+                run.update(status=new)
+            assert (run.path / "run.json").read_text() == before  # nothing written

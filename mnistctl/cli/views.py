@@ -17,7 +17,7 @@ from rich.text import Text
 
 from mnistctl.cli.app import err
 from mnistctl.errors import MnistctlError
-from mnistctl.hooks import EvalRecord, Hook, TrainContext
+from mnistctl.hooks import EvalEvent, Hook, TrainContext
 from mnistctl.runs import Status
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -80,7 +80,8 @@ class ProgressView(Hook):
         if self.progress is not None and (ctx.step % 10 == 0 or ctx.step == ctx.total_steps):
             self.progress.update(self.task, completed=ctx.step, lr=ctx.experiment.schedule(ctx.step))
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
+        record = event.record
         which = "best val" if ctx.experiment.data.validation else "best"
         best = f"{which} {ctx.best_accuracy:.4f}@{ctx.best_step}"
         self.accuracies.append(record.test_accuracy)
@@ -129,7 +130,7 @@ class WatchView(Hook):
         self._thread = threading.Thread(target=self._draw_when_asked, args=(ctx.run_dir,), daemon=True)
         self._thread.start()
 
-    def after_eval(self, ctx: TrainContext, record: EvalRecord, improved: bool) -> None:
+    def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
         self.evaluations += 1
         if self.evaluations % self.every == 0:
             self._wanted.set()
