@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.hooks import EvalEvent, Hook, TrainContext
-from mnistctl.runs import CHECKPOINT_DIR, Status, is_run_dir
+from mnistctl.runs import CHECKPOINT_DIR, is_run_dir
+from mnistctl.status import Status
 
 if TYPE_CHECKING:  # finding checkpoints (resolve, latest_in) needs no TensorFlow; saving does
     import tensorflow as tf

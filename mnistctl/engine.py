@@ -25,7 +25,8 @@ from mnistctl.config import Experiment, dump_yaml, parse_experiment, to_dict
 from mnistctl.files import to_json, write_atomic
 from mnistctl.hooks import EvalEvent, Hook, TrainContext
 from mnistctl.metrics import read_metrics
-from mnistctl.runs import METRICS_FILE, Status, find_runs, is_run_dir, load_run
+from mnistctl.runs import METRICS_FILE, find_runs, is_run_dir, load_run
+from mnistctl.status import Status
 from mnistctl.sweep import (
     BASE_FILE,
     BEST_FILE,

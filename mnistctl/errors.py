@@ -12,3 +12,8 @@ class MnistctlError(Exception):
 
 class DamagedFileError(MnistctlError):
     """A file of a run that cannot be read: binary junk, a truncated archive, wrong columns."""
+
+
+# The message of the graph's check_numerics on the loss (mnistctl.model): a non-finite loss
+# fails the step inside TensorFlow, and the loop (mnistctl.loop) knows it by this message.
+NONFINITE_LOSS = "the loss is not a finite number"

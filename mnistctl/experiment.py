@@ -47,11 +47,11 @@ from mnistctl.runs import (
     Run,
     RunLock,
     RunRecorder,
-    Status,
     create_run,
     load_run,
     utc_now,
 )
+from mnistctl.status import Status
 from mnistctl.stopping import StoppingRules
 
 HookFactory = Callable[[Run, Experiment, Graph], list[Hook]]

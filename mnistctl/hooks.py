@@ -24,7 +24,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # only for annotations: this module must not import TensorFlow
     from mnistctl.config import Experiment
-    from mnistctl.runs import Status
+    from mnistctl.status import Status
 
 
 @dataclass(frozen=True)

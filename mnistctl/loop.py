@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 
 from mnistctl.data import BatchOrder, Dataset
-from mnistctl.errors import MnistctlError
+from mnistctl.errors import NONFINITE_LOSS, MnistctlError
 from mnistctl.hooks import HIDDEN_IMAGES, EvalEvent, EvalRecord, Hook, TrainContext, best_row
-from mnistctl.runs import Status, peak_rss_mb
-
-# The message of the graph's check_numerics on the loss: a non-finite loss fails the step
-# inside TensorFlow, so noticing it costs no per-step fetch.
-NONFINITE_LOSS = "the loss is not a finite number"
+from mnistctl.machine import peak_rss_mb
+from mnistctl.status import Status
 
 
 class Diverged(MnistctlError):

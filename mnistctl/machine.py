@@ -95,3 +95,10 @@ def summary(machine: dict | None = None) -> str:
     if m.get("onednn") is False:
         parts.append("oneDNN off")
     return ", ".join(parts)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -23,7 +23,7 @@ from mnistctl.hooks import FIELDS, EvalEvent, Hook, TrainContext
 
 if TYPE_CHECKING:
     from mnistctl.config import Experiment
-    from mnistctl.runs import Status
+    from mnistctl.status import Status
 
 
 class CsvWriter(Hook):

@@ -25,7 +25,7 @@ from mnistctl.config import (
     OptimizerConfig,
     SgdConfig,
 )
-from mnistctl.loop import NONFINITE_LOSS
+from mnistctl.errors import NONFINITE_LOSS
 from mnistctl.registry import Registry
 from mnistctl.schedules import ScheduleConfig
 

@@ -10,7 +10,7 @@ import math
 
 from mnistctl.config import TrainConfig
 from mnistctl.hooks import EvalEvent, EvalRecord, Hook, TrainContext
-from mnistctl.runs import Status
+from mnistctl.status import Status
 
 
 class StoppingRules(Hook):

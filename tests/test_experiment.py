@@ -14,7 +14,8 @@ from mnistctl.cli import main
 from mnistctl.config import load_config
 from mnistctl.hooks import Hook, best_row
 from mnistctl.metrics import read_metrics
-from mnistctl.runs import RunRecorder, Status, load_run
+from mnistctl.runs import RunRecorder, load_run
+from mnistctl.status import Status
 
 from .conftest import CONFIGS
 from .test_runs import OLD_RUN

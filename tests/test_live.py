@@ -194,7 +194,7 @@ def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(traine
     from mnistctl import plots
     from mnistctl.cli.views import WatchView
     from mnistctl.hooks import TrainContext
-    from mnistctl.runs import Status
+    from mnistctl.status import Status
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

@@ -14,9 +14,10 @@ import pytest
 
 from mnistctl.config import load_config
 from mnistctl.data import Dataset
+from mnistctl.errors import NONFINITE_LOSS
 from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
-from mnistctl.loop import NONFINITE_LOSS, Diverged, fit
-from mnistctl.runs import Status
+from mnistctl.loop import Diverged, fit
+from mnistctl.status import Status
 
 from .conftest import CONFIGS
 

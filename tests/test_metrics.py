@@ -24,7 +24,7 @@ from mnistctl.metrics import (
     read_metrics,
     read_predictions,
 )
-from mnistctl.runs import Status
+from mnistctl.status import Status
 
 TEST_LABELS = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], np.uint8)
 

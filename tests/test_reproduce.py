@@ -165,7 +165,8 @@ def test_reproduce_side_by_side_through_the_sweep_engine(mnist_cache, tmp_path):
     import subprocess
     import sys
 
-    from mnistctl.runs import Status, load_run
+    from mnistctl.runs import load_run
+    from mnistctl.status import Status
 
     from .conftest import ROOT
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mnistctl.hooks import EvalRecord
-from mnistctl.runs import RunRecord, Status, Timing, load_run
+from mnistctl.runs import RunRecord, Timing, load_run
+from mnistctl.status import Status
 
 from .conftest import CONFIGS
 
@@ -208,7 +209,8 @@ ALLOWED = {
 @pytest.mark.parametrize("old", [s for s in Status if s not in (Status.CRASHED, Status.UNKNOWN)])
 def test_a_runs_status_changes_only_as_its_life_allows(tmp_path, old):
     from mnistctl.config import load_config
-    from mnistctl.runs import StatusError, create_run
+    from mnistctl.runs import create_run
+    from mnistctl.status import StatusError
 
     run = create_run(tmp_path, load_config(CONFIGS / "tiny.yaml"))
     run.record.status = old

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from mnistctl.cli import main
 from mnistctl.hooks import EvalRecord
 from mnistctl.loop import fit
-from mnistctl.runs import Status
+from mnistctl.status import Status
 from mnistctl.stopping import StoppingRules
 
 from .conftest import CONFIGS

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from mnistctl.cli import main
 from mnistctl.config import ConfigError
 from mnistctl.metrics import read_metrics
-from mnistctl.runs import Status, load_run
+from mnistctl.runs import load_run
+from mnistctl.status import Status
 from mnistctl.sweep import load_sweep
 
 from .conftest import CONFIGS, ROOT

@@ -22,7 +22,8 @@ from mnistctl.cli.app import (
 )
 from mnistctl.cli.views import LivePage, ProgressView, StopOnSignal, WatchView
 from mnistctl.hooks import Hook
-from mnistctl.runs import Run, Status
+from mnistctl.runs import Run
+from mnistctl.status import Status
 
 
 @main.command()

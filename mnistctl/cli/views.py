@@ -18,7 +18,7 @@ from rich.text import Text
 from mnistctl.cli.app import err
 from mnistctl.errors import MnistctlError
 from mnistctl.hooks import EvalEvent, Hook, TrainContext
-from mnistctl.runs import Status
+from mnistctl.status import Status
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
