@@ -5,21 +5,16 @@ Reads ``run.json``, ``config.yaml`` and ``metrics.csv``; never imports TensorFlo
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import functools
-import io
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mnistctl.config import flatten
+from mnistctl.config import Experiment, flatten, to_dict
 from mnistctl.errors import MnistctlError
-from mnistctl.files import to_json, version
+from mnistctl.files import csv_text, to_json, version
 from mnistctl.hooks import max_test_accuracy
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import CONFIG_FILE, METRICS_FILE, Run
@@ -43,21 +38,24 @@ TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
 
 
 def _config_items(run: Run) -> dict[str, Any]:
+    """A run's resolved config as flat keys (without its description); {} when it cannot be
+    read. Parsed once per write of config.yaml, by the run itself (with the alias guard and the
+    schema every config gets)."""
     path = run.path / CONFIG_FILE
     written = version(path)
-    return dict(_flat_config(path, written)) if written else {}
+    if written is None:
+        return {}
+    try:
+        return dict(_flat_config(run.experiment(), written))
+    except MnistctlError:
+        return {}
 
 
 @functools.lru_cache(maxsize=512)
-def _flat_config(path: Path, written: tuple[int, int, int]) -> dict[str, Any]:
-    """A run's config.yaml as flat keys, read once for each time it was written (``files.version``)."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    flat = flatten(raw) if isinstance(raw, dict) else {}
+def _flat_config(exp: Experiment, written: tuple[int, int, int]) -> tuple[tuple[str, Any], ...]:
+    flat = flatten(to_dict(exp))
     flat.pop("description", None)
-    return flat
+    return tuple(flat.items())
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -286,11 +284,7 @@ def render(columns: list[str], rows: list[dict], fmt: str) -> str:
     if fmt == "json":
         return to_json([{c: r.get(c) for c in columns} for r in rows], indent=2)
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue().rstrip("\n")
+        return csv_text(columns, rows, ignore_extra=True).rstrip("\n")
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(cell(r.get(c), c) for c in columns) + " |" for r in rows]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,26 @@ def to_json(value: Any, **options: Any) -> str:
     a number is expected.
     """
     return json.dumps(finite_or_none(value), allow_nan=False, **options)
+
+
+def csv_text(
+    fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]], *, ignore_extra: bool = False
+) -> str:
+    """A CSV file's text: the header, then one line per row (``\\n`` line ends)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out,
+        fieldnames=list(fieldnames),
+        lineterminator="\n",
+        extrasaction="ignore" if ignore_extra else "raise",
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_csv(
+    path: Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, Any]], *, ignore_extra: bool = False
+) -> None:
+    """Write a whole CSV file atomically (see :func:`write_atomic`)."""
+    write_atomic(path, csv_text(fieldnames, rows, ignore_extra=ignore_extra))

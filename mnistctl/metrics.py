@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistctl.errors import DamagedFileError
-from mnistctl.files import to_json, write_atomic
+from mnistctl.files import to_json, write_atomic, write_csv
 from mnistctl.hooks import FIELDS, EvalEvent, Hook, TrainContext
+from mnistctl.images import mosaic_png
 
 if TYPE_CHECKING:
     from mnistctl.config import Experiment
@@ -97,12 +98,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [r for r in read_metrics(path) if r["step"] <= step]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: int(v) if k == "step" else _fmt(v) for k, v in row.items()})
-    write_atomic(path, out.getvalue())
+    write_csv(path, FIELDS, ({k: int(v) if k == "step" else _fmt(v) for k, v in r.items()} for r in rows))
 
 
 def hparams_summary(exp: Experiment, trial: str) -> bytes:
@@ -130,20 +126,6 @@ SCALARS = (
     "learning_rate",
 )
 MISRECOGNISED_SHOWN = 40  # digits in TensorBoard's image of each evaluation's mistakes
-
-
-def _digit_grid(images: np.ndarray, columns: int = 10) -> tuple[int, int, bytes]:
-    """28x28 digits tiled in rows of ``columns`` with a 2-pixel grey gap, as (height, width, PNG)."""
-    from PIL import Image
-
-    rows = -(-len(images) // columns)
-    grid = np.full((rows * 30 + 2, min(columns, len(images)) * 30 + 2), 96, np.uint8)
-    for k, digit in enumerate(images):
-        r, c = divmod(k, columns)
-        grid[2 + r * 30 : 30 + r * 30, 2 + c * 30 : 30 + c * 30] = digit
-    buffer = io.BytesIO()
-    Image.fromarray(grid).save(buffer, format="PNG")
-    return grid.shape[0], grid.shape[1], buffer.getvalue()
 
 
 def _io_error(err: RuntimeError, logdir: Path) -> OSError:
@@ -210,9 +192,9 @@ class TensorBoardWriter(Hook):
                 )
         wrong = np.flatnonzero(event.test_predictions != ctx.data.test_labels)[:MISRECOGNISED_SHOWN]
         if wrong.size:
-            height, width, png = _digit_grid(ctx.data.test_images[wrong])
+            height, width, png = mosaic_png(ctx.data.test_images[wrong])
             image = self._tf.compat.v1.Summary.Image(
-                height=height, width=width, colorspace=1, encoded_image_string=png
+                height=height, width=width, colorspace=3, encoded_image_string=png
             )
             summary.value.add(tag="misrecognised_test_digits", image=image)
         for name, value in event.weights + event.biases:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from mnistctl.compare import compare
 from mnistctl.data import load_experiment_data
 from mnistctl.errors import MnistctlError
+from mnistctl.images import mosaic
 from mnistctl.metrics import latest_predictions, read_distributions, read_metrics
 from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, Run
 
@@ -26,7 +27,6 @@ FORMATS = (".png", ".svg", ".html")  # what save() writes, by the file's suffix
 DASHBOARD_SIZE = (15, 8.75)  # inches; 1500x875 pixels at save()'s 100 dpi
 DASHBOARD_MARGINS = {"left": 0.045, "right": 0.99, "bottom": 0.06, "top": 0.91, "wspace": 0.16, "hspace": 0.3}
 TRAIN_COLOR, TEST_COLOR, VALIDATION_COLOR = "#1f77b4", "#d62728", "#2ca02c"
-WRONG = np.array([0.85, 0.1, 0.1])
 
 
 class PlotError(MnistctlError):
@@ -143,19 +143,6 @@ def _percentile_panel(ax: Axes, table: np.ndarray | None, kind: str) -> None:
 def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
     ax.set_axis_off()
-
-
-def mosaic(images: np.ndarray, wrong: np.ndarray, columns: int) -> np.ndarray:
-    """RGB mosaic of digits, white ink on black, misrecognised ones on red."""
-    count = len(images)
-    rows = -(-count // columns)
-    out = np.ones((rows * 30, columns * 30, 3))
-    for i, (image, bad) in enumerate(zip(images, wrong, strict=True)):
-        r, c = divmod(i, columns)
-        ink = image.astype(np.float64)[..., None] / 255.0
-        background = WRONG if bad else np.zeros(3)
-        out[r * 30 + 1 : r * 30 + 29, c * 30 + 1 : c * 30 + 29] = ink + (1 - ink) * background
-    return out
 
 
 def order_wrong_first(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import io
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from mnistctl.config import Experiment, flatten, load_config, to_dict
 from mnistctl.config.shipped import PUBLISHED, SHIPPED_DIR, WALKTHROUGH, shipped_configs
-from mnistctl.files import write_atomic
+from mnistctl.files import write_atomic, write_csv
 from mnistctl.hooks import Hook, best_row
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import METRICS_FILE, Run, RunLock, find_runs
@@ -287,12 +286,8 @@ def _unfinished_run(runs_dir: Path, name: str, seed: int, sha: str) -> Run | Non
 
 def _append_ledger(path: Path, row: dict[str, object]) -> None:
     rows = [*read_ledger(path), {k: str(v) for k, v in row.items()}]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=LEDGER_FIELDS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, out.getvalue())
+    write_csv(path, LEDGER_FIELDS, rows, ignore_extra=True)
 
 
 def _mean_std(values: list[float], digits: int = 4) -> str:
@@ -354,11 +349,7 @@ def write_tables(docs_dir: Path) -> None:
     table = aggregate(ledger)
     if not table:
         return
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(table[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(table)
-    write_atomic(docs_dir / "results.csv", out.getvalue())
+    write_csv(docs_dir / "results.csv", list(table[0]), table)
     ensembles_path = docs_dir / ENSEMBLES
     ensembles = json.loads(ensembles_path.read_text()) if ensembles_path.is_file() else {}
     markdown = _markdown(table, aggregate(ledger, current=False), ledger, ensembles)

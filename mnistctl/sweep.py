@@ -30,8 +30,6 @@ Nothing here imports Ray: ``compare`` and ``plot`` read sweep directories quickl
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +50,7 @@ from mnistctl.config.overrides import read_mapping, set_path, split_key
 from mnistctl.config.parsing import Invalid, kind, parse, shown, sub
 from mnistctl.config.shipped import resolve_config
 from mnistctl.errors import MnistctlError
-from mnistctl.files import write_atomic
+from mnistctl.files import write_csv
 from mnistctl.hooks import best_row
 from mnistctl.metrics import read_metrics
 from mnistctl.runs import METRICS_FILE, find_runs
@@ -434,11 +432,7 @@ def trial_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 def write_trials(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = trial_rows(sweep_dir)
     if rows:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomic(sweep_dir / TRIALS_FILE, out.getvalue())
+        write_csv(sweep_dir / TRIALS_FILE, list(rows[0]), rows)
     return rows
 
 

@@ -143,7 +143,7 @@ def test_tensorboard_reader_finds_scalars_and_histograms(trained_run):
     assert [e.step for e in images] == [20, 40, 60]
     wrong = [json.loads(line) for line in (trained_run / "evaluations.jsonl").read_text().splitlines()]
     shown = min(40, len(wrong[-1]["wrong"]))
-    assert images[-1].width == min(10, shown) * 30 + 2 and images[-1].height == -(-shown // 10) * 30 + 2
+    assert images[-1].width == min(10, shown) * 30 and images[-1].height == -(-shown // 10) * 30
 
 
 def test_the_evaluation_log_has_each_evaluations_mistakes_and_last_batch(trained_run):
