@@ -86,7 +86,7 @@ class DatasetSpec:
 # the MD5s published for the uncompressed canonical MNIST files (6bbc9ace..., a25bea73...,
 # 2646ac64..., 27ae3e4e...); the Fashion-MNIST ones from Debian's package agree with the
 # digests other projects publish for the uncompressed Zalando files.
-DATASETS: dict[str, DatasetSpec] = {
+DATASET_SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
         title="MNIST handwritten digits",
@@ -167,9 +167,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    if name not in DATASET_SPECS:
+        raise DataError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASET_SPECS)}")
+    return DATASET_SPECS[name]
 
 
 def cache_root() -> Path:

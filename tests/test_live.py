@@ -192,7 +192,7 @@ def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(traine
     from matplotlib.figure import Figure
 
     from mnistctl import plots
-    from mnistctl.cli.views import WatchView
+    from mnistctl.cli.views import RedrawView
     from mnistctl.hooks import TrainContext
     from mnistctl.status import Status
 
@@ -204,7 +204,7 @@ def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(traine
         return Figure(figsize=(1, 1))
 
     monkeypatch.setattr(plots, "dashboard", slow_dashboard)
-    view = WatchView(every=1)
+    view = RedrawView(every=1)
     ctx = TrainContext(None, None, None, total_steps=10, run_dir=run_dir)
     view.begin(ctx)
     started = time.perf_counter()
@@ -216,9 +216,10 @@ def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(traine
     assert (run_dir / "dashboard.png").is_file()
 
 
-def test_train_watch_draws_the_dashboard_with_the_latest_digits(mnist_cache, tmp_path):
+@pytest.mark.parametrize("flag", ["--redraw", "--watch"])  # --watch: the old name, kept hidden
+def test_train_redraw_draws_the_dashboard_with_the_latest_digits(mnist_cache, tmp_path, flag):
     result = CliRunner().invoke(
-        main, ["train", str(CONFIGS / "tiny.yaml"), "--runs-dir", str(tmp_path), "--watch", "1", "--quiet"]
+        main, ["train", str(CONFIGS / "tiny.yaml"), "--runs-dir", str(tmp_path), flag, "1", "--quiet"]
     )
     assert result.exit_code == 0, result.output
     (run,) = tmp_path.iterdir()

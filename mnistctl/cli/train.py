@@ -20,7 +20,7 @@ from mnistctl.cli.app import (
     quiet_option,
     set_option,
 )
-from mnistctl.cli.views import LivePage, ProgressView, StopOnSignal, WatchView
+from mnistctl.cli.views import LivePage, ProgressView, RedrawView, StopOnSignal
 from mnistctl.hooks import Hook
 from mnistctl.runs import Run
 from mnistctl.status import Status
@@ -41,11 +41,14 @@ from mnistctl.status import Status
 @data_dir_option
 @quiet_option
 @click.option(
-    "--watch",
+    "--redraw",
     type=click.IntRange(min=1),
     metavar="N",
     help="Redraw RUN_DIR/dashboard.png every N evaluations; keep it open in an image viewer.",
 )
+# The flag's name until this version (it read as the live page's `mnistctl watch`); kept hidden
+# for one release.
+@click.option("--watch", "watch_alias", type=click.IntRange(min=1), hidden=True)
 @click.option(
     "--live",
     is_flag=True,
@@ -63,7 +66,8 @@ def train(
     force: bool,
     data_dir: Path | None,
     quiet: bool,
-    watch: int | None,
+    redraw: int | None,
+    watch_alias: int | None,
     live: bool,
     port: int,
 ) -> None:
@@ -93,7 +97,8 @@ def train(
     with loading_tensorflow():
         from mnistctl.experiment import resume_experiment, run_experiment
 
-    hooks: list[Hook] = [ProgressView(out, quiet)] + ([WatchView(watch)] if watch else [])
+    redraw = redraw or watch_alias
+    hooks: list[Hook] = [ProgressView(out, quiet)] + ([RedrawView(redraw)] if redraw else [])
     hooks += [LivePage(port, err)] if live else []
     common = dict(data_dir=data_dir, extra_hooks=hooks, log=logger(quiet))
     with StopOnSignal() as stop:

@@ -109,7 +109,7 @@ class ProgressView(Hook):
             self.screen.stop()
 
 
-class WatchView(Hook):
+class RedrawView(Hook):
     """Redraws RUN_DIR/dashboard.png every ``every`` evaluations (``train --watch N``).
 
     Drawing (about half a second) happens on a thread of its own, from the files the run has

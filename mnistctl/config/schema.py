@@ -281,7 +281,7 @@ class AugmentConfig:
 
 
 DatasetName = Literal["mnist", "fashion"]
-DATASETS: tuple[str, ...] = typing.get_args(DatasetName)  # data.DATASETS says where each comes from
+DATASETS: tuple[str, ...] = typing.get_args(DatasetName)  # data.DATASET_SPECS says where each comes from
 
 
 @dataclass(frozen=True)

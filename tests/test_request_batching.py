@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mnistctl.batching import Batcher
+from mnistctl.request_batching import Batcher
 
 
 class SlowModel:
