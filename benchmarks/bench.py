@@ -9,7 +9,7 @@ variants are interleaved over the repetitions and the median is reported. The mo
 same everywhere: conv_dropout (conv 6x6x6 s1, 5x5x12 s2, 4x4x24 s2, dense 200, dropout 0.25)
 and five_layers_relu (dense 200-100-60-30-10), Adam, batch 100, on the real MNIST.
 
-Variants: mnistctl's own loop (`mnistctl.experiment.run_experiment`); a minimal hand-written tf.compat.v1
+Variants: mnistctl's own loop (`mnistctl.run.experiment.run_experiment`); a minimal hand-written tf.compat.v1
 loop fed by feed_dict; the same fed by tf.data; Keras 3 `model.fit`; PyTorch, if installed.
 """
 
@@ -70,8 +70,8 @@ def run_mnistctl(
     import tempfile
 
     from mnistctl.config import load_config
-    from mnistctl.experiment import run_experiment
-    from mnistctl.hooks import Hook
+    from mnistctl.run.experiment import run_experiment
+    from mnistctl.train.events import Hook
 
     class Timer(Hook):
         """The training steps' time after the warm-up (the loop's own account, ctx.steps_s)."""

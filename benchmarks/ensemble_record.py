@@ -9,7 +9,7 @@
    images, which no member trained on) and ranked by its own validation accuracy (ties: the
    lower loss), or by its validation loss with ``--choose-by loss``.
 2. The number of members is the n whose first-n average is best on validation by the same
-   measure - ``mnistctl.ensemble.choose_size``.
+   measure - ``mnistctl.many.ensemble.choose_size``.
 3. Only then is the test set read: once, for the chosen ensemble; each member's test accuracy
    at its validation-selected checkpoint is reported beside it, never used.
 
@@ -31,13 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mnistctl.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
-from mnistctl.evaluate import evaluate_ensemble  # noqa: E402
 from mnistctl.files import to_json  # noqa: E402
 from mnistctl.machine import summary as machine_summary  # noqa: E402
-from mnistctl.metrics import read_metrics, training_time  # noqa: E402
-from mnistctl.reproduce import ENSEMBLES, write_tables  # noqa: E402
-from mnistctl.runs import METRICS_FILE  # noqa: E402
+from mnistctl.many.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
+from mnistctl.many.reproduce import ENSEMBLES, write_tables  # noqa: E402
+from mnistctl.report.evaluate import evaluate_ensemble  # noqa: E402
+from mnistctl.run.directory import METRICS_FILE  # noqa: E402
+from mnistctl.run.writers import read_metrics, training_time  # noqa: E402
 
 
 def _seconds(text: str | None) -> float | None:

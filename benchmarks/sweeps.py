@@ -47,7 +47,7 @@ def mnistctl(*args: str, log: Path | None = None) -> float:
 def ray_startup() -> float:
     code = (
         "import time; t = time.perf_counter()\n"
-        "from mnistctl.engine import start_ray; start_ray(None)\n"
+        "from mnistctl.many.engine import start_ray; start_ray(None)\n"
         "print(time.perf_counter() - t)\n"
         "import ray; ray.shutdown()\n"
     )
@@ -58,13 +58,13 @@ def ray_startup() -> float:
 
 
 def records(sweep_dir: Path) -> list[dict]:
-    from mnistctl.runs import find_runs
+    from mnistctl.run.directory import find_runs
 
     return [run.record for run in find_runs([sweep_dir])]
 
 
 def best_trial(sweep_dir: Path) -> dict:
-    from mnistctl.sweep import trial_rows
+    from mnistctl.many.sweep import trial_rows
 
     best = trial_rows(sweep_dir)[0]
     return {k: best[k] for k in ("trial", "validation_accuracy", "final_test_accuracy", "steps")} | {
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweeps" / "bench")
     args = parser.parse_args()
     from mnistctl.machine import summary as machine_summary
-    from mnistctl.runs import find_runs
+    from mnistctl.run.directory import find_runs
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     runs = args.runs_dir / stamp

@@ -15,5 +15,5 @@ class DamagedFileError(MnistctlError):
 
 
 # The message of the graph's check_numerics on the loss (mnistctl.model): a non-finite loss
-# fails the step inside TensorFlow, and the loop (mnistctl.loop) knows it by this message.
+# fails the step inside TensorFlow, and the loop (mnistctl.train.loop) knows it by this message.
 NONFINITE_LOSS = "the loss is not a finite number"

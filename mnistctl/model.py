@@ -25,9 +25,9 @@ from mnistctl.config import (
     OptimizerConfig,
     SgdConfig,
 )
+from mnistctl.config.schedules import ScheduleConfig
 from mnistctl.errors import NONFINITE_LOSS
 from mnistctl.registry import Registry
-from mnistctl.schedules import ScheduleConfig
 
 v1 = tf.compat.v1
 tf_errors = tf.errors
@@ -43,7 +43,7 @@ ACTIVATIONS.register("softmax")(tf.identity)
 
 LAYER_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("layer type")
 OPTIMIZER_BUILDERS: Registry[Callable[..., v1.train.Optimizer]] = Registry("optimizer")
-# A schedule's one definition (mnistctl.schedules) over TensorFlow's operations: the rate as a
+# A schedule's one definition (mnistctl.config.schedules) over TensorFlow's operations: the rate as a
 # graph op of the global step, so a training step needs no rate fed from Python.
 TF_OPS = SimpleNamespace(exp=tf.exp, cos=tf.cos, minimum=tf.minimum, where=tf.where)
 BATCH_NORM_EPSILON = 1.001e-5  # the smallest the fused kernel accepts

@@ -1,6 +1,6 @@
 """A run's life: the statuses a run's record can hold and the changes between them.
 
-``Run.update`` (mnistctl.runs) is the one place a status is written, and it refuses any change
+``Run.update`` (mnistctl.run.directory) is the one place a status is written, and it refuses any change
 that ``TRANSITIONS`` does not allow: a bug, never a user's error. Nothing here imports anything
 of mnistctl's, so every layer can name a status.
 """

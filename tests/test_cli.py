@@ -281,7 +281,7 @@ def test_fast_commands_do_not_import_tensorflow(args, trained_run):
 def test_refusals_that_need_only_files_come_before_tensorflow_loads(args, says, trained_run, tmp_path):
     import socket
 
-    from mnistctl.runs import RunLock
+    from mnistctl.run.directory import RunLock
 
     run, locked = tmp_path / "run", tmp_path / "locked"
     shutil.copytree(trained_run, run)

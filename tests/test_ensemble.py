@@ -40,7 +40,7 @@ def members(runs: Path) -> list[Path]:
 
 def test_the_ensemble_is_the_mean_of_the_members_probabilities(runs):
     from mnistctl.data import load_dataset
-    from mnistctl.export import Predictor
+    from mnistctl.serving.export import Predictor
 
     result = invoke("eval", *members(runs), "--json")
     assert result.exit_code == 0, result.output
@@ -65,8 +65,8 @@ def test_the_ensemble_is_the_mean_of_the_members_probabilities(runs):
 
 def test_members_are_evaluated_one_at_a_time(runs, monkeypatch):
     """Memory holds one member's graph: each session is closed before the next is made."""
-    from mnistctl import evaluate
-    from mnistctl.ensemble import members_of
+    from mnistctl.many.ensemble import members_of
+    from mnistctl.report import evaluate
 
     open_sessions, most, made = [0], [0], [0]
     make_session = evaluate.make_session
@@ -91,7 +91,7 @@ def test_members_are_evaluated_one_at_a_time(runs, monkeypatch):
 
 
 def test_a_directory_of_runs_is_an_ensemble_and_top_keeps_the_best_by_validation(runs):
-    from mnistctl.runs import load_run
+    from mnistctl.run.directory import load_run
 
     result = invoke("eval", runs, "--top", "2", "--json", "--split", "validation")
     assert result.exit_code == 0, result.output
@@ -103,9 +103,9 @@ def test_a_directory_of_runs_is_an_ensemble_and_top_keeps_the_best_by_validation
 
 def test_the_ensemble_export_predicts_as_eval_does(runs, tmp_path):
     from mnistctl.data import load_dataset
-    from mnistctl.ensemble import members_of
-    from mnistctl.evaluate import evaluate_ensemble
-    from mnistctl.export import Predictor
+    from mnistctl.many.ensemble import members_of
+    from mnistctl.report.evaluate import evaluate_ensemble
+    from mnistctl.serving.export import Predictor
 
     out = tmp_path / "model"
     result = invoke("export", *members(runs), "--out", out)
@@ -194,7 +194,7 @@ def test_validation_needs_a_hold_out(trained_run):
 
 
 def test_choose_size_takes_the_most_accurate_prefix_and_breaks_ties_by_loss():
-    from mnistctl.ensemble import choose_size
+    from mnistctl.many.ensemble import choose_size
 
     labels = np.array([0, 1, 2, 0])
 
@@ -219,7 +219,7 @@ def test_choose_size_takes_the_most_accurate_prefix_and_breaks_ties_by_loss():
 
 
 def test_choose_size_by_loss_follows_the_loss_where_accuracy_would_follow_one_image():
-    from mnistctl.ensemble import choose_size
+    from mnistctl.many.ensemble import choose_size
 
     labels = np.array([0, 0, 0])
     hesitant = np.array([[0.51, 0.49]] * 3, dtype=np.float32)  # all right, barely
@@ -247,8 +247,8 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
     assert validation == sorted(validation, reverse=True)  # ranked on validation only
     assert result["ensemble_validation_accuracy"] == max(result["validation_accuracy_by_size"])
     chosen = [m["run"] for m in result["members"] if m["chosen"]]
-    from mnistctl.ensemble import members_of
-    from mnistctl.evaluate import evaluate_ensemble
+    from mnistctl.many.ensemble import members_of
+    from mnistctl.report.evaluate import evaluate_ensemble
 
     if len(chosen) > 1:  # the test accuracy is that of the chosen members, averaged
         test = evaluate_ensemble(members_of([runs / name for name in chosen])).ensemble.test_accuracy
@@ -260,7 +260,7 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
     curve = by_loss["validation_loss_by_size"]
     assert curve[by_loss["chosen_size"] - 1] == min(curve)  # (rounded to 4 places)
 
-    from mnistctl.reproduce import ENSEMBLES, _ensembles_markdown
+    from mnistctl.many.reproduce import ENSEMBLES, _ensembles_markdown
 
     (tmp_path / ENSEMBLES).write_text(json.dumps({result["sweep"]: result}))
     text = "\n".join(_ensembles_markdown({result["sweep"]: result}))
@@ -270,7 +270,7 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
 def test_the_single_model_row_is_the_config_with_the_better_mean_validation_accuracy():
     import importlib.util
 
-    from mnistctl.reproduce import _single_models_markdown
+    from mnistctl.many.reproduce import _single_models_markdown
 
     from .conftest import ROOT
 

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from mnistctl.cli import main
 from mnistctl.config import load_config
-from mnistctl.hooks import Hook, best_row
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import RunRecorder, load_run
+from mnistctl.run.directory import RunRecorder, load_run
+from mnistctl.run.writers import read_metrics
 from mnistctl.status import Status
+from mnistctl.train.events import Hook, best_row
 
 from .conftest import CONFIGS
 from .test_runs import OLD_RUN
@@ -45,7 +45,7 @@ def validated_run(mnist_cache, tmp_path_factory) -> Path:
 
 
 def test_one_best_step_in_run_json_compare_dashboard_and_eval(validated_run):
-    from mnistctl import plots
+    from mnistctl.report import plots
 
     rows = read_metrics(validated_run / "metrics.csv")
     best = best_row(rows, "validation_accuracy")
@@ -86,7 +86,7 @@ def test_a_failed_restore_leaves_the_files_as_they_were_and_the_status_failed(va
 
 
 def test_a_hook_that_fails_to_begin_leaves_a_failed_run_not_a_running_one(mnist_cache, tmp_path):
-    from mnistctl.experiment import RunWriteError, run_experiment
+    from mnistctl.run.experiment import RunWriteError, run_experiment
 
     class Broken(Hook):
         def begin(self, ctx):
@@ -103,7 +103,7 @@ def test_a_hook_that_fails_to_begin_leaves_a_failed_run_not_a_running_one(mnist_
 
 def test_the_default_hooks_can_be_replaced(mnist_cache, tmp_path):
     """A sweep trial or a benchmark is run_experiment with other hooks."""
-    from mnistctl.experiment import run_experiment
+    from mnistctl.run.experiment import run_experiment
 
     seen = []
 
@@ -183,7 +183,8 @@ def test_two_resumes_of_one_run_at_once_one_trains_the_other_is_refused(validate
     ],
 )
 def test_bfloat16_where_it_does_not_take_effect_says_what_happens(monkeypatch, flags, onednn, says):
-    from mnistctl import experiment, machine
+    from mnistctl import machine
+    from mnistctl.run import experiment
 
     said = []
     monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
@@ -212,7 +213,7 @@ def test_a_damaged_checkpoint_index_loses_nothing(validated_run, tmp_path):
 
 
 def test_checkpoints_keep_their_number_across_resumes_and_leftovers_go(validated_run, tmp_path):
-    from mnistctl.checkpoints import complete_steps
+    from mnistctl.run.checkpoints import complete_steps
 
     run = tmp_path / "often"
     shutil.copytree(validated_run, run)
@@ -252,7 +253,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(mnis
         (run,) = (disk / "runs").iterdir()
         record = load_run(run).record
         assert record.status is Status.FAILED and record.error in line
-        from mnistctl.checkpoints import complete_steps
+        from mnistctl.run.checkpoints import complete_steps
 
         assert complete_steps(run / "checkpoints" / "latest")  # the last good ones are kept
         assert not [p for p in (run / "checkpoints").rglob("*temp*")]  # the failed save's leftovers are not

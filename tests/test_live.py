@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from mnistctl.cli import main
 from mnistctl.data import load_experiment_data
-from mnistctl.live import create_live_app, run_state, run_summary
-from mnistctl.runs import load_run
+from mnistctl.run.directory import load_run
+from mnistctl.serving.live import create_live_app, run_state, run_summary
 
 from .conftest import CONFIGS, free_port, headless_chromium, wait_for
 from .test_runs import OLD_RUN
@@ -191,10 +191,10 @@ def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
 def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(trained_run, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from mnistctl import plots
     from mnistctl.cli.views import RedrawView
-    from mnistctl.hooks import TrainContext
+    from mnistctl.report import plots
     from mnistctl.status import Status
+    from mnistctl.train.events import TrainContext
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

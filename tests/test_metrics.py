@@ -12,8 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mnistctl.hooks import EvalEvent, EvalRecord
-from mnistctl.metrics import (
+from mnistctl.run.writers import (
     PERCENTILES,
     CsvWriter,
     DistributionWriter,
@@ -25,6 +24,7 @@ from mnistctl.metrics import (
     read_predictions,
 )
 from mnistctl.status import Status
+from mnistctl.train.events import EvalEvent, EvalRecord
 
 TEST_LABELS = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], np.uint8)
 

@@ -9,8 +9,8 @@ import pytest
 
 from mnistctl import machine
 from mnistctl.config import LAYERS, OPTIMIZERS, Activation, load_config, parameter_count
-from mnistctl.loop import averaged_weights
 from mnistctl.machine import bfloat16_takes_effect
+from mnistctl.train.loop import averaged_weights
 
 from .conftest import CONFIGS
 

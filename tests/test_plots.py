@@ -47,8 +47,8 @@ def test_dashboard_png_has_six_panels_of_real_data(trained_run, tmp_path):
     image = matplotlib.image.imread(run / "dashboard.png")
     assert image.shape[:2] == (875, 1500)
     assert image[..., :3].std() > 0.1  # not a blank canvas
-    from mnistctl import plots
-    from mnistctl.runs import load_run
+    from mnistctl.report import plots
+    from mnistctl.run.directory import load_run
 
     figure = plots.dashboard(load_run(run))
     titles = [ax.get_title() for ax in figure.axes]
@@ -77,8 +77,8 @@ def test_compare_overlays_runs(trained_run, tmp_path):
 
 def test_compare_fits_every_run_and_names_every_difference(trained_run, tmp_path):
     """A weak run stays on the chart, and the table under it names all five differing keys."""
-    from mnistctl import plots
-    from mnistctl.runs import load_run
+    from mnistctl.report import plots
+    from mnistctl.run.directory import load_run
 
     weak = tmp_path / "weak"
     shutil.copytree(trained_run, weak)
@@ -148,7 +148,7 @@ def test_tensorboard_reader_finds_scalars_and_histograms(trained_run):
 
 def test_the_evaluation_log_has_each_evaluations_mistakes_and_last_batch(trained_run):
     from mnistctl.data import load_dataset
-    from mnistctl.metrics import read_evaluations, read_metrics
+    from mnistctl.run.writers import read_evaluations, read_metrics
 
     entries = read_evaluations(trained_run / "evaluations.jsonl")
     rows = read_metrics(trained_run / "metrics.csv")

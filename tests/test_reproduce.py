@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.reproduce import PUBLISHED, WALKTHROUGH, _machines, aggregate
+from mnistctl.many.reproduce import PUBLISHED, WALKTHROUGH, _machines, aggregate
 
 from .conftest import CONFIGS
 
@@ -67,7 +67,7 @@ def test_reproduce_fills_the_table_and_skips_finished_runs(mnist_cache, tmp_path
 
 
 def test_slow_configs_get_one_seed_unless_seeds_are_asked_for(mnist_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr("mnistctl.reproduce.ONE_SEED_AFTER_S", 0.0)  # every run counts as slow
+    monkeypatch.setattr("mnistctl.many.reproduce.ONE_SEED_AFTER_S", 0.0)  # every run counts as slow
     args = ["reproduce", CONFIGS / "tiny.yaml", "--runs-dir", tmp_path / "runs", "--docs", tmp_path / "docs",
             "--quiet", *BUDGET]  # fmt: skip
     assert invoke(*args).exit_code == 0
@@ -109,7 +109,7 @@ def test_reproduce_by_name_outside_the_checkout_keeps_its_ledger_beside_its_runs
 
 def test_the_ledger_goes_to_the_checkouts_docs_only_inside_the_checkout(tmp_path):
     from mnistctl.config.shipped import SHIPPED_DIR
-    from mnistctl.reproduce import default_docs_dir
+    from mnistctl.many.reproduce import default_docs_dir
 
     checkout = SHIPPED_DIR.parent.parent
     if not (checkout / "pyproject.toml").is_file():
@@ -144,7 +144,7 @@ def test_machines_line_says_which_machine_measured_what():
 
 def test_labels_keep_datasets_and_precisions_apart():
     from mnistctl.config import load_config
-    from mnistctl.reproduce import label
+    from mnistctl.many.reproduce import label
 
     assert label(load_config(CONFIGS / "conv.yaml")) == "conv"
     assert label(load_config(CONFIGS / "conv.yaml", ["data.dataset=fashion"])) == "conv@fashion"
@@ -165,7 +165,7 @@ def test_reproduce_side_by_side_through_the_sweep_engine(mnist_cache, tmp_path):
     import subprocess
     import sys
 
-    from mnistctl.runs import load_run
+    from mnistctl.run.directory import load_run
     from mnistctl.status import Status
 
     from .conftest import ROOT
@@ -188,8 +188,8 @@ def test_reproduce_side_by_side_through_the_sweep_engine(mnist_cache, tmp_path):
 
 
 def test_a_second_reproduce_into_the_same_ledger_is_refused(tmp_path):
-    from mnistctl.reproduce import LEDGER_LOCK
-    from mnistctl.runs import RunLock
+    from mnistctl.many.reproduce import LEDGER_LOCK
+    from mnistctl.run.directory import RunLock
 
     docs = tmp_path / "docs"
     with RunLock(docs, LEDGER_LOCK):  # as a first `reproduce` still training holds it

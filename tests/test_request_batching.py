@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mnistctl.request_batching import Batcher
+from mnistctl.serving.request_batching import Batcher
 
 
 class SlowModel:

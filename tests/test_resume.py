@@ -106,7 +106,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(unint
     events = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     events.Reload()  # TensorBoard drops the events a resume redid: each step once
     assert [e.step for e in events.Scalars("accuracy/test")] == list(range(10, 121, 10))
-    from mnistctl.metrics import read_evaluations
+    from mnistctl.run.writers import read_evaluations
 
     logged = read_evaluations(run / "evaluations.jsonl")  # the live page's digits: each step once, the same
     assert logged == read_evaluations(uninterrupted / "evaluations.jsonl")
@@ -184,8 +184,8 @@ def test_weights_that_overflow_do_not_crash_the_writers(mnist_cache, tmp_path):
 
     The infinite bias is set, not provoked: how a diverging run rounds depends on the CPU."""
     from mnistctl.config import load_config
-    from mnistctl.experiment import run_experiment
-    from mnistctl.hooks import Hook
+    from mnistctl.run.experiment import run_experiment
+    from mnistctl.train.events import Hook
 
     class KillOneUnit(Hook):
         def after_step(self, ctx):
@@ -210,10 +210,19 @@ def _refuse(constant: str):
     raise ValueError(f"not JSON: {constant}")
 
 
-def test_two_runs_in_the_same_second_get_separate_directories(tmp_path):
-    from mnistctl.config import load_config
-    from mnistctl.runs import create_run
+def test_two_runs_in_the_same_second_get_separate_directories(tmp_path, monkeypatch):
+    import datetime as dt
 
+    from mnistctl.config import load_config
+    from mnistctl.run import directory
+    from mnistctl.run.directory import create_run
+
+    class Frozen(dt.datetime):  # the same second for both, however slow the machine
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr(directory.dt, "datetime", Frozen)
     exp = load_config(TINY)
     first, second = create_run(tmp_path, exp), create_run(tmp_path, exp)
     assert first.path != second.path and first.path.is_dir() and second.path.is_dir()
@@ -231,7 +240,7 @@ def test_unwritable_runs_directory(tmp_path):
 def test_full_disk_is_one_line_not_a_traceback(mnist_cache, tmp_path, monkeypatch):
     import errno
 
-    from mnistctl import runs
+    from mnistctl.run import directory as runs
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run.json"))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mnistctl.hooks import EvalRecord
-from mnistctl.runs import RunRecord, Timing, load_run
+from mnistctl.run.directory import RunRecord, Timing, load_run
 from mnistctl.status import Status
+from mnistctl.train.events import EvalRecord
 
 from .conftest import CONFIGS
 
@@ -74,7 +74,7 @@ def test_status_questions():
 
 
 def test_a_run_json_that_is_not_a_record_is_one_error(tmp_path):
-    from mnistctl.runs import RunError
+    from mnistctl.run.directory import RunError
 
     run_dir = tmp_path / "run"
     shutil.copytree(OLD_RUN, run_dir)
@@ -184,7 +184,7 @@ def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, run, args, message):
 
 
 def test_training_time_adds_up_the_processes_of_a_resumed_run():
-    from mnistctl.metrics import training_time
+    from mnistctl.run.writers import training_time
 
     def rows(*elapsed):
         return [{"step": 10.0 * (i + 1), "elapsed_s": e} for i, e in enumerate(elapsed)]
@@ -209,7 +209,7 @@ ALLOWED = {
 @pytest.mark.parametrize("old", [s for s in Status if s not in (Status.CRASHED, Status.UNKNOWN)])
 def test_a_runs_status_changes_only_as_its_life_allows(tmp_path, old):
     from mnistctl.config import load_config
-    from mnistctl.runs import create_run
+    from mnistctl.run.directory import create_run
     from mnistctl.status import StatusError
 
     run = create_run(tmp_path, load_config(CONFIGS / "tiny.yaml"))

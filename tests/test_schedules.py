@@ -3,7 +3,7 @@ import math
 import pytest
 
 from mnistctl.config import ConfigError, load_config
-from mnistctl.schedules import SCHEDULES, Constant, Exponential, OneCycle
+from mnistctl.config.schedules import SCHEDULES, Constant, Exponential, OneCycle
 
 
 def test_exponential_is_the_walkthrough_formula():

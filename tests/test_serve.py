@@ -24,7 +24,7 @@ from PIL import Image
 
 from mnistctl.cli import main
 from mnistctl.data import load_dataset
-from mnistctl.images import ImageError, preprocess
+from mnistctl.serving.images import ImageError, preprocess
 
 from .conftest import CONFIGS, free_port, headless_chromium, wait_for
 
@@ -58,7 +58,7 @@ def test_digits(mnist_cache):
 
 
 def test_saved_model_cli_agrees_with_eval(trained_run, exported, test_digits, tmp_path):
-    from mnistctl.evaluate import evaluate_checkpoint
+    from mnistctl.report.evaluate import evaluate_checkpoint
 
     images, _ = test_digits
     np.save(tmp_path / "x.npy", (images.astype(np.float32) / np.float32(255.0))[..., None])
@@ -106,7 +106,7 @@ def test_preprocessing_matches_mnist_conventions(test_digits):
 
 
 def test_predict_on_pictures_agrees_with_the_model_on_the_originals(trained_run, test_digits, tmp_path):
-    from mnistctl.export import Predictor
+    from mnistctl.serving.export import Predictor
 
     images, _ = test_digits
     files = []
@@ -153,8 +153,8 @@ def test_bad_pictures(tmp_path, data, message):
 def server(exported):
     import uvicorn
 
-    from mnistctl.export import Predictor
-    from mnistctl.serve import create_app, uvicorn_config
+    from mnistctl.serving.export import Predictor
+    from mnistctl.serving.serve import create_app, uvicorn_config
 
     predictor = Predictor(exported)
     port = free_port()
@@ -229,7 +229,7 @@ def test_tf_serving_model_status_and_metadata(server):
 
 
 def test_serve_and_predict_take_the_base_path_and_its_highest_version(trained_run, exported, tmp_path):
-    from mnistctl.export import Predictor, saved_model_path
+    from mnistctl.serving.export import Predictor, saved_model_path
 
     base = tmp_path / "mnist"
     shutil.copytree(exported, base)
@@ -365,8 +365,8 @@ def test_both_http_parsers_close_connections_whose_headers_never_come(exported, 
     """The headers deadline works on either of uvicorn's parsers (h11 where httptools is missing)."""
     import uvicorn
 
-    from mnistctl.export import Predictor
-    from mnistctl.serve import _headers_deadline_protocol, create_app, uvicorn_config
+    from mnistctl.serving.export import Predictor
+    from mnistctl.serving.serve import _headers_deadline_protocol, create_app, uvicorn_config
 
     port = free_port()
     config = uvicorn_config(create_app(Predictor(exported)), headers_timeout_s=1, host="127.0.0.1", port=port)
@@ -471,7 +471,7 @@ def big_picture(digit: np.ndarray, side: int = 4096, format: str = "PNG") -> byt
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
 def test_a_large_picture_is_decoded_small_and_reads_as_the_small_one_does(test_digits, format):
-    from mnistctl.images import WORKING_SIDE, load_image
+    from mnistctl.serving.images import WORKING_SIDE, load_image
 
     images, _ = test_digits
     data = big_picture(images[0], format=format)
@@ -490,7 +490,7 @@ def test_many_large_uploads_at_once_are_decoded_a_few_at_a_time_and_memory_retur
     server, test_digits, monkeypatch
 ):
     """32 uploads of a 4096x4096 RGBA PNG (64 MB each decoded), 32 at a time, to a real server."""
-    from mnistctl import serve
+    from mnistctl.serving import serve
 
     url, _ = server
     body = big_picture(test_digits[0][0])
@@ -564,9 +564,9 @@ def test_drawing_page_in_a_real_browser(server):
 def test_a_weight_averaged_run_is_evaluated_and_exported_with_its_averages(mnist_cache, tmp_path):
     """With model.ema_decay the metrics, ``eval`` and the export all use the averages, which
     predict differently from the trained weights in the same checkpoint."""
-    from mnistctl.evaluate import evaluate_checkpoint
-    from mnistctl.export import Predictor
-    from mnistctl.metrics import read_metrics
+    from mnistctl.report.evaluate import evaluate_checkpoint
+    from mnistctl.run.writers import read_metrics
+    from mnistctl.serving.export import Predictor
 
     runs = tmp_path / "runs"
     result = invoke("train", CONFIGS / "tiny.yaml", "--runs-dir", runs, "--set", "model.ema_decay=0.9", "-q")
@@ -683,8 +683,8 @@ def test_predict_answers_every_readable_picture_and_names_each_bad_one(trained_r
     assert [r["file"] for r in report] == [str(good), str(bad), str(other)]
     assert "error" not in report[0] and "error" not in report[2]
     assert report[1]["error"].startswith(f"{bad}: not an image Pillow can read")
-    from mnistctl.export import Predictor
-    from mnistctl.images import read_image_file
+    from mnistctl.serving.export import Predictor
+    from mnistctl.serving.images import read_image_file
 
     exact = Predictor(trained_run).predict(np.stack([read_image_file(good), read_image_file(other)]))[0]
     assert report[0]["probabilities"] == [float(p) for p in exact]  # as computed, not rounded
@@ -696,7 +696,7 @@ def test_predict_answers_every_readable_picture_and_names_each_bad_one(trained_r
 def test_the_request_log_has_one_line_per_request_with_its_status(server):
     import asyncio
 
-    from mnistctl.serve import create_app
+    from mnistctl.serving.serve import create_app
 
     _, predictor = server
     lines: list[str] = []

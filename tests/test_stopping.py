@@ -8,10 +8,10 @@ import math
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.hooks import EvalRecord
-from mnistctl.loop import fit
 from mnistctl.status import Status
-from mnistctl.stopping import StoppingRules
+from mnistctl.train.events import EvalRecord
+from mnistctl.train.loop import fit
+from mnistctl.train.stopping import StoppingRules
 
 from .conftest import CONFIGS
 from .test_loop import FakeSession, context, fake_graph, tiny_data

@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from mnistctl.cli import main
 from mnistctl.config import ConfigError
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import load_run
+from mnistctl.many.sweep import load_sweep
+from mnistctl.run.directory import load_run
+from mnistctl.run.writers import read_metrics
 from mnistctl.status import Status
-from mnistctl.sweep import load_sweep
 
 from .conftest import CONFIGS, ROOT
 
@@ -250,7 +250,7 @@ def _kill_when(path: Path, rows: int, timeout: float = 120) -> tuple[int, str]:
 def test_a_sweep_on_a_two_node_cluster_survives_a_killed_trial(mnist_cache, tmp_path, monkeypatch):
     """Two Ray nodes on this machine (127.0.0.1), one core each: two identical trials run one
     per node; one trial's worker is killed mid-run, Tune retries it, and it resumes exactly."""
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (see mnistctl.sweep)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (see mnistctl.many.sweep)
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
@@ -346,7 +346,7 @@ def assert_loopback_only(sockets: list[tuple[str, int]]) -> None:
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
 def test_a_local_ray_listens_on_loopback_only():
     """Every port the local Ray of a sweep opens is on 127.0.0.1, none on the network."""
-    code = "from mnistctl.engine import start_ray\nstart_ray(None)\nprint('up', flush=True)\ninput()\n"
+    code = "from mnistctl.many.engine import start_ray\nstart_ray(None)\nprint('up', flush=True)\ninput()\n"
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -366,7 +366,7 @@ def test_set_on_the_command_line_wins_over_the_sweep_file(tmp_path):
 
 
 def test_key_labels_are_short_and_unambiguous():
-    from mnistctl.sweep import short_keys
+    from mnistctl.many.sweep import short_keys
 
     keys = ["model.layers[0].filters", "model.layers[1].filters", "schedule.decay_steps"]
     assert short_keys(keys) == {

@@ -89,7 +89,7 @@ def logger(quiet: bool) -> Callable[[str], None]:
 def check_figure_path(path: Path | None) -> None:
     """Refuse an output format the plots cannot write, before any work (imports matplotlib)."""
     if path is not None:
-        from mnistctl.plots import check_figure_path as check
+        from mnistctl.report.plots import check_figure_path as check
 
         check(path)
 

@@ -18,9 +18,9 @@ from mnistctl.cli.app import (
     set_option,
     top_option,
 )
-from mnistctl.compare import FORMATS
 from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json
+from mnistctl.report.compare import FORMATS
 
 
 @main.command()
@@ -32,7 +32,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     A sweep file is checked as ``sweep`` would check it: its base config with the file's
     ``set:``, and every bound of its search space."""
     from mnistctl.config import check_machine, infer_shapes, load_config
-    from mnistctl.sweep import is_sweep_file, load_sweep
+    from mnistctl.many.sweep import is_sweep_file, load_sweep
 
     sweep = None
     if is_sweep_file(config):
@@ -126,30 +126,30 @@ def eval_(
     """Evaluate TARGETS on the test set: a run directory (its selected checkpoint) or a checkpoint;
     several runs, or a directory of runs (a sweep), are evaluated as an ensemble that averages
     their probabilities."""
-    from mnistctl.ensemble import is_ensemble, members_of
+    from mnistctl.many.ensemble import is_ensemble, members_of
 
     check_figure_path(gallery)
     check_figure_path(confusion)
     if is_ensemble(targets):
         members = members_of(targets, split=split, top=top, log=lambda line: err.print(escape(line)))
         with loading_tensorflow():
-            from mnistctl.evaluate import evaluate_ensemble
+            from mnistctl.report.evaluate import evaluate_ensemble
 
         ensemble = evaluate_ensemble(members, data_dir=data_dir, split=split)
         report = ensemble.ensemble
     else:
-        from mnistctl.checkpoints import resolve
+        from mnistctl.run.checkpoints import resolve
 
         resolve(targets[0])  # not a run or checkpoint: one line now, before TensorFlow loads
         with loading_tensorflow():
-            from mnistctl.evaluate import evaluate_checkpoint
+            from mnistctl.report.evaluate import evaluate_checkpoint
 
         ensemble = None
         report = evaluate_checkpoint(targets[0], data_dir=data_dir, split=split)
     if gallery is not None or confusion is not None:
         import numpy as np
 
-        from mnistctl import plots
+        from mnistctl.report import plots
 
         if gallery is not None:
             figure = plots.gallery(report.images, report.labels, report.predictions, report.confidence)
@@ -226,7 +226,8 @@ def compare(
     """Compare runs, one row each: results, then the config keys that differ. PATHS are run
     directories, directories of runs, or a sweep (its trials, best first by the sweep's metric)
     (default: runs/)."""
-    from mnistctl.compare import (
+    from mnistctl.many.sweep import is_sweep_dir, ranking_column, short_keys
+    from mnistctl.report.compare import (
         HEADERS,
         cell,
         choose_columns,
@@ -236,9 +237,8 @@ def compare(
         summarize_layers,
         table_order,
     )
-    from mnistctl.compare import compare as compare_runs
-    from mnistctl.runs import find_runs
-    from mnistctl.sweep import is_sweep_dir, ranking_column, short_keys
+    from mnistctl.report.compare import compare as compare_runs
+    from mnistctl.run.directory import find_runs
 
     damaged: list[MnistctlError] = []
     runs = find_runs(list(paths) or [Path("runs")], damaged)
@@ -317,12 +317,12 @@ def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool, with_
     RUN_DIRS are run directories, or directories of runs; a sweep directory alone draws the
     sweep: parallel coordinates beside its trials' curves (default SWEEP_DIR/sweep.png).
     """
-    from mnistctl.runs import find_runs
-    from mnistctl.sweep import is_sweep_dir
+    from mnistctl.many.sweep import is_sweep_dir
+    from mnistctl.run.directory import find_runs
 
     if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]) and not overlay:
         check_figure_path(out_file)
-        from mnistctl import plots
+        from mnistctl.report import plots
 
         written = plots.save(plots.sweep_figure(run_dirs[0]), out_file or run_dirs[0] / "sweep.png")
         out.print(f"wrote {written}")
@@ -332,7 +332,7 @@ def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool, with_
     if not runs:
         raise MnistctlError(f"no runs found in {', '.join(map(str, run_dirs))}")
     check_figure_path(out_file)
-    from mnistctl import plots
+    from mnistctl.report import plots
 
     if overlay or len(runs) > 1:
         written = plots.save(plots.compare_figure(runs, train=with_train), out_file or Path("comparison.png"))

@@ -29,24 +29,24 @@ def export(targets: tuple[Path, ...], base: Path, version: int, force: bool, top
     SavedModel (tag serve, signature serving_default) in BASE/VERSION: the layout TensorFlow
     Serving loads. Several runs, or a directory of runs, export as one model that averages
     their probabilities."""
-    from mnistctl.checkpoints import check_export_target
-    from mnistctl.ensemble import is_ensemble, members_of
+    from mnistctl.many.ensemble import is_ensemble, members_of
+    from mnistctl.run.checkpoints import check_export_target
 
     out_dir = base / str(version)
     check_export_target(out_dir, force)  # a target that exists: one line now, before TensorFlow
     if is_ensemble(targets):
         members = members_of(targets, top=top, log=lambda line: err.print(escape(line)))
         with loading_tensorflow():
-            from mnistctl.export import export_ensemble
+            from mnistctl.serving.export import export_ensemble
 
         export_ensemble(members, out_dir, overwrite=force)
         what = f"an ensemble of {len(members)} runs"
     else:
-        from mnistctl.checkpoints import resolve
+        from mnistctl.run.checkpoints import resolve
 
         resolve(targets[0])  # not a run or checkpoint: one line now, before TensorFlow loads
         with loading_tensorflow():
-            from mnistctl.export import export_saved_model
+            from mnistctl.serving.export import export_saved_model
 
         info = export_saved_model(targets[0], out_dir, overwrite=force)
         what = f"{info['run_name']} step {info['step']}"
@@ -69,8 +69,8 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     """
     import numpy as np
 
-    from mnistctl.checkpoints import check_model_source
-    from mnistctl.images import ImageError, read_image_file
+    from mnistctl.run.checkpoints import check_model_source
+    from mnistctl.serving.images import ImageError, read_image_file
 
     inputs: dict[Path, np.ndarray] = {}
     problems: dict[Path, str] = {}
@@ -83,7 +83,7 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     if inputs:  # with no picture to classify, the model is not even looked at
         check_model_source(source)
         with loading_tensorflow():
-            from mnistctl.export import Predictor
+            from mnistctl.serving.export import Predictor
 
         predictor = Predictor(source)
         rows = predictor.labelled(predictor.predict(np.stack(list(inputs.values()))))
@@ -137,9 +137,9 @@ def serve(
 ) -> None:
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
-    from mnistctl.checkpoints import check_model_source
-    from mnistctl.serve import Batching, bind, serve_forked
-    from mnistctl.serve import serve as run_server
+    from mnistctl.run.checkpoints import check_model_source
+    from mnistctl.serving.serve import Batching, bind, serve_forked
+    from mnistctl.serving.serve import serve as run_server
 
     if workers > 1 and not hasattr(os, "fork"):
         raise click.BadParameter(
@@ -155,14 +155,14 @@ def serve(
         _announce_routes(host, port, max_batch)
 
         def load() -> object:
-            from mnistctl.export import Predictor
+            from mnistctl.serving.export import Predictor
 
             return Predictor(source)
 
         serve_forked(load, sock, batching, workers, log)
         return
     with loading_tensorflow():
-        from mnistctl.export import Predictor
+        from mnistctl.serving.export import Predictor
 
     predictor = Predictor(source)
     out.print(f"serving {predictor.info.get('run_name') or source} on http://{host}:{port}/  (Ctrl-C stops)")
@@ -191,8 +191,8 @@ def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool) 
     files, so it works on a run another process (or machine) is training. No TensorFlow."""
     import uvicorn
 
-    from mnistctl.live import create_live_app
-    from mnistctl.serve import bind, uvicorn_config
+    from mnistctl.serving.live import create_live_app
+    from mnistctl.serving.serve import bind, uvicorn_config
 
     app = create_live_app(path, data_dir=data_dir)  # a wrong path is one line, before binding
     sock = bind(host, port)

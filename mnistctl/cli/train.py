@@ -21,9 +21,9 @@ from mnistctl.cli.app import (
     set_option,
 )
 from mnistctl.cli.views import LivePage, ProgressView, RedrawView, StopOnSignal
-from mnistctl.hooks import Hook
-from mnistctl.runs import Run
+from mnistctl.run.directory import Run
 from mnistctl.status import Status
+from mnistctl.train.events import Hook
 
 
 @main.command()
@@ -84,18 +84,18 @@ def train(
     elif name is not None:
         raise click.UsageError("--name cannot be used with --resume (the run keeps its directory)")
     else:  # every refusal that needs only the run's files comes now, before TensorFlow loads
-        from mnistctl.resume import check_resume
-        from mnistctl.runs import RunLock, load_run
+        from mnistctl.run.directory import RunLock, load_run
+        from mnistctl.run.resume import check_resume
 
         load_run(resume)  # not a run directory: one line, and no lock file made in it
         with RunLock(resume):  # trained by another process: "in use by pid ..."
             check_resume(resume, overrides=overrides, config=config, force=force)
     if live:
-        from mnistctl.serve import bind
+        from mnistctl.serving.serve import bind
 
         bind("127.0.0.1", port).close()  # a taken port is one line now, not after the data loads
     with loading_tensorflow():
-        from mnistctl.experiment import resume_experiment, run_experiment
+        from mnistctl.run.experiment import resume_experiment, run_experiment
 
     redraw = redraw or watch_alias
     hooks: list[Hook] = [ProgressView(out, quiet)] + ([RedrawView(redraw)] if redraw else [])
@@ -195,8 +195,8 @@ def reproduce(
     runs are skipped next time."""
     from mnistctl.config import check_machine, load_config
     from mnistctl.config.shipped import resolve_config
-    from mnistctl.reproduce import Parallel, default_configs, default_docs_dir
-    from mnistctl.reproduce import reproduce as run_reproduction
+    from mnistctl.many.reproduce import Parallel, default_configs, default_docs_dir
+    from mnistctl.many.reproduce import reproduce as run_reproduction
 
     paths = [resolve_config(c) for c in configs] or default_configs(dataset)
     docs_dir = docs_dir or default_docs_dir(runs_dir)
@@ -267,7 +267,7 @@ def sweep(
 ) -> None:
     """Train many runs on Ray Tune: SOURCE is a sweep file (a base config and a search space),
     or a config with --grid. Each trial is a run directory under --runs-dir/<sweep name>/."""
-    from mnistctl import sweep as sweeps
+    from mnistctl.many import sweep as sweeps
 
     if resume is not None:
         if source is not None or overrides or grids or name:
@@ -283,7 +283,7 @@ def sweep(
         plan = sweeps.load_sweep(source, overrides, name)
     else:
         plan = sweeps.grid_sweep(source, grids, overrides, logger(quiet), name)
-    from mnistctl.engine import run_sweep
+    from mnistctl.many.engine import run_sweep
 
     outcome = run_sweep(
         plan,
@@ -301,7 +301,7 @@ def sweep(
 
 
 def _short(value, column: str) -> str:
-    from mnistctl.compare import cell
+    from mnistctl.report.compare import cell
 
     return (
         f"{value:.4g}"
@@ -312,7 +312,7 @@ def _short(value, column: str) -> str:
 
 def _sweep_table(plan, outcome) -> None:
     """The trials, best first: a table in a terminal, aligned plain text elsewhere (a log)."""
-    from mnistctl.sweep import short_keys
+    from mnistctl.many.sweep import short_keys
 
     metric = plan.spec.metric
     rows = outcome.trials

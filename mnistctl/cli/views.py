@@ -17,8 +17,8 @@ from rich.text import Text
 
 from mnistctl.cli.app import err
 from mnistctl.errors import MnistctlError
-from mnistctl.hooks import EvalEvent, Hook, TrainContext
 from mnistctl.status import Status
+from mnistctl.train.events import EvalEvent, Hook, TrainContext
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -143,8 +143,8 @@ class RedrawView(Hook):
             self._thread.join(timeout=60)
 
     def _draw_when_asked(self, run_dir: Path) -> None:
-        from mnistctl import plots
-        from mnistctl.runs import load_run
+        from mnistctl.report import plots
+        from mnistctl.run.directory import load_run
 
         while True:
             self._wanted.wait(timeout=0.2)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
 from mnistctl.config.parsing import Invalid
+from mnistctl.config.schedules import Exponential, ScheduleConfig
 from mnistctl.registry import Registry
-from mnistctl.schedules import Exponential, ScheduleConfig
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)

@@ -20,18 +20,18 @@ from typing import Any
 import numpy as np
 
 from mnistctl._tf import tf
-from mnistctl.checkpoints import (
+from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
+from mnistctl.files import to_json
+from mnistctl.many.ensemble import Member, describe_members
+from mnistctl.model import build_logits, checkpoint_names
+from mnistctl.run.checkpoints import (
     CheckpointError,
     ExportError,
     check_export_target,
     resolve,
     saved_model_path,
 )
-from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
-from mnistctl.ensemble import Member, describe_members
-from mnistctl.files import to_json
-from mnistctl.model import build_logits, checkpoint_names
-from mnistctl.runs import Run, load_run
+from mnistctl.run.directory import Run, load_run
 
 v1 = tf.compat.v1
 SIGNATURE = "serving_default"

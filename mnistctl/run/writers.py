@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistctl.digits import mosaic_png
 from mnistctl.errors import DamagedFileError
 from mnistctl.files import to_json, write_atomic, write_csv
-from mnistctl.hooks import FIELDS, EvalEvent, Hook, TrainContext
-from mnistctl.images import mosaic_png
+from mnistctl.train.events import FIELDS, EvalEvent, Hook, TrainContext
 
 if TYPE_CHECKING:
     from mnistctl.config import Experiment
@@ -426,7 +426,7 @@ def latest_predictions(run_dir: Path, test_labels: np.ndarray) -> dict[str, Any]
     and all a run from before the log has), whichever is later; None when there are none yet
     or they were made for another test set.
     """
-    from mnistctl.runs import EVALUATIONS_FILE, PREDICTIONS_FILE
+    from mnistctl.run.directory import EVALUATIONS_FILE, PREDICTIONS_FILE
 
     found = []
     entries = read_evaluations(run_dir / EVALUATIONS_FILE)

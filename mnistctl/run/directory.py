@@ -36,10 +36,10 @@ from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.config.overrides import ConfigError, read_yaml
 from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json, version, write_atomic, write_in_place
-from mnistctl.hooks import EvalEvent, EvalRecord, Hook, TrainContext, best_row
 from mnistctl.machine import describe as describe_machine
 from mnistctl.machine import peak_rss_mb
 from mnistctl.status import Status, StatusError
+from mnistctl.train.events import EvalEvent, EvalRecord, Hook, TrainContext, best_row
 
 CONFIG_FILE = "config.yaml"
 META_FILE = "run.json"
@@ -267,7 +267,7 @@ class RunLock:
 
 
 def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout, when run from one
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],

@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from mnistctl.checkpoints import resolve, restore
 from mnistctl.config import Experiment
 from mnistctl.data import Dataset, load_experiment_data
-from mnistctl.ensemble import Member, log_loss, mean_probabilities
 from mnistctl.errors import MnistctlError
-from mnistctl.loop import Evaluation, averaged_weights, evaluate
-from mnistctl.metrics import confusion_matrix
+from mnistctl.many.ensemble import Member, log_loss, mean_probabilities
 from mnistctl.model import build_graph, make_session
-from mnistctl.runs import load_run
+from mnistctl.run.checkpoints import resolve, restore
+from mnistctl.run.directory import load_run
+from mnistctl.run.writers import confusion_matrix
+from mnistctl.train.loop import Evaluation, averaged_weights, evaluate
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def evaluate_checkpoint(target: Path, *, data_dir: Path | None = None, split: st
 def evaluate_ensemble(
     members: Sequence[Member], *, data_dir: Path | None = None, split: str = "test"
 ) -> EnsembleReport:
-    """Soft voting over ``members`` (from :func:`mnistctl.ensemble.members_of`), evaluated one
+    """Soft voting over ``members`` (from :func:`mnistctl.many.ensemble.members_of`), evaluated one
     after another: one member's graph and session exist at a time, and only its probabilities
     are kept."""
     first = members[0].experiment

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
-from mnistctl.hooks import EvalEvent, Hook, TrainContext
-from mnistctl.runs import CHECKPOINT_DIR, is_run_dir
+from mnistctl.run.directory import CHECKPOINT_DIR, is_run_dir
 from mnistctl.status import Status
+from mnistctl.train.events import EvalEvent, Hook, TrainContext
 
 if TYPE_CHECKING:  # finding checkpoints (resolve, latest_in) needs no TensorFlow; saving does
     import tensorflow as tf

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnistctl.checkpoints import LATEST, latest_in, step_of
 from mnistctl.config import Experiment, apply_to, check_machine, diff_configs, load_config
 from mnistctl.errors import MnistctlError
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, Run, load_run
+from mnistctl.run.checkpoints import LATEST, latest_in, step_of
+from mnistctl.run.directory import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, Run, load_run
+from mnistctl.run.writers import read_metrics
 
 
 class ResumeError(MnistctlError):

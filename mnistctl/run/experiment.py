@@ -6,7 +6,7 @@ differ only in the hooks they are given: ``default_hooks`` writes the run direct
 callers add their own (a progress view, a sweep's reporter) or replace the defaults.
 
 What a resume may change, and every refusal that needs only the run's files, is
-:mod:`mnistctl.resume` (no TensorFlow, so a refusal is instant).
+:mod:`mnistctl.run.resume` (no TensorFlow, so a refusal is instant).
 """
 
 from __future__ import annotations
@@ -17,25 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mnistctl.checkpoints import LATEST, CheckpointHook, Checkpoints, latest_in, restore, step_of
 from mnistctl.config import Experiment, check_machine, dump_yaml
 from mnistctl.data import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
-from mnistctl.hooks import EvalRecord, Hook, TrainContext, best_row
-from mnistctl.loop import Diverged, fit
 from mnistctl.machine import bfloat16_takes_effect, cpu_flags, onednn_enabled
-from mnistctl.metrics import (
-    CsvWriter,
-    DistributionWriter,
-    EvaluationLog,
-    PredictionWriter,
-    TensorBoardWriter,
-    read_metrics,
-)
 from mnistctl.model import Graph, build_graph, count_parameters, make_session
-from mnistctl.resume import check_resume, describe_changes
-from mnistctl.runs import (
+from mnistctl.run.checkpoints import LATEST, CheckpointHook, Checkpoints, latest_in, restore, step_of
+from mnistctl.run.directory import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     DISTRIBUTIONS_FILE,
@@ -51,8 +40,19 @@ from mnistctl.runs import (
     load_run,
     utc_now,
 )
+from mnistctl.run.resume import check_resume, describe_changes
+from mnistctl.run.writers import (
+    CsvWriter,
+    DistributionWriter,
+    EvaluationLog,
+    PredictionWriter,
+    TensorBoardWriter,
+    read_metrics,
+)
 from mnistctl.status import Status
-from mnistctl.stopping import StoppingRules
+from mnistctl.train.events import EvalRecord, Hook, TrainContext, best_row
+from mnistctl.train.loop import Diverged, fit
+from mnistctl.train.stopping import StoppingRules
 
 HookFactory = Callable[[Run, Experiment, Graph], list[Hook]]
 Log = Callable[[str], None]
@@ -149,7 +149,7 @@ def resume_experiment(
 
     The step counter, learning rate, batch order and dropout masks continue exactly. Nothing is
     forgotten until the checkpoint is restored; then each hook forgets what it kept after it
-    (the contract in :mod:`mnistctl.hooks`), and those steps are trained again.
+    (the contract in :mod:`mnistctl.train.events`), and those steps are trained again.
 
     Args:
         reclaim: the caller knows the process that last trained the run is gone, though the

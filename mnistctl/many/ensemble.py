@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from mnistctl.checkpoints import CheckpointError, resolve
 from mnistctl.config import Experiment
 from mnistctl.errors import MnistctlError
-from mnistctl.runs import Run, find_runs, is_run_dir, load_run
+from mnistctl.run.checkpoints import CheckpointError, resolve
+from mnistctl.run.directory import Run, find_runs, is_run_dir, load_run
 
 # What decides the images a member is tested on: members must agree on these.
 TEST_SET_KEYS = ("data.dataset", "data.test_size")

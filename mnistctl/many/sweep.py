@@ -16,7 +16,7 @@ accepts::
     resources: {cpus_per_trial: 1}
 
 The whole sweep is resolved and checked here (every key path, every domain, every corner of
-the space against the config schema) before Ray starts; :mod:`mnistctl.engine` runs it. Each
+the space against the config schema) before Ray starts; :mod:`mnistctl.many.engine` runs it. Each
 trial is an ordinary run directory. ``runs/<sweep>/`` holds::
 
     sweep.yaml   the resolved sweep;  base.yaml  the resolved base config
@@ -51,9 +51,9 @@ from mnistctl.config.parsing import Invalid, kind, parse, shown, sub
 from mnistctl.config.shipped import resolve_config
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_csv
-from mnistctl.hooks import best_row
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import METRICS_FILE, find_runs
+from mnistctl.run.directory import METRICS_FILE, find_runs
+from mnistctl.run.writers import read_metrics
+from mnistctl.train.events import best_row
 
 SWEEP_FILE = "sweep.yaml"
 BASE_FILE = "base.yaml"

@@ -69,7 +69,7 @@ class EvalEvent:
     """One evaluation, measured once by the loop: every hook reads what it needs from here and
     none runs the session (the weights are fetched once per evaluation, whoever writes them).
 
-    A new metric is a field here and its computation in ``mnistctl.loop``; writers are tested
+    A new metric is a field here and its computation in ``mnistctl.train.loop``; writers are tested
     by feeding them events, without TensorFlow.
     """
 

@@ -16,12 +16,12 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mnistctl.compare import compare
 from mnistctl.data import load_experiment_data
+from mnistctl.digits import mosaic
 from mnistctl.errors import MnistctlError
-from mnistctl.images import mosaic
-from mnistctl.metrics import latest_predictions, read_distributions, read_metrics
-from mnistctl.runs import DISTRIBUTIONS_FILE, METRICS_FILE, Run
+from mnistctl.report.compare import compare
+from mnistctl.run.directory import DISTRIBUTIONS_FILE, METRICS_FILE, Run
+from mnistctl.run.writers import latest_predictions, read_distributions, read_metrics
 
 FORMATS = (".png", ".svg", ".html")  # what save() writes, by the file's suffix
 DASHBOARD_SIZE = (15, 8.75)  # inches; 1500x875 pixels at save()'s 100 dpi
@@ -180,7 +180,7 @@ def compare_figure(runs: list[Run], train: bool = False) -> Figure:
     """Test accuracy and loss of several runs, overlaid (``train``: their training curves too,
     dashed). Each run is numbered in the legend, and a table under the plots names every config
     key that differs between them, with each run's best and final accuracy."""
-    from mnistctl.compare import summarize_layers
+    from mnistctl.report.compare import summarize_layers
 
     columns, rows = compare(runs)
     differing = [c for c in columns[columns.index("parameters") + 1 :] if c not in ("name", "description")]
@@ -229,8 +229,8 @@ def _short(value: object) -> str:
 
 def _differences_table(fig: Figure, runs: list[Run], rows: list[dict], keys: list[str], colours) -> None:
     """Every differing config key, one row per run, coloured as its curves."""
-    from mnistctl.compare import cell
-    from mnistctl.sweep import short_keys
+    from mnistctl.many.sweep import short_keys
+    from mnistctl.report.compare import cell
 
     ax = fig.subplots()
     ax.set_axis_off()
@@ -321,7 +321,7 @@ def save(fig: Figure, out: Path) -> Path:
 def sweep_figure(sweep_dir: Path) -> Figure:
     """A sweep at a glance: parallel coordinates (each trial a line from its parameters to its
     metric, coloured by the metric) beside every trial's curve of that metric over the steps."""
-    from mnistctl.sweep import read_sweep_dir, short_keys, trial_rows
+    from mnistctl.many.sweep import read_sweep_dir, short_keys, trial_rows
 
     sweep = read_sweep_dir(sweep_dir)
     metric = sweep.spec.metric

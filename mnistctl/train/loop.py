@@ -18,9 +18,9 @@ import numpy as np
 
 from mnistctl.data import BatchOrder, Dataset
 from mnistctl.errors import NONFINITE_LOSS, MnistctlError
-from mnistctl.hooks import HIDDEN_IMAGES, EvalEvent, EvalRecord, Hook, TrainContext, best_row
 from mnistctl.machine import peak_rss_mb
 from mnistctl.status import Status
+from mnistctl.train.events import HIDDEN_IMAGES, EvalEvent, EvalRecord, Hook, TrainContext, best_row
 
 
 class Diverged(MnistctlError):

@@ -15,9 +15,9 @@ from typing import Any
 from mnistctl.config import Experiment, flatten, to_dict
 from mnistctl.errors import MnistctlError
 from mnistctl.files import csv_text, to_json, version
-from mnistctl.hooks import max_test_accuracy
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import CONFIG_FILE, METRICS_FILE, Run
+from mnistctl.run.directory import CONFIG_FILE, METRICS_FILE, Run
+from mnistctl.run.writers import read_metrics
+from mnistctl.train.events import max_test_accuracy
 
 RESULT_COLUMNS = (
     "run",

@@ -21,9 +21,9 @@ from pathlib import Path
 from mnistctl.config import Experiment, flatten, load_config, to_dict
 from mnistctl.config.shipped import PUBLISHED, SHIPPED_DIR, WALKTHROUGH, shipped_configs
 from mnistctl.files import write_atomic, write_csv
-from mnistctl.hooks import Hook, best_row
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import METRICS_FILE, Run, RunLock, find_runs
+from mnistctl.run.directory import METRICS_FILE, Run, RunLock, find_runs
+from mnistctl.run.writers import read_metrics
+from mnistctl.train.events import Hook, best_row
 
 FASHION = ("conv", "conv_dropout", "record")  # the configs worth a Fashion-MNIST row
 ONE_SEED_AFTER_S = 300.0  # a config whose first run takes longer gets only that one seed
@@ -157,7 +157,7 @@ def reproduce(
 
 @dataclass(frozen=True)
 class Parallel:
-    """Where and how wide ``reproduce`` runs side by side (see ``mnistctl.sweep.run_jobs``)."""
+    """Where and how wide ``reproduce`` runs side by side (see ``mnistctl.many.sweep.run_jobs``)."""
 
     max_concurrent: int | None = None
     address: str | None = None
@@ -187,8 +187,8 @@ def _reproduce_in_parallel(
 ) -> None:
     """Waves of runs on Ray: every pending job whose config's pace is known (or seed 0 of those
     whose is not), then the ledger rows of those that finished, until nothing is pending."""
-    from mnistctl.engine import run_jobs
-    from mnistctl.runs import is_run_dir, load_run
+    from mnistctl.many.engine import run_jobs
+    from mnistctl.run.directory import is_run_dir, load_run
 
     ledger_path = docs_dir / LEDGER
     while True:
@@ -233,7 +233,7 @@ def _reproduce_in_turn(
     log: Callable[[str], None],
     should_stop: Callable[[], bool],
 ) -> None:
-    from mnistctl.experiment import resume_experiment, run_experiment  # TensorFlow only when training
+    from mnistctl.run.experiment import resume_experiment, run_experiment  # TensorFlow only when training
 
     ledger_path = docs_dir / LEDGER
     for job in jobs:

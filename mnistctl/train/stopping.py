@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 from mnistctl.config import TrainConfig
-from mnistctl.hooks import EvalEvent, EvalRecord, Hook, TrainContext
 from mnistctl.status import Status
+from mnistctl.train.events import EvalEvent, EvalRecord, Hook, TrainContext
 
 
 class StoppingRules(Hook):

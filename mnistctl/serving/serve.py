@@ -2,7 +2,7 @@
 
 Built on FastAPI (Starlette) and served by uvicorn. The model is loaded once; concurrent
 requests are merged into batches, each one ``session.run`` on a worker thread
-(:mod:`mnistctl.request_batching`), so slow requests never block the event loop. Every bad request
+(:mod:`mnistctl.serving.request_batching`), so slow requests never block the event loop. Every bad request
 gets a 4xx JSON ``{"error": ...}`` that names the problem, as TensorFlow Serving does, and the
 server keeps serving.
 """
@@ -31,8 +31,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnistctl.errors import MnistctlError
-from mnistctl.images import ImageError, preprocess
-from mnistctl.request_batching import Batcher
+from mnistctl.serving.images import ImageError, preprocess
+from mnistctl.serving.request_batching import Batcher
 
 MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
 MAX_IMAGE_BYTES = 2 << 20
@@ -72,7 +72,7 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class Batching:
-    """How ``serve`` merges concurrent requests (see :mod:`mnistctl.request_batching`)."""
+    """How ``serve`` merges concurrent requests (see :mod:`mnistctl.serving.request_batching`)."""
 
     max_batch: int = 64  # images per session.run at most; 1 turns batching off
     max_wait_ms: float = 0.0  # how long a batch that is not full waits for more
@@ -110,7 +110,7 @@ def create_app(
     batching: Batching | None = Batching(),
     log: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The ASGI app around a loaded :class:`mnistctl.export.Predictor`.
+    """The ASGI app around a loaded :class:`mnistctl.serving.export.Predictor`.
 
     Args:
         body_timeout_s: a request body that sends nothing for this long is answered 408 and

@@ -2,7 +2,7 @@
 
 A trial is ``run_experiment`` (or ``resume_experiment``, when Tune retries it) with one more
 hook, ``TuneReporter``, that reports each evaluation to Tune. ``run_sweep`` runs a checked
-:class:`mnistctl.sweep.Sweep`; ``run_jobs`` runs named experiments (``reproduce``). Ray runs on
+:class:`mnistctl.many.sweep.Sweep`; ``run_jobs`` runs named experiments (``reproduce``). Ray runs on
 this machine by default, every process bound to 127.0.0.1 (``start_ray``); ``--address`` joins a
 cluster. Nothing here is imported until a command trains on Ray.
 """
@@ -23,11 +23,7 @@ from typing import Any
 
 from mnistctl.config import Experiment, dump_yaml, parse_experiment, to_dict
 from mnistctl.files import to_json, write_atomic
-from mnistctl.hooks import EvalEvent, Hook, TrainContext
-from mnistctl.metrics import read_metrics
-from mnistctl.runs import METRICS_FILE, find_runs, is_run_dir, load_run
-from mnistctl.status import Status
-from mnistctl.sweep import (
+from mnistctl.many.sweep import (
     BASE_FILE,
     BEST_FILE,
     SWEEP_FILE,
@@ -41,6 +37,10 @@ from mnistctl.sweep import (
     tune_space,
     write_trials,
 )
+from mnistctl.run.directory import METRICS_FILE, find_runs, is_run_dir, load_run
+from mnistctl.run.writers import read_metrics
+from mnistctl.status import Status
+from mnistctl.train.events import EvalEvent, Hook, TrainContext
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -111,7 +111,7 @@ def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     import ray
     from ray import tune
 
-    from mnistctl.experiment import resume_experiment, run_experiment
+    from mnistctl.run.experiment import resume_experiment, run_experiment
 
     trial_id = tune.get_context().get_trial_id()
     name = plan.run_name(params, trial_id)

@@ -20,11 +20,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mnistctl.compare import differing_settings
 from mnistctl.data import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
-from mnistctl.metrics import latest_predictions, read_distributions, read_metrics
-from mnistctl.runs import (
+from mnistctl.report.compare import differing_settings
+from mnistctl.run.directory import (
     DISTRIBUTIONS_FILE,
     METRICS_FILE,
     Run,
@@ -32,6 +31,7 @@ from mnistctl.runs import (
     is_run_dir,
     load_run,
 )
+from mnistctl.run.writers import latest_predictions, read_distributions, read_metrics
 
 DIGITS_SHOWN = 100  # digits in each of the two digit panels, as in the walk-through
 
