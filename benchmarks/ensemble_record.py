@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from mnistctl.files import to_json  # noqa: E402
 from mnistctl.machine import summary as machine_summary  # noqa: E402
 from mnistctl.many.ensemble import CHOOSE_BY, choose_size, members_of  # noqa: E402
-from mnistctl.many.reproduce import ENSEMBLES, write_tables  # noqa: E402
+from mnistctl.many.results import ENSEMBLES, write_tables  # noqa: E402
 from mnistctl.report.evaluate import evaluate_ensemble  # noqa: E402
 from mnistctl.run.directory import METRICS_FILE  # noqa: E402
 from mnistctl.run.writers import read_metrics, training_time  # noqa: E402

@@ -260,7 +260,7 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
     curve = by_loss["validation_loss_by_size"]
     assert curve[by_loss["chosen_size"] - 1] == min(curve)  # (rounded to 4 places)
 
-    from mnistctl.many.reproduce import ENSEMBLES, _ensembles_markdown
+    from mnistctl.many.results import ENSEMBLES, _ensembles_markdown
 
     (tmp_path / ENSEMBLES).write_text(json.dumps({result["sweep"]: result}))
     text = "\n".join(_ensembles_markdown({result["sweep"]: result}))
@@ -270,7 +270,7 @@ def test_the_record_script_chooses_on_validation_and_writes_the_results_section(
 def test_the_single_model_row_is_the_config_with_the_better_mean_validation_accuracy():
     import importlib.util
 
-    from mnistctl.many.reproduce import _single_models_markdown
+    from mnistctl.many.results import _single_models_markdown
 
     from .conftest import ROOT
 

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.many.reproduce import PUBLISHED, WALKTHROUGH, _machines, aggregate
+from mnistctl.config.shipped import PUBLISHED, WALKTHROUGH
+from mnistctl.many.results import _machines, aggregate
 
 from .conftest import CONFIGS
 

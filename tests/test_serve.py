@@ -154,7 +154,8 @@ def server(exported):
     import uvicorn
 
     from mnistctl.serving.export import Predictor
-    from mnistctl.serving.serve import create_app, uvicorn_config
+    from mnistctl.serving.listen import uvicorn_config
+    from mnistctl.serving.serve import create_app
 
     predictor = Predictor(exported)
     port = free_port()
@@ -366,7 +367,8 @@ def test_both_http_parsers_close_connections_whose_headers_never_come(exported, 
     import uvicorn
 
     from mnistctl.serving.export import Predictor
-    from mnistctl.serving.serve import _headers_deadline_protocol, create_app, uvicorn_config
+    from mnistctl.serving.listen import _headers_deadline_protocol, uvicorn_config
+    from mnistctl.serving.serve import create_app
 
     port = free_port()
     config = uvicorn_config(create_app(Predictor(exported)), headers_timeout_s=1, host="127.0.0.1", port=port)

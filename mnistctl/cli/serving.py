@@ -138,8 +138,9 @@ def serve(
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
     from mnistctl.run.checkpoints import check_model_source
-    from mnistctl.serving.serve import Batching, bind, serve_forked
-    from mnistctl.serving.serve import serve as run_server
+    from mnistctl.serving.listen import bind, serve_forked
+    from mnistctl.serving.listen import serve as run_server
+    from mnistctl.serving.serve import Batching
 
     if workers > 1 and not hasattr(os, "fork"):
         raise click.BadParameter(
@@ -191,8 +192,8 @@ def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool) 
     files, so it works on a run another process (or machine) is training. No TensorFlow."""
     import uvicorn
 
+    from mnistctl.serving.listen import bind, uvicorn_config
     from mnistctl.serving.live import create_live_app
-    from mnistctl.serving.serve import bind, uvicorn_config
 
     app = create_live_app(path, data_dir=data_dir)  # a wrong path is one line, before binding
     sock = bind(host, port)

@@ -91,7 +91,7 @@ def train(
         with RunLock(resume):  # trained by another process: "in use by pid ..."
             check_resume(resume, overrides=overrides, config=config, force=force)
     if live:
-        from mnistctl.serving.serve import bind
+        from mnistctl.serving.listen import bind
 
         bind("127.0.0.1", port).close()  # a taken port is one line now, not after the data loads
     with loading_tensorflow():

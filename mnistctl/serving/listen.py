@@ -1,0 +1,234 @@
+"""Serving over a socket: binding it, uvicorn's settings (the headers deadline, the connection
+limit, the C parser), and one process or several forked ones sharing the socket. The app
+itself, its routes and their limits, is :mod:`mnistctl.serving.serve`'s."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib.util
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from mnistctl.errors import MnistctlError
+from mnistctl.serving.serve import Batching, create_app
+
+MAX_CONNECTIONS = 512  # beyond this, uvicorn answers 503 at once
+DEFAULT_BATCHING = Batching()  # None: every request runs alone
+
+
+def _freeze_garbage() -> None:
+    # TensorFlow leaves millions of Python objects behind; a full garbage collection walks them
+    # all (~0.2 s here), a pause that every request waiting at that moment would see. Freezing
+    # them out of the collector's view keeps collections small (p99 latency 267 -> 68 ms with
+    # 32 clients, docs/BENCHMARKS.md).
+    gc.collect()
+    gc.freeze()
+
+
+class ServeError(MnistctlError):
+    """An address the server cannot listen on."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, before anything is loaded or announced.
+
+    Raises:
+        ServeError: the host is unknown or the port is taken, in one line.
+    """
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ServeError(
+            f"--host {host}: no such address ({getattr(err, 'strerror', None) or err})"
+        ) from None
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ServeError(f"{host}:{port}: cannot listen there ({err.strerror})") from None
+    return sock
+
+
+HEADERS_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
+
+
+def uvicorn_config(app: FastAPI, headers_timeout_s: float = HEADERS_TIMEOUT_S, **where: Any) -> Any:
+    """The server's settings: bounded connections, slow senders timed out (``where``: host, port).
+
+    httptools (a C HTTP parser) and uvloop when installed - with 32 clients they serve 1.3x the
+    requests of the pure-Python h11 parser (docs/BENCHMARKS.md) - else h11 and asyncio.
+    """
+    import uvicorn
+
+    fast = importlib.util.find_spec("httptools") is not None
+    uvloop = importlib.util.find_spec("uvloop") is not None
+    return uvicorn.Config(
+        app,
+        http=_headers_deadline_protocol(headers_timeout_s, "httptools" if fast else "h11"),
+        loop="uvloop" if uvloop else "asyncio",
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=5,
+        **where,
+    )
+
+
+def _headers_deadline_protocol(timeout_s: float, parser: str) -> type:
+    """uvicorn's HTTP protocol (``httptools`` or ``h11``) with a deadline for a request's headers.
+
+    uvicorn times out a connection only while it idles after a response: one that opens and
+    sends nothing, or half its headers, is held for ever (slowloris). The body has its own
+    deadline (:func:`_read_body`); this covers the time before the app sees the request.
+    """
+    if parser == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class HeadersDeadline(Base):  # type: ignore[misc, valid-type]
+        _deadline: asyncio.TimerHandle | None = None
+        _awaiting_headers = True  # httptools: from a request's first byte until its headers are in
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()  # a connection that never sends a byte is timed out too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        # h11: after each chunk, is the request still short of its headers?
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if parser == "h11" and self._waiting():
+                self._arm()
+            elif parser == "h11":
+                self._disarm()
+
+        # httptools: it says when a request begins and when its headers are complete.
+        def on_message_begin(self) -> None:
+            self._awaiting_headers = True
+            self._arm()
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_headers = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def _waiting(self) -> bool:
+            if parser == "h11":
+                import h11
+
+                return self.conn.their_state is h11.IDLE  # h11 leaves IDLE once the headers are in
+            return self._awaiting_headers
+
+        def _arm(self) -> None:
+            if self._deadline is None and not self.transport.is_closing():
+                self._deadline = self.loop.call_later(timeout_s, self._give_up)
+
+        def _give_up(self) -> None:
+            self._deadline = None
+            if self._waiting() and not self.transport.is_closing():
+                self.transport.close()
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+    return HeadersDeadline
+
+
+def serve(
+    predictor: Any,
+    sock: socket.socket,
+    batching: Batching | None = DEFAULT_BATCHING,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Serve on a socket from :func:`bind` until interrupted (``log``: one line per request)."""
+    import uvicorn
+
+    app = create_app(predictor, batching=batching, log=log)
+    _freeze_garbage()
+    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+
+
+def serve_forked(
+    load: Callable[[], Any],
+    sock: socket.socket,
+    batching: Batching | None,
+    workers: int,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Serve from ``workers`` processes that share the listening socket, each with a model of its
+    own (``load`` runs in each of them). Each process's Python - HTTP, JSON, the hand-over to the
+    model - then runs on a core of its own; the kernel hands each new connection to one of them.
+
+    Call it before TensorFlow is imported: the processes are forked, and TensorFlow's threads do
+    not survive a fork. Ctrl-C reaches every process (one process group); SIGTERM to this one is
+    passed on. Returns when all have stopped.
+
+    Raises:
+        ServeError: a process that could not load the model or stopped with an error.
+    """
+    children: list[int] = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    sys.stdout.flush()  # nothing buffered is written twice
+    sys.stderr.flush()
+    previous = signal.signal(signal.SIGTERM, pass_on)  # before the first fork: no orphans
+    try:
+        for _ in range(workers):
+            pid = os.fork()
+            if pid == 0:  # a worker: load, serve, and never return into the parent's code
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own
+                code = 0
+                try:
+                    serve(load(), sock, batching, log)
+                except KeyboardInterrupt:
+                    pass
+                except BaseException as err:  # reported; then this process ends, whatever it was
+                    print(f"error: serving process {os.getpid()}: {err}", file=sys.stderr, flush=True)
+                    code = 1
+                os._exit(code)
+            children.append(pid)
+    except OSError as err:  # fork failed: stop the ones started
+        pass_on(signal.SIGTERM, None)
+        for child in children:
+            os.waitpid(child, 0)
+        signal.signal(signal.SIGTERM, previous)
+        raise ServeError(f"cannot start {workers} serving processes: {err.strerror or err}") from None
+    sock.close()  # the workers hold it
+    failed: list[str] = []
+    try:
+        alive = set(children)
+        while alive:
+            try:
+                pid, status = os.wait()
+            except KeyboardInterrupt:  # Ctrl-C: the workers got it too and are shutting down
+                continue
+            alive.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # uvicorn re-raises those after stopping
+                failed.append(f"process {pid} exited with {code}")
+                pass_on(signal.SIGTERM, None)  # one failed: the others stop too
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise ServeError(f"serving stopped: {'; '.join(failed)}")
