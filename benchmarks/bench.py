@@ -56,7 +56,7 @@ BATCH = 100
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from mnistctl.data import load_dataset
+    from mnistctl.dataset import load_dataset
 
     d = load_dataset("mnist")
     return d.train_images, d.train_labels, d.test_images, d.test_labels

@@ -40,7 +40,7 @@ def handwritten(steps: int) -> None:
     import numpy as np
 
     from mnistctl._tf import tf
-    from mnistctl.data import load_dataset
+    from mnistctl.dataset import load_dataset
 
     v1 = tf.compat.v1
     data = load_dataset("mnist")

@@ -64,7 +64,7 @@ def records(sweep_dir: Path) -> list[dict]:
 
 
 def best_trial(sweep_dir: Path) -> dict:
-    from mnistctl.many.sweep import trial_rows
+    from mnistctl.many.trials import trial_rows
 
     best = trial_rows(sweep_dir)[0]
     return {k: best[k] for k in ("trial", "validation_accuracy", "final_test_accuracy", "steps")} | {

@@ -16,7 +16,6 @@ Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gzip
 import hashlib
 import io
@@ -41,7 +40,7 @@ from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 
 if TYPE_CHECKING:
-    from mnistctl.config import Experiment
+    pass
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 CONNECT_TIMEOUT_S = 3.0
@@ -424,146 +423,3 @@ def ensure_dataset(
         f"cannot get {spec.title}. Tried: {tried}. To supply the files by hand, put {names} "
         f"(gzipped or not) in a directory and pass --data-dir DIR"
     )
-
-
-# -- in memory ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A verified dataset in memory: uint8 images [N, 28, 28] and uint8 labels [N]."""
-
-    name: str
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    checksums: dict[str, str]
-    classes: tuple[str, ...]
-    validation_images: np.ndarray | None = None
-    validation_labels: np.ndarray | None = None
-
-    def subset(self, train_size: int | None, test_size: int | None, validation: int | None = None) -> Dataset:
-        """The first ``train_size`` training and ``test_size`` test images; of the training
-        images, the last ``validation`` are held out for model selection."""
-        train_x, train_y = self.train_images[:train_size], self.train_labels[:train_size]
-        val_x = val_y = None
-        if validation:
-            train_x, val_x = train_x[:-validation], train_x[-validation:]
-            train_y, val_y = train_y[:-validation], train_y[-validation:]
-        return Dataset(
-            self.name,
-            train_x,
-            train_y,
-            self.test_images[:test_size],
-            self.test_labels[:test_size],
-            self.checksums,
-            self.classes,
-            val_x,
-            val_y,
-        )
-
-
-def load_dataset(
-    name: str,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    log: Callable[[str], None] = lambda _: None,
-) -> Dataset:
-    """Load a dataset, fetching and caching it first if needed. Verified on every load."""
-    spec = get_spec(name)
-    cache = ensure_dataset(name, data_dir, cache_dir, log, verify_cache=False)
-    arrays = {}
-    for role, expected in spec.files.items():
-        path = cache / (expected.name + ".gz")
-        unpacked = cache / expected.name  # the same bytes uncompressed: loads skip gunzip (0.3 s)
-        source = unpacked if unpacked.is_file() else path
-        try:
-            raw = read_maybe_gzip(source)
-            verify_raw(raw, expected)
-        except (ValueError, OSError) as err:
-            # The cache changed under us (another process, a disk error): refetch once.
-            log(f"cached {source.name} is unusable ({err}); fetching again")
-            path.unlink(missing_ok=True)
-            unpacked.unlink(missing_ok=True)
-            return load_dataset(name, data_dir, cache_dir, log)
-        if not unpacked.is_file():
-            with contextlib.suppress(OSError):  # a read-only or full cache: gunzip every time
-                write_atomic(unpacked, raw)
-        arrays[role] = parse_idx(raw, expected.name)
-    return Dataset(
-        name=name,
-        **arrays,
-        checksums={f.name: f.sha256 for f in spec.files.values()},
-        classes=spec.classes,
-    )
-
-
-def load_experiment_data(
-    exp: Experiment, *, data_dir: Path | None = None, log: Callable[[str], None] = lambda _: None
-) -> Dataset:
-    """The images an experiment trains, selects and tests on: its dataset, cut to its
-    ``data.train_size`` and ``data.test_size``, with its ``data.validation`` hold-out."""
-    data = load_dataset(exp.data.dataset, data_dir=data_dir, log=log)
-    return data.subset(exp.data.train_size, exp.data.test_size, exp.data.validation)
-
-
-def dataset_info(name: str, cache_dir: Path | None = None) -> dict:
-    """Where the cached dataset is, and each file's size, count and verification status."""
-    spec = get_spec(name)
-    cache = cache_dir or cache_root() / name
-    files = []
-    for role, expected in spec.files.items():
-        path = cache / (expected.name + ".gz")
-        entry = {"role": role, "file": str(path), "expected_count": expected.count, "sha256": expected.sha256}
-        if not path.is_file():
-            entry.update(present=False, status="missing")
-        else:
-            entry.update(present=True, bytes=path.stat().st_size)
-            try:
-                raw = read_maybe_gzip(path)
-                verify_raw(raw, expected)
-                entry.update(count=int(parse_idx(raw, expected.name).shape[0]), status="verified")
-            except (ValueError, OSError) as err:
-                entry.update(status=f"corrupt: {err}")
-        files.append(entry)
-    return {"dataset": name, "title": spec.title, "cache": str(cache), "files": files}
-
-
-# -- batches ------------------------------------------------------------------------------
-
-
-class BatchOrder:
-    """The order of training images: a pure function of (seed, step).
-
-    Image ``k`` of the endless stream is ``perm(k // n)[k % n]``, with one seeded permutation
-    per epoch, so step ``s`` always sees the same batch whether or not the run was resumed.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._epoch = epoch
-        return self._perm
-
-    def indices(self, step: int) -> np.ndarray:
-        start = step * self.batch_size
-        first, offset = divmod(start, self.n)
-        if offset + self.batch_size <= self.n:  # the common case: one slice of one epoch
-            return self._permutation(first)[offset : offset + self.batch_size]
-        stream = np.arange(start, start + self.batch_size)
-        return np.concatenate(
-            [
-                self._permutation(e)[stream[stream // self.n == e] % self.n]
-                for e in np.unique(stream // self.n)
-            ]
-        )
-
-    def epoch(self, step: int) -> float:
-        """Epochs completed after ``step`` steps."""
-        return step * self.batch_size / self.n

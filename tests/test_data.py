@@ -14,7 +14,6 @@ import pytest
 
 from mnistctl import data
 from mnistctl.data import (
-    BatchOrder,
     DataError,
     DatasetSpec,
     IdxFile,
@@ -22,9 +21,9 @@ from mnistctl.data import (
     convert_pickle,
     encode_idx,
     ensure_dataset,
-    load_dataset,
     parse_idx,
 )
+from mnistctl.dataset import BatchOrder, dataset_info, load_dataset
 
 RNG = np.random.default_rng(0)
 TRAIN_X = RNG.integers(0, 256, (120, 28, 28), dtype=np.uint8)
@@ -104,11 +103,11 @@ def test_corrupt_cache_file_is_caught_and_fetched_again(spec, tmp_path):
     raw = bytearray(gzip.decompress(target.read_bytes()))
     raw[500] ^= 0xFF  # one flipped pixel
     target.write_bytes(gzip.compress(bytes(raw)))
-    info = data.dataset_info("fake", cache_dir=cache)
+    info = dataset_info("fake", cache_dir=cache)
     assert info["files"][0]["status"].startswith("corrupt: train-images-idx3-ubyte: checksum mismatch")
     loaded = load_dataset("fake", data_dir=mine, cache_dir=cache)  # refetched from --data-dir
     assert np.array_equal(loaded.train_images, TRAIN_X)
-    assert data.dataset_info("fake", cache_dir=cache)["files"][0]["status"] == "verified"
+    assert dataset_info("fake", cache_dir=cache)["files"][0]["status"] == "verified"
 
 
 def test_a_corrupt_uncompressed_copy_is_caught_too(spec, tmp_path):

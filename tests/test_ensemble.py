@@ -39,7 +39,7 @@ def members(runs: Path) -> list[Path]:
 
 
 def test_the_ensemble_is_the_mean_of_the_members_probabilities(runs):
-    from mnistctl.data import load_dataset
+    from mnistctl.dataset import load_dataset
     from mnistctl.serving.export import Predictor
 
     result = invoke("eval", *members(runs), "--json")
@@ -102,7 +102,7 @@ def test_a_directory_of_runs_is_an_ensemble_and_top_keeps_the_best_by_validation
 
 
 def test_the_ensemble_export_predicts_as_eval_does(runs, tmp_path):
-    from mnistctl.data import load_dataset
+    from mnistctl.dataset import load_dataset
     from mnistctl.many.ensemble import members_of
     from mnistctl.report.evaluate import evaluate_ensemble
     from mnistctl.serving.export import Predictor

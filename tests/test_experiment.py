@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from mnistctl.cli import main
 from mnistctl.config import load_config
-from mnistctl.run.directory import RunRecorder, load_run
+from mnistctl.run.directory import load_run
+from mnistctl.run.recorder import RunRecorder
 from mnistctl.run.writers import read_metrics
 from mnistctl.status import Status
 from mnistctl.train.events import Hook, best_row

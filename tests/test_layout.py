@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mnistctl"
 # Lowest first; a module not named here is a shared piece (layer 0).
 LAYERS = (
     ("config",),
-    ("data", "model"),
+    ("data", "dataset", "model"),
     ("train",),
     ("run",),
     ("many",),

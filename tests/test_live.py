@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.data import load_experiment_data
+from mnistctl.dataset import load_experiment_data
 from mnistctl.run.directory import load_run
 from mnistctl.serving.live import create_live_app, run_state, run_summary
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mnistctl.config import load_config
-from mnistctl.data import Dataset
+from mnistctl.dataset import Dataset
 from mnistctl.errors import NONFINITE_LOSS
 from mnistctl.status import Status
 from mnistctl.train.events import EvalRecord, Hook, TrainContext, best_row
@@ -233,7 +233,7 @@ def test_best_row_takes_the_first_maximum_and_ignores_nan():
 
 def test_a_sweep_trial_reports_its_last_result_after_every_other_hook_has_ended():
     """Tune stops a trial once it has the last result: the run must be complete by then."""
-    from mnistctl.many.engine import TuneReporter
+    from mnistctl.many.trial import TuneReporter
 
     log = []
     reporter = TuneReporter(lambda metrics: log.append(("tune", "report", metrics["step"])))
@@ -243,7 +243,7 @@ def test_a_sweep_trial_reports_its_last_result_after_every_other_hook_has_ended(
 
 
 def test_a_trial_that_tune_stops_ends_as_stopped():
-    from mnistctl.many.engine import TuneReporter
+    from mnistctl.many.trial import TuneReporter
 
     def stop(metrics):
         raise SystemExit(0)  # what Ray's report does in a trial it has stopped

@@ -147,7 +147,7 @@ def test_tensorboard_reader_finds_scalars_and_histograms(trained_run):
 
 
 def test_the_evaluation_log_has_each_evaluations_mistakes_and_last_batch(trained_run):
-    from mnistctl.data import load_dataset
+    from mnistctl.dataset import load_dataset
     from mnistctl.run.writers import read_evaluations, read_metrics
 
     entries = read_evaluations(trained_run / "evaluations.jsonl")

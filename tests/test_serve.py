@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mnistctl.cli import main
-from mnistctl.data import load_dataset
+from mnistctl.dataset import load_dataset
 from mnistctl.serving.images import ImageError, preprocess
 
 from .conftest import CONFIGS, free_port, headless_chromium, wait_for

@@ -366,7 +366,7 @@ def test_set_on_the_command_line_wins_over_the_sweep_file(tmp_path):
 
 
 def test_key_labels_are_short_and_unambiguous():
-    from mnistctl.many.sweep import short_keys
+    from mnistctl.many.trials import short_keys
 
     keys = ["model.layers[0].filters", "model.layers[1].filters", "schedule.decay_steps"]
     assert short_keys(keys) == {

@@ -41,7 +41,7 @@ def download(dataset: str, data_dir: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(dataset: str, as_json: bool) -> None:
     """Where the cached dataset is, its counts and checksums."""
-    from mnistctl.data import dataset_info
+    from mnistctl.dataset import dataset_info
 
     reports = [dataset_info(name) for name in _datasets(dataset)]
     if as_json:

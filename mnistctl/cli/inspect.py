@@ -226,7 +226,8 @@ def compare(
     """Compare runs, one row each: results, then the config keys that differ. PATHS are run
     directories, directories of runs, or a sweep (its trials, best first by the sweep's metric)
     (default: runs/)."""
-    from mnistctl.many.sweep import is_sweep_dir, ranking_column, short_keys
+    from mnistctl.many.sweep import is_sweep_dir, ranking_column
+    from mnistctl.many.trials import short_keys
     from mnistctl.report.compare import (
         HEADERS,
         cell,

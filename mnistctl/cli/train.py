@@ -312,7 +312,7 @@ def _short(value, column: str) -> str:
 
 def _sweep_table(plan, outcome) -> None:
     """The trials, best first: a table in a terminal, aligned plain text elsewhere (a log)."""
-    from mnistctl.many.sweep import short_keys
+    from mnistctl.many.trials import short_keys
 
     metric = plan.spec.metric
     rows = outcome.trials

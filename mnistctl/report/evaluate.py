@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mnistctl.config import Experiment
-from mnistctl.data import Dataset, load_experiment_data
+from mnistctl.dataset import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.many.ensemble import Member, log_loss, mean_probabilities
 from mnistctl.model import build_graph, make_session

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mnistctl.data import load_experiment_data
+from mnistctl.dataset import load_experiment_data
 from mnistctl.digits import mosaic
 from mnistctl.errors import MnistctlError
 from mnistctl.report.compare import compare
@@ -229,7 +229,7 @@ def _short(value: object) -> str:
 
 def _differences_table(fig: Figure, runs: list[Run], rows: list[dict], keys: list[str], colours) -> None:
     """Every differing config key, one row per run, coloured as its curves."""
-    from mnistctl.many.sweep import short_keys
+    from mnistctl.many.trials import short_keys
     from mnistctl.report.compare import cell
 
     ax = fig.subplots()
@@ -321,7 +321,8 @@ def save(fig: Figure, out: Path) -> Path:
 def sweep_figure(sweep_dir: Path) -> Figure:
     """A sweep at a glance: parallel coordinates (each trial a line from its parameters to its
     metric, coloured by the metric) beside every trial's curve of that metric over the steps."""
-    from mnistctl.many.sweep import read_sweep_dir, short_keys, trial_rows
+    from mnistctl.many.sweep import read_sweep_dir
+    from mnistctl.many.trials import short_keys, trial_rows
 
     sweep = read_sweep_dir(sweep_dir)
     metric = sweep.spec.metric

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistctl.config import Experiment, check_machine, dump_yaml
-from mnistctl.data import Dataset, load_experiment_data
+from mnistctl.dataset import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
 from mnistctl.machine import bfloat16_takes_effect, cpu_flags, onednn_enabled
@@ -35,18 +35,18 @@ from mnistctl.run.directory import (
     Resume,
     Run,
     RunLock,
-    RunRecorder,
     create_run,
     load_run,
     utc_now,
 )
+from mnistctl.run.recorder import RunRecorder
 from mnistctl.run.resume import check_resume, describe_changes
+from mnistctl.run.tensorboard import TensorBoardWriter
 from mnistctl.run.writers import (
     CsvWriter,
     DistributionWriter,
     EvaluationLog,
     PredictionWriter,
-    TensorBoardWriter,
     read_metrics,
 )
 from mnistctl.status import Status

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mnistctl.data import Dataset, load_experiment_data
+from mnistctl.dataset import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
 from mnistctl.report.compare import differing_settings
 from mnistctl.run.directory import (

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistctl.data import BatchOrder, Dataset
+from mnistctl.dataset import BatchOrder, Dataset
 from mnistctl.errors import NONFINITE_LOSS, MnistctlError
 from mnistctl.machine import peak_rss_mb
 from mnistctl.status import Status
