@@ -18,6 +18,7 @@ from mnistctl.run.writers import (
     DistributionWriter,
     EvaluationLog,
     PredictionWriter,
+    forget_after,
     read_distributions,
     read_evaluations,
     read_metrics,
@@ -74,8 +75,28 @@ def test_the_csv_writer_writes_each_events_record_and_a_resume_forgets_what_came
     path = tmp_path / "metrics.csv"
     feed(CsvWriter(path), [event(10, 0.5, True), event(20, 0.6, True)], context())
     assert [(r["step"], r["test_accuracy"]) for r in read_metrics(path)] == [(10, 0.5), (20, 0.6)]
-    feed(CsvWriter(path), [event(20, 0.7, True)], context(start_step=10))  # resumed from step 10
+    resumed = CsvWriter(path)
+    forget_after(resumed.step_files, 10)  # resumed from step 10: as run_experiment does
+    feed(resumed, [event(20, 0.7, True)], context(start_step=10))
     assert [(r["step"], r["test_accuracy"]) for r in read_metrics(path)] == [(10, 0.5), (20, 0.7)]
+
+
+def test_a_resume_forgets_the_rows_after_its_step_in_every_declared_file_and_a_torn_line(tmp_path):
+    writers = [
+        CsvWriter(tmp_path / "metrics.csv"),
+        DistributionWriter(tmp_path / "distributions.csv"),
+        EvaluationLog(tmp_path / "evaluations.jsonl"),
+    ]
+    for writer in writers:
+        feed(writer, [event(step, 0.5, True) for step in (10, 20, 30)], context())
+    with (tmp_path / "metrics.csv").open("a") as f:
+        f.write("40,0.6")  # killed while writing a row
+    before = (tmp_path / "metrics.csv").read_text().splitlines()
+    forget_after([path for writer in writers for path in writer.step_files], 20)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.csv")] == [10, 20]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == before[:3]  # rows kept as written
+    assert {int(row[0]) for row in read_distributions(tmp_path / "distributions.csv")["weights"]} == {10, 20}
+    assert [e["step"] for e in read_evaluations(tmp_path / "evaluations.jsonl")] == [10, 20]
 
 
 def test_the_distribution_writer_summarises_the_events_weights_and_activations(tmp_path):

@@ -47,6 +47,7 @@ from mnistctl.run.writers import (
     DistributionWriter,
     EvaluationLog,
     PredictionWriter,
+    forget_after,
     read_metrics,
 )
 from mnistctl.status import Status
@@ -233,6 +234,7 @@ def _train(
                 session.run(g.init_op)
                 step = 0
             on_restored(step)
+            forget_after([path for hook in hooks for path in hook.step_files], step)
             g.graph.finalize()  # nothing may add ops inside the loop (a classic TF1 slowdown)
             kept = [
                 EvalRecord.from_row(r) for r in read_metrics(run.path / METRICS_FILE) if r["step"] <= step

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,16 +26,16 @@ if TYPE_CHECKING:
 
 
 class CsvWriter(Hook):
-    """Appends one row per evaluation to ``metrics.csv`` (on a resume, after dropping the rows
-    past the checkpoint)."""
+    """Appends one row per evaluation to ``metrics.csv`` (a resume forgets the rows past the
+    checkpoint first: see ``forget_after``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.step_files = (path,)
         self._file = None
         self._writer: csv.DictWriter | None = None
 
     def begin(self, ctx: TrainContext) -> None:
-        truncate_metrics(self.path, ctx.start_step)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
@@ -86,16 +87,28 @@ def training_time(rows: list[dict[str, float]]) -> float:
     return total + previous
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the rows up to ``step`` (and drop a torn last line), atomically.
+def forget_after(paths: Iterable[Path], step: int) -> None:
+    """What a resume forgets, in one place: every row or entry after ``step`` (the checkpoint
+    it resumes from) of the step-keyed files the writers declare (``Hook.step_files``), and a
+    torn last line, each file rewritten atomically. Those steps are about to be trained again,
+    so each evaluation appears once. CSV rows are kept as they were written."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        if path.suffix == ".jsonl":
+            kept = [e for e in read_evaluations(path) if e["step"] <= step]
+            write_atomic(path, "".join(to_json(e, separators=(",", ":")) + "\n" for e in kept))
+            continue
+        with path.open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+        if header:
+            rows = [r for r in read_rows(path) if _whole(r) and _step(r) <= step]
+            write_csv(path, header, rows)
 
-    Used when resuming from a checkpoint at ``step``: later rows are redone, so each
-    evaluation step appears exactly once.
-    """
-    if not path.is_file():
-        return
-    rows = [r for r in read_metrics(path) if r["step"] <= step]
-    write_csv(path, FIELDS, ({k: int(v) if k == "step" else _fmt(v) for k, v in r.items()} for r in rows))
+
+def _whole(row: dict) -> bool:
+    """Not a torn line: as many values as the header has columns."""
+    return None not in row and None not in row.values()
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:
@@ -129,11 +142,10 @@ class DistributionWriter(Hook):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.step_files = (path,)
 
     def begin(self, ctx: TrainContext) -> None:
         self.activations = any(layer.normalised for layer in ctx.experiment.model.layers)
-        kept = [r for r in read_rows(self.path) if _step(r) <= ctx.start_step]
-        self._write(kept, mode="w")
 
     def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
         step = event.record.step
@@ -245,10 +257,7 @@ class EvaluationLog(Hook):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-
-    def begin(self, ctx: TrainContext) -> None:
-        kept = [e for e in read_evaluations(self.path) if e["step"] <= ctx.start_step]
-        write_atomic(self.path, "".join(to_json(e, separators=(",", ":")) + "\n" for e in kept))
+        self.step_files = (path,)
 
     def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
         predicted = event.test_predictions

@@ -6,9 +6,11 @@ are hooks it calls at the start, after each step, after each evaluation and at t
 The contract every hook can rely on:
 
 - ``begin`` comes first, once, after the variables are initialised or restored. When
-  ``ctx.start_step > 0`` the run is resumed from a checkpoint at that step, and a hook that
-  keeps anything per step (rows, events, checkpoints) forgets what it kept *after* that step
-  there and then: those steps are about to be trained again. Nothing else forgets.
+  ``ctx.start_step > 0`` the run is resumed from a checkpoint at that step, and what was kept
+  *after* that step is forgotten: those steps are about to be trained again. The rows of the
+  files hooks declare in ``step_files`` are forgotten for them, in one place, before ``begin``;
+  a hook with other state per step (checkpoints, TensorBoard's events) forgets it in ``begin``.
+  Nothing else forgets.
 - ``end`` comes last, once, for every hook whose ``begin`` was called, whatever happened
   (a failing ``begin`` of another hook, an exception in a step, Ctrl-C).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -155,7 +158,14 @@ class TrainContext:
 
 
 class Hook:
-    """Override what you need; every method is a no-op by default."""
+    """Override what you need; every method is a no-op by default.
+
+    A hook that appends a row or an entry per evaluation to a file keyed by ``step`` declares
+    it in ``step_files``; on a resume, what came after the checkpoint's step is forgotten there
+    in one place (``mnistctl.run.writers.forget_after``) before ``begin``.
+    """
+
+    step_files: tuple[Path, ...] = ()
 
     def begin(self, ctx: TrainContext) -> None:
         """Before the first step (after variables are initialised or restored); forget what
