@@ -1,5 +1,6 @@
 """The package's plan, as the README's Development section states it: layers by concern, each
-module importing only from its own layer or those below it, and no import circle."""
+module importing only from its own layer or those below it, no import circle, and modules a
+reader can take in at once."""
 
 from __future__ import annotations
 
@@ -75,3 +76,13 @@ def test_no_import_circle_between_modules():
 
     circles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a, {b}))
     assert circles == []
+
+
+MAX_LINES = 450
+
+
+def test_every_module_reads_in_one_sitting():
+    long = {
+        name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
