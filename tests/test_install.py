@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,8 +35,15 @@ def _run(command: list[str], cwd: Path, env: dict, timeout: float = 300) -> subp
 def installed(tmp_path_factory, mnist_cache) -> tuple[Path, dict]:
     """A venv with the wheel installed, and an environment that uses it; (its bin, env)."""
     where = tmp_path_factory.mktemp("install")
+    # Built from a clean copy: setuptools builds in the source tree, and a build/ folder left
+    # from an earlier build would put modules that are gone into the wheel.
+    junk = shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+    )
+    source = where / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=junk)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-    _run([*build, "-w", str(where / "dist"), str(ROOT)], cwd=where, env=os.environ.copy())
+    _run([*build, "-w", str(where / "dist"), str(source)], cwd=where, env=os.environ.copy())
     (wheel,) = (where / "dist").glob("mnistctl-*.whl")
     venv = where / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=where, env=os.environ.copy())
