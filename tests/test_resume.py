@@ -251,14 +251,16 @@ def test_full_disk_is_one_line_not_a_traceback(mnist_cache, tmp_path, monkeypatc
     assert result.output.strip() == f"error: No space left on device ({tmp_path / 'run.json'})"
 
 
-def test_checkpoint_of_another_architecture_names_the_variable(uninterrupted, tmp_path):
+@pytest.mark.parametrize("command", [["eval"], ["export", "--out", "{tmp}/model"]])
+def test_checkpoint_of_another_architecture_names_the_variable(uninterrupted, tmp_path, command):
+    """One restore for eval, export and training: the same words for the same mismatch."""
     import shutil
 
     run = tmp_path / "other"
     shutil.copytree(uninterrupted, run)
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("units: 16", "units: 24"))
-    result = invoke("eval", run)
+    result = invoke(command[0], run, *(a.format(tmp=tmp_path) for a in command[1:]))
     assert result.exit_code == 2
     assert (
         "made for another model: layer1_dense/weights has shape [784, 16] there and [784, 24]"

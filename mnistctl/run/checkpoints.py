@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mnistctl.errors import MnistctlError
 from mnistctl.files import write_atomic
@@ -221,11 +221,26 @@ def check_model_source(source: Path) -> None:
 
 
 def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
-    """Restore every variable from a checkpoint and return its step.
+    """Restore every variable of a training graph from a checkpoint and return its step.
 
     Raises:
-        CheckpointError: naming the variable and shapes when the checkpoint was made for
-            another architecture, or the file when it is damaged.
+        CheckpointError: as ``restore_variables``.
+    """
+    from mnistctl._tf import tf
+
+    with graph.graph.as_default():
+        variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+    restore_variables(session, graph.graph, variables, prefix)
+    return int(session.run(graph.global_step))
+
+
+def restore_variables(session: Any, graph: Any, variables: dict[str, Any], prefix: str) -> None:
+    """The one restore: ``variables`` (name in the checkpoint -> variable of ``graph``) from the
+    checkpoint ``prefix``, for training, ``eval``, ``export`` and each member of an ensemble.
+
+    Raises:
+        CheckpointError: naming the variable and both shapes when the checkpoint was made for
+            another model, or the file when it is unreadable or damaged.
     """
     from mnistctl._tf import tf
 
@@ -234,10 +249,7 @@ def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
     except (tf.errors.OpError, ValueError) as err:
         raise CheckpointError(f"{prefix}: unreadable checkpoint ({_first_line(err)})") from None
     saved = reader.get_variable_to_shape_map()
-    with graph.graph.as_default():
-        variables = tf.compat.v1.global_variables()
-    for var in variables:
-        name = var.op.name
+    for name, var in variables.items():
         if name not in saved:
             raise CheckpointError(f"{prefix}: made for another model: it has no variable {name}")
         if list(saved[name]) != var.shape.as_list():
@@ -245,13 +257,12 @@ def restore(session: tf.compat.v1.Session, graph: Graph, prefix: str) -> int:
                 f"{prefix}: made for another model: {name} has shape {list(saved[name])} "
                 f"there and {var.shape.as_list()} in this config"
             )
-    with graph.graph.as_default():
+    with graph.as_default():
         saver = tf.compat.v1.train.Saver(variables)
     try:
         saver.restore(session, prefix)
     except (tf.errors.OpError, ValueError) as err:
         raise CheckpointError(f"{prefix}: damaged checkpoint ({_first_line(err)})") from None
-    return int(session.run(graph.global_step))
 
 
 def _cause(err: Exception) -> str:

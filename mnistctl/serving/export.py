@@ -25,10 +25,10 @@ from mnistctl.files import to_json
 from mnistctl.many.ensemble import Member, describe_members
 from mnistctl.model import build_logits, checkpoint_names
 from mnistctl.run.checkpoints import (
-    CheckpointError,
     ExportError,
     check_export_target,
     resolve,
+    restore_variables,
     saved_model_path,
 )
 from mnistctl.run.directory import Run, load_run
@@ -63,11 +63,8 @@ def build_inference_graph(exp: Experiment) -> InferenceGraph:
 
 def _restore(session: v1.Session, g: InferenceGraph, prefix: str) -> None:
     with g.graph.as_default():
-        saver = v1.train.Saver(checkpoint_names(v1.global_variables(), g.averaged))
-    try:
-        saver.restore(session, prefix)
-    except (tf.errors.OpError, ValueError) as err:
-        raise CheckpointError(f"{prefix}: cannot restore the model ({str(err).splitlines()[0]})") from None
+        names = checkpoint_names(v1.global_variables(), g.averaged)
+    restore_variables(session, g.graph, names, prefix)
 
 
 def export_saved_model(target: Path, out: Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -106,7 +103,7 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
             scoped = [v for v in v1.global_variables() if v.op.name.startswith(f"member{i}/")]
             names = checkpoint_names(scoped, exp.model.ema_decay is not None)
             names = {name.removeprefix(f"member{i}/"): v for name, v in names.items()}
-            restores.append((v1.train.Saver(names), member.checkpoint))
+            restores.append((names, member.checkpoint))
         probabilities = tf.identity(tf.add_n(outputs) / len(outputs), name="probabilities")
         classes = tf.argmax(probabilities, axis=1, name="classes")
         initialize = v1.variables_initializer([global_step])
@@ -123,13 +120,8 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
     }
     with v1.Session(graph=graph) as session:
         session.run(initialize)
-        for saver, prefix in restores:
-            try:
-                saver.restore(session, prefix)
-            except (tf.errors.OpError, ValueError) as err:
-                raise CheckpointError(
-                    f"{prefix}: cannot restore the model ({str(err).splitlines()[0]})"
-                ) from None
+        for names, prefix in restores:
+            restore_variables(session, graph, names, prefix)
         return _write(session, g, out, info)
 
 
