@@ -14,8 +14,8 @@ from typing import Any
 
 from mnistctl.config import Experiment, flatten, to_dict
 from mnistctl.errors import MnistctlError
-from mnistctl.files import csv_text, to_json, version
-from mnistctl.run.directory import CONFIG_FILE, METRICS_FILE, Run
+from mnistctl.files import csv_text, to_json
+from mnistctl.run.directory import METRICS_FILE, Run
 from mnistctl.run.writers import read_metrics
 from mnistctl.train.events import max_test_accuracy
 
@@ -41,18 +41,14 @@ def _config_items(run: Run) -> dict[str, Any]:
     """A run's resolved config as flat keys (without its description); {} when it cannot be
     read. Parsed once per write of config.yaml, by the run itself (with the alias guard and the
     schema every config gets)."""
-    path = run.path / CONFIG_FILE
-    written = version(path)
-    if written is None:
-        return {}
     try:
-        return dict(_flat_config(run.experiment(), written))
+        return dict(_flat_config(run.experiment()))
     except MnistctlError:
         return {}
 
 
 @functools.lru_cache(maxsize=512)
-def _flat_config(exp: Experiment, written: tuple[int, int, int]) -> tuple[tuple[str, Any], ...]:
+def _flat_config(exp: Experiment) -> tuple[tuple[str, Any], ...]:
     flat = flatten(to_dict(exp))
     flat.pop("description", None)
     return tuple(flat.items())

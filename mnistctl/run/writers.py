@@ -1,7 +1,10 @@
-"""Metric writers (CSV, TensorBoard) as training hooks, and the CSV reader compare uses.
+"""A run's files of evaluations, and their readers: metrics.csv, distributions.csv,
+evaluations.jsonl and predictions.npz, written by hooks that only write what the loop measured
+(TensorBoard's event files are :mod:`mnistctl.run.tensorboard`'s), and ``forget_after``, what a
+resume forgets of them.
 
-The CSV is append-only and flushed per row, so after a crash it holds every evaluation that
-finished. Reading it needs no TensorFlow.
+The CSV files are append-only and flushed per row, so after a crash they hold every evaluation
+that finished. Reading them needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -99,11 +102,9 @@ def forget_after(paths: Iterable[Path], step: int) -> None:
             kept = [e for e in read_evaluations(path) if e["step"] <= step]
             write_atomic(path, "".join(to_json(e, separators=(",", ":")) + "\n" for e in kept))
             continue
-        with path.open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-        if header:
-            rows = [r for r in read_rows(path) if _whole(r) and _step(r) <= step]
-            write_csv(path, header, rows)
+        columns, rows = _read_csv(path)
+        if columns:
+            write_csv(path, columns, [r for r in rows if _whole(r) and _step(r) <= step])
 
 
 def _whole(row: dict) -> bool:
@@ -144,22 +145,19 @@ class DistributionWriter(Hook):
         self.path = path
         self.step_files = (path,)
 
-    def begin(self, ctx: TrainContext) -> None:
-        self.activations = any(layer.normalised for layer in ctx.experiment.model.layers)
-
     def after_eval(self, ctx: TrainContext, event: EvalEvent) -> None:
         step = event.record.step
         rows = [
             (step, "weights", *percentiles([value for _, value in event.weights])),
             (step, "biases", *percentiles([value for _, value in event.biases])),
         ]
-        if self.activations and event.hidden:
+        if event.hidden:  # the loop measures them for batch-norm models only
             rows.append((step, "activations", *percentiles(list(event.hidden))))
         self._write([dict(zip(DISTRIBUTION_FIELDS, row, strict=True)) for row in rows])
 
-    def _write(self, rows: list[dict], mode: str = "a") -> None:
-        new = mode == "w" or not self.path.exists()
-        with self.path.open(mode, newline="", encoding="utf-8") as f:
+    def _write(self, rows: list[dict]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=DISTRIBUTION_FIELDS, lineterminator="\n")
             if new:
                 writer.writeheader()
@@ -179,19 +177,28 @@ def read_rows(path: Path, required: tuple[str, ...] = ("step",)) -> list[dict[st
     Raises:
         DamagedFileError: naming the file, when it is not UTF-8 CSV with the ``required`` columns.
     """
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DamagedFileError(f"{path}: damaged: not a CSV text file ({type(err).__name__})") from None
+    columns, rows = _read_csv(path)
     missing = [c for c in required if c not in columns]
     if missing and (rows or columns):
         raise DamagedFileError(f"{path}: damaged: no {', '.join(missing)} column")
     return rows
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file's columns and rows (none when it is not there yet).
+
+    Raises:
+        DamagedFileError: naming the file, when it is not UTF-8 CSV.
+    """
+    if not path.is_file():
+        return [], []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DamagedFileError(f"{path}: damaged: not a CSV text file ({type(err).__name__})") from None
 
 
 def read_distributions(path: Path) -> dict[str, np.ndarray]:
