@@ -195,7 +195,8 @@ def reproduce(
     runs are skipped next time."""
     from mnistctl.config import check_machine, load_config
     from mnistctl.config.shipped import resolve_config
-    from mnistctl.many.reproduce import Parallel, default_configs, default_docs_dir
+    from mnistctl.many.jobs import OnRay
+    from mnistctl.many.reproduce import default_configs, default_docs_dir
     from mnistctl.many.reproduce import reproduce as run_reproduction
 
     paths = [resolve_config(c) for c in configs] or default_configs(dataset)
@@ -213,7 +214,9 @@ def reproduce(
             extra_hooks=[ProgressView(out, True)],
             log=logger(quiet),
             should_stop=stop,
-            parallel=Parallel(max_concurrent, address, quiet) if max_concurrent or address else None,
+            on_ray=OnRay(address, max_concurrent, group="reproduce", quiet=quiet)
+            if max_concurrent or address
+            else None,
         )
     table = Table(title=f"{len(rows)} finished runs (see {docs_dir / 'RESULTS.md'})", title_justify="left")
     columns = ("config", "seed", "max_test_accuracy", "final_test_accuracy", "wall_s")

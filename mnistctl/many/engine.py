@@ -1,8 +1,9 @@
 """The engine: one run as a Ray Tune trial, many of them side by side on Ray.
 
-A trial (:mod:`mnistctl.many.trial`) is ``run_experiment``, or ``resume_experiment`` when Tune
-retries it, with one more hook that reports each evaluation to Tune. ``run_sweep`` runs a checked
-:class:`mnistctl.many.sweep.Sweep`; ``run_jobs`` runs named experiments (``reproduce``). Ray runs on
+A trial (:mod:`mnistctl.many.trial`) is a job of :mod:`mnistctl.many.jobs`, trained by its
+``run_job`` with one more hook that reports each evaluation to Tune. ``run_sweep`` runs a checked
+:class:`mnistctl.many.sweep.Sweep`, whose values make each trial's job; ``run_on_ray`` runs a list
+of jobs (``reproduce --max-concurrent``); both through one Tuner set-up (``_tuner``). Ray runs on
 this machine by default, every process bound to 127.0.0.1 (``start_ray``); ``--address`` joins a
 cluster. Nothing here is imported until a command trains on Ray.
 """
@@ -13,13 +14,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistctl.config import Experiment, dump_yaml, to_dict
+from mnistctl.config import dump_yaml
 from mnistctl.files import to_json, write_atomic
+from mnistctl.many.jobs import Job, OnRay
 from mnistctl.many.sweep import (
     BASE_FILE,
     BEST_FILE,
@@ -101,6 +103,60 @@ def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 0))
 
 
+def _start(address: str | None, cpus: int, max_concurrent: int | None) -> int:
+    """Ray started (or joined) with room for ``cpus`` per trial; how many trials run at once."""
+    if address is None and cpus > (os.cpu_count() or 1):
+        raise SweepError(
+            f"resources.cpus_per_trial: {cpus} is more than the {os.cpu_count()} CPUs of this machine"
+        )
+    start_ray(address)  # first: it decides which addresses Ray listens on
+    available = cluster_cpus()
+    if cpus > available:
+        where = "the cluster" if address else "this machine"
+        raise SweepError(f"resources.cpus_per_trial: {cpus} is more than the {available} CPUs of {where}")
+    return max_concurrent or max(1, available // cpus)
+
+
+def _tuner(
+    plan: TrialPlan,
+    cpus: int,
+    *,
+    space: dict[str, Any],
+    tune_path: Path,
+    callback: Any,
+    max_failures: int,
+    restore: bool = False,
+    **tune_config: Any,
+) -> Any:
+    """The one Tuner set-up: every trial is ``train_trial`` with ``plan`` on ``cpus`` cores, its
+    state kept in ``tune_path``; a new search (``tune_config``: Tune's TuneConfig) or the one
+    saved there continued (``restore``)."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus})
+    if restore:
+        if not tune.Tuner.can_restore(str(tune_path)):
+            raise SweepError(f"{tune_path.parent}: Ray Tune saved no state there yet; start the sweep again")
+        return tune.Tuner.restore(
+            str(tune_path), trainable, resume_unfinished=True, resume_errored=True, param_space=space
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id), **tune_config
+        ),
+        run_config=tune.RunConfig(
+            name=tune_path.name,
+            storage_path=str(tune_path.parent),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+            callbacks=[callback],
+        ),
+    )
+
+
 @dataclass
 class SweepOutcome:
     """How a sweep (or its latest part) ended."""
@@ -124,6 +180,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run a sweep on Ray Tune: new under ``runs_dir``, or continued in ``sweep_dir``.
 
+    Each trial is a job of :mod:`mnistctl.many.jobs` made from the sweep's values (its config a
+    typed ``Experiment`` all the way), trained by the same ``run_job`` as every other driver's.
     Progress goes to stderr, a line per trial started and ended (none with ``quiet``).
 
     Raises:
@@ -139,67 +197,39 @@ def run_sweep(
             )
     sweep_dir = sweep_dir.resolve()
     cpus = sweep.spec.resources.cpus_per_trial
-    if address is None and cpus > (os.cpu_count() or 1):
-        raise SweepError(
-            f"resources.cpus_per_trial: {cpus} is more than the {os.cpu_count()} CPUs of this machine"
-        )
-    start_ray(address)  # first: it decides which addresses Ray listens on
-    from ray import tune
-
-    available = cluster_cpus()
-    if cpus > available:
-        where = "the cluster" if address else "this machine"
-        raise SweepError(f"resources.cpus_per_trial: {cpus} is more than the {available} CPUs of {where}")
-    concurrent = max_concurrent or sweep.spec.max_concurrent or max(1, available // cpus)
+    concurrent = _start(address, cpus, max_concurrent or sweep.spec.max_concurrent)
     if not resume:
         sweep_dir.mkdir(parents=True)
         write_atomic(sweep_dir / BASE_FILE, dump_yaml(sweep.base))
         write_atomic(sweep_dir / SWEEP_FILE, dump_sweep(sweep))
-    plan = TrialPlan(str(sweep_dir), sweep.name, to_dict(sweep.base), str(sweep_dir / BASE_FILE), cpus,
-                     str(data_dir) if data_dir else None)  # fmt: skip
-    trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus})
-    progress = _progress(sweep, sweep_dir, quiet)
-    started = time.time()
+    plan = TrialPlan(str(sweep_dir), cpus, str(data_dir) if data_dir else None, sweep=sweep)
     tune_path = sweep_dir / TUNE_DIR
-    if resume:
-        if not tune.Tuner.can_restore(str(tune_path)):
-            raise SweepError(f"{sweep_dir}: Ray Tune saved no state there yet; start the sweep again")
-        tuner = tune.Tuner.restore(
-            str(tune_path),
-            trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=tune_space(sweep),
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=tune_space(sweep),
-            tune_config=tune.TuneConfig(
-                metric=sweep.spec.metric,
-                mode="max",
-                search_alg=_search_algorithm(sweep, concurrent),
-                scheduler=_scheduler(sweep),
-                num_samples=sweep.spec.samples,
-                time_budget_s=sweep.spec.time_budget_minutes * 60 if sweep.spec.time_budget_minutes else None,
-                trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
-            ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR,
-                storage_path=str(sweep_dir),
-                failure_config=tune.FailureConfig(max_failures=sweep.spec.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=0,
-                callbacks=[progress],
-            ),
-        )
+    budget = sweep.spec.time_budget_minutes
+    tuner = _tuner(
+        plan,
+        cpus,
+        space=tune_space(sweep),
+        tune_path=tune_path,
+        callback=_progress(sweep, sweep_dir, quiet),
+        max_failures=sweep.spec.max_failures,
+        restore=resume,
+        metric=sweep.spec.metric,
+        mode="max",
+        search_alg=_search_algorithm(sweep, concurrent),
+        scheduler=_scheduler(sweep),
+        num_samples=sweep.spec.samples,
+        time_budget_s=budget * 60 if budget else None,
+    )
     if not quiet:
         what = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
         print(
             f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
             file=sys.stderr,
         )
+    started = time.time()
     tuner.fit()
+    from ray import tune
+
     # Tune's own word on each trial: TERMINATED (finished, or stopped early by the scheduler),
     # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
     statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
@@ -212,56 +242,28 @@ def run_sweep(
     return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started)
 
 
-def run_jobs(
-    jobs: dict[str, Experiment],
-    *,
-    runs_dir: Path,
-    address: str | None = None,
-    max_concurrent: int | None = None,
-    cpus_per_trial: int = 1,
-    group: str = "jobs",
-    quiet: bool = False,
-) -> list[Path]:
-    """Train named experiments side by side on Ray (``reproduce --max-concurrent``): each in
-    ``runs_dir/<name>``, resumed in place when it is there already (unless it is finished).
-
-    Returns:
-        The run directories, in the order of ``jobs``; their records say how each ended.
-    """
+def run_on_ray(jobs: Sequence[Job], runs_dir: Path, how: OnRay) -> None:
+    """Train ``jobs`` side by side on Ray, one trial each (``mnistctl.many.jobs.run_jobs`` with
+    ``on_ray``): each in ``runs_dir / job.name``, through the same ``run_job`` as in turn."""
     runs_dir = runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    start_ray(address)  # first: it decides which addresses Ray listens on
+    concurrent = _start(how.address, how.cpus_per_job, how.max_concurrent)
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    available = cluster_cpus()
-    if cpus_per_trial > available:
-        raise SweepError(f"{cpus_per_trial} CPUs per run is more than the {available} CPUs there are")
-    concurrent = max_concurrent or max(1, available // cpus_per_trial)
-    plan = TrialPlan(
-        str(runs_dir), group, {}, "", cpus_per_trial, jobs={n: to_dict(e) for n, e in jobs.items()}
+    plan = TrialPlan(str(runs_dir), how.cpus_per_job, jobs={job.name: job for job in jobs})
+    tuner = _tuner(
+        plan,
+        how.cpus_per_job,
+        space={"job": tune.grid_search([job.name for job in jobs])},
+        tune_path=runs_dir / ".tune" / f"{how.group}-{time.strftime('%Y%m%dT%H%M%S')}",
+        callback=_job_progress(how.quiet),
+        max_failures=2,
+        search_alg=BasicVariantGenerator(max_concurrent=concurrent),
     )
-    trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus_per_trial})
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"job": tune.grid_search(list(jobs))},
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(max_concurrent=concurrent),
-            trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
-        ),
-        run_config=tune.RunConfig(
-            name=f"{group}-{stamp}",
-            storage_path=str(runs_dir / ".tune"),
-            failure_config=tune.FailureConfig(max_failures=2),
-            verbose=0,
-            callbacks=[_job_progress(quiet)],
-        ),
-    )
-    if not quiet:
-        print(f"{len(jobs)} runs, {concurrent} at a time, {cpus_per_trial} CPU each", file=sys.stderr)
+    if not how.quiet:
+        print(f"{len(jobs)} runs, {concurrent} at a time, {how.cpus_per_job} CPU each", file=sys.stderr)
     tuner.fit()
-    return [runs_dir / name for name in jobs]
 
 
 def _printer(quiet: bool) -> Callable[[str], None]:

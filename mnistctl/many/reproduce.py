@@ -4,7 +4,8 @@ Each finished run becomes a row of ``docs/reproduce-runs.csv`` (the ledger, comm
 docs), and ``docs/RESULTS.md`` and ``docs/results.csv`` are rebuilt from the ledger after every
 run. A later ``reproduce`` skips every (config, seed) already in the ledger with the same
 resolved config, so a reproduction that takes hours fills in over several sittings; a run that
-was interrupted is resumed from its checkpoint if its run directory is still there.
+was interrupted is resumed from its checkpoint if its run directory is still there (each
+(config, seed) is a job of the one driver, :mod:`mnistctl.many.driver`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 from mnistctl.config import Experiment, flatten, load_config, to_dict
 from mnistctl.config.shipped import SHIPPED_DIR, WALKTHROUGH, shipped_configs
 from mnistctl.files import write_csv
+from mnistctl.many.jobs import Job, OnRay
 from mnistctl.many.results import LEDGER, LEDGER_FIELDS, LEDGER_LOCK, read_ledger, write_tables
-from mnistctl.run.directory import METRICS_FILE, Run, RunLock, find_runs
+from mnistctl.run.directory import METRICS_FILE, Run, RunLock
 from mnistctl.run.writers import read_metrics
 from mnistctl.train.events import Hook, best_row
 
@@ -32,13 +34,23 @@ ADDED_LATER: dict[str, object] = {"train.precision": "float32"}
 
 
 @dataclass(frozen=True)
-class Job:
-    """One (config, seed) to train."""
+class Seeded:
+    """One (config, seed) of the table: the job that trains it, and what its ledger row says."""
 
     config: Path
     seed: int
     experiment: Experiment
     sha: str
+
+    @property
+    def label(self) -> str:
+        return label(self.experiment)
+
+    @property
+    def job(self) -> Job:
+        """Its run directory is named by config, seed and config_sha, so a rerun finds it (to
+        resume, or to skip when it finished) and a changed config never does."""
+        return Job(f"{self.label.replace('@', '-')}-seed{self.seed}-{self.sha}", self.experiment)
 
 
 def config_sha(exp: Experiment) -> str:
@@ -113,136 +125,80 @@ def reproduce(
     extra_hooks: Sequence[Hook] = (),
     log: Callable[[str], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
-    parallel: Parallel | None = None,
+    on_ray: OnRay | None = None,
 ) -> list[dict[str, str]]:
     """Train every (config, seed) not yet in the ledger, then rebuild the tables.
+
+    The runs are jobs for the one driver (``mnistctl.many.driver.run_jobs``), trained in turn or
+    on Ray, in waves: every job whose config's pace is known, or seed 0 of those whose pace is
+    not, until none is left. Each finished run becomes a ledger row at once.
 
     Args:
         seeds: seeds 0..N-1 for every config; None: three, but only one for a config whose first
             run took over ``ONE_SEED_AFTER_S``.
-        parallel: train side by side on Ray (the sweep engine) instead of one after another.
+        on_ray: train side by side on Ray (the sweep engine) instead of one after another.
 
     Returns:
         The ledger rows of the configs asked for.
     """
-    jobs = [Job(p, s, e, config_sha(e)) for p in configs for s, e in _seeded(p, seeds or 3, overrides)]
+    from mnistctl.many.driver import run_jobs
+
+    planned = [Seeded(p, s, e, config_sha(e)) for p in configs for s, e in _seeded(p, seeds or 3, overrides)]
+    by_name = {seeded.job.name: seeded for seeded in planned}
+    ledger_path = docs_dir / LEDGER
+
+    def record(job: Job, run: Run) -> None:
+        seeded = by_name[job.name]
+        _append_ledger(ledger_path, summarize_run(run, seeded.label, seeded.seed, seeded.sha))
+        write_tables(docs_dir)
+
     # One reproduction per ledger at a time: two would train the same (config, seed) twice and
     # each rewrite the ledger without the other's rows.
     with RunLock(docs_dir, LEDGER_LOCK):
-        if parallel is not None:
-            _reproduce_in_parallel(jobs, seeds, runs_dir, docs_dir, parallel, log)
-        else:
-            _reproduce_in_turn(jobs, seeds, runs_dir, docs_dir, extra_hooks, log, should_stop)
-        write_tables(docs_dir)
-    wanted = {label(j.experiment) for j in jobs}
-    return [r for r in read_ledger(docs_dir / LEDGER) if r["config"] in wanted]
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """Where and how wide ``reproduce`` runs side by side (see ``mnistctl.many.sweep.run_jobs``)."""
-
-    max_concurrent: int | None = None
-    address: str | None = None
-    quiet: bool = False
-
-
-def _runnable(job: Job, ledger: list[dict[str, str]], seeds: int | None, log: Callable[[str], None]) -> bool:
-    """Whether ``job`` is still to train: not in the ledger, and not a further seed of a config
-    whose first seed turned out slow (when the number of seeds was left to us)."""
-    name = label(job.experiment)
-    if any((r["config"], int(r["seed"]), r["config_sha"]) == (name, job.seed, job.sha) for r in ledger):
-        return False
-    first = [r for r in ledger if r["config"] == name and r["config_sha"] == job.sha]
-    if seeds is None and job.seed > 0 and first and float(first[0]["wall_s"]) > ONE_SEED_AFTER_S:
-        log(f"{name}: one seed only (a run takes {float(first[0]['wall_s']) / 60:.0f} min)")
-        return False
-    return True
-
-
-def _reproduce_in_parallel(
-    jobs: list[Job],
-    seeds: int | None,
-    runs_dir: Path,
-    docs_dir: Path,
-    parallel: Parallel,
-    log: Callable[[str], None],
-) -> None:
-    """Waves of runs on Ray: every pending job whose config's pace is known (or seed 0 of those
-    whose is not), then the ledger rows of those that finished, until nothing is pending."""
-    from mnistctl.many.engine import run_jobs
-    from mnistctl.run.directory import is_run_dir, load_run
-
-    ledger_path = docs_dir / LEDGER
-    while True:
-        ledger = read_ledger(ledger_path)
-        known = {(r["config"], r["config_sha"]) for r in ledger}
-        wave = [
-            j
-            for j in jobs
-            if _runnable(j, ledger, seeds, log)
-            and (seeds is not None or j.seed == 0 or (label(j.experiment), j.sha) in known)
-        ]
-        if not wave:
-            return
-        named = {f"{label(j.experiment).replace('@', '-')}-seed{j.seed}-{j.sha}": j for j in wave}
-        run_jobs(
-            {name: j.experiment for name, j in named.items()},
-            runs_dir=runs_dir,
-            address=parallel.address,
-            max_concurrent=parallel.max_concurrent,
-            group="reproduce",
-            quiet=parallel.quiet,
-        )
-        finished = 0
-        for name, job in named.items():
-            if not is_run_dir(runs_dir / name):
-                continue  # failed before its run directory was made
-            run = load_run(runs_dir / name)
-            if run.record.status.finished:
-                _append_ledger(ledger_path, summarize_run(run, label(job.experiment), job.seed, job.sha))
-                finished += 1
-        write_tables(docs_dir)
-        if finished < len(named):
-            return  # interrupted or failed: what is left stays pending for the next call
-
-
-def _reproduce_in_turn(
-    jobs: list[Job],
-    seeds: int | None,
-    runs_dir: Path,
-    docs_dir: Path,
-    extra_hooks: Sequence[Hook],
-    log: Callable[[str], None],
-    should_stop: Callable[[], bool],
-) -> None:
-    from mnistctl.run.experiment import resume_experiment, run_experiment  # TensorFlow only when training
-
-    ledger_path = docs_dir / LEDGER
-    for job in jobs:
-        if not _runnable(job, read_ledger(ledger_path), seeds, log):
-            continue
-        name = label(job.experiment)
-        unfinished = _unfinished_run(runs_dir, job.experiment.name, job.seed, job.sha)
-        log(f"{name} seed {job.seed}: " + ("resuming " + unfinished.name if unfinished else "training"))
-        if unfinished is not None:
-            run = resume_experiment(
-                unfinished.path, extra_hooks=extra_hooks, log=log, should_stop=should_stop
-            )
-        else:
-            run_name = f"{name.replace('@', '-')}-seed{job.seed}"
-            run = run_experiment(
-                job.experiment,
-                runs_dir=runs_dir,
-                name=run_name,
+        while wave := _next_wave(planned, read_ledger(ledger_path), seeds, log):
+            runs = run_jobs(
+                [seeded.job for seeded in wave],
+                runs_dir,
+                on_ray=on_ray,
                 extra_hooks=extra_hooks,
                 log=log,
                 should_stop=should_stop,
+                on_finished=record,
             )
-        if not run.record.status.finished:
-            break  # interrupted: the run directory keeps it for next time
-        _append_ledger(ledger_path, summarize_run(run, name, job.seed, job.sha))
+            if sum(run.record.status.finished for run in runs) < len(wave):
+                break  # interrupted or failed: what is left stays pending for the next call
         write_tables(docs_dir)
+    wanted = {seeded.label for seeded in planned}
+    return [r for r in read_ledger(ledger_path) if r["config"] in wanted]
+
+
+def _next_wave(
+    planned: list[Seeded], ledger: list[dict[str, str]], seeds: int | None, log: Callable[[str], None]
+) -> list[Seeded]:
+    """The (config, seed)s to train next: those not in the ledger whose config's pace is known
+    (or that need no pace: the number of seeds was asked for), and seed 0 of the others."""
+    known = {(r["config"], r["config_sha"]) for r in ledger}
+    return [
+        s
+        for s in planned
+        if _runnable(s, ledger, seeds, log)
+        and (seeds is not None or s.seed == 0 or (s.label, s.sha) in known)
+    ]
+
+
+def _runnable(
+    seeded: Seeded, ledger: list[dict[str, str]], seeds: int | None, log: Callable[[str], None]
+) -> bool:
+    """Whether ``seeded`` is still to train: not in the ledger, and not a further seed of a
+    config whose first seed turned out slow (when the number of seeds was left to us)."""
+    name = seeded.label
+    if any((r["config"], int(r["seed"]), r["config_sha"]) == (name, seeded.seed, seeded.sha) for r in ledger):
+        return False
+    first = [r for r in ledger if r["config"] == name and r["config_sha"] == seeded.sha]
+    if seeds is None and seeded.seed > 0 and first and float(first[0]["wall_s"]) > ONE_SEED_AFTER_S:
+        log(f"{name}: one seed only (a run takes {float(first[0]['wall_s']) / 60:.0f} min)")
+        return False
+    return True
 
 
 def label(exp: Experiment) -> str:
@@ -254,17 +210,6 @@ def label(exp: Experiment) -> str:
 
 def _seeded(path: Path, seeds: int, overrides: Sequence[str]) -> list[tuple[int, Experiment]]:
     return [(s, load_config(path, [*overrides, f"train.seed={s}"])) for s in range(seeds)]
-
-
-def _unfinished_run(runs_dir: Path, name: str, seed: int, sha: str) -> Run | None:
-    if not runs_dir.is_dir():
-        return None
-    for run in reversed(find_runs([runs_dir])):
-        if run.record.name != name or run.record.seed != seed:
-            continue
-        if run.status.resumable and config_sha(run.experiment()) == sha:
-            return run
-    return None
 
 
 def _append_ledger(path: Path, row: dict[str, object]) -> None:

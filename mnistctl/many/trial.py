@@ -5,16 +5,15 @@ stops the run when Tune's scheduler says so); a retried trial resumes its own di
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mnistctl.config import Experiment, parse_experiment
-from mnistctl.many.sweep import apply_values
-from mnistctl.run.directory import METRICS_FILE, is_run_dir, load_run
+from mnistctl.many.jobs import Job, job_state, run_job
+from mnistctl.many.sweep import Sweep
+from mnistctl.run.directory import METRICS_FILE
 from mnistctl.run.writers import read_metrics
 from mnistctl.status import Status
 from mnistctl.train.events import EvalEvent, Hook, TrainContext
@@ -60,53 +59,44 @@ class TuneReporter(Hook):
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """What every trial needs, shipped to the Ray workers (plain data only)."""
+    """What every trial needs, shipped to the Ray workers: a sweep, whose values make each
+    trial's job, or a list of jobs, one per trial (``mnistctl.many.engine.run_on_ray``)."""
 
-    sweep_dir: str
-    sweep_name: str
-    base: dict[str, Any]
-    source: str
+    runs_dir: str
     threads: int
     data_dir: str | None = None
-    jobs: dict[str, dict[str, Any]] | None = None  # run_jobs: run directory name -> experiment
+    sweep: Sweep | None = None
+    jobs: dict[str, Job] | None = None
 
-    def experiment(self, params: dict[str, Any]) -> Experiment:
+    def job(self, params: dict[str, Any], trial_id: str) -> Job:
         if self.jobs is not None:
-            return parse_experiment(copy.deepcopy(self.jobs[params["job"]]), params["job"])
-        return apply_values(parse_experiment(copy.deepcopy(self.base), self.source), params, self.source)
-
-    def run_name(self, params: dict[str, Any], trial_id: str) -> str:
-        return params["job"] if self.jobs is not None else trial_dir_name(trial_id)
+            return self.jobs[params["job"]]
+        assert self.sweep is not None
+        return Job(trial_dir_name(trial_id), self.sweep.experiment(params), {"sweep": self.sweep.name})
 
 
 def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
-    """One trial: a new run directory, or the same one resumed when Tune retries the trial."""
+    """One trial: its job through the one driver's :func:`~mnistctl.many.jobs.run_job` (a new
+    run, or the same one resumed when Tune retries the trial or a sweep is resumed)."""
     import ray
     from ray import tune
 
-    from mnistctl.run.experiment import resume_experiment, run_experiment
-
     trial_id = tune.get_context().get_trial_id()
-    name = plan.run_name(params, trial_id)
-    run_dir = Path(plan.sweep_dir) / name
-    common = dict(
+    job = plan.job(params, trial_id)
+    job = replace(
+        job, record={**job.record, "trial": trial_id, "node": ray.get_runtime_context().get_node_id()}
+    )
+    runs_dir = Path(plan.runs_dir)
+    if job_state(job, runs_dir) == "done":  # finished before the sweep was stopped: report, and done
+        rows = read_metrics(runs_dir / job.name / METRICS_FILE)
+        if rows:
+            tune.report({k: v for k, v in rows[-1].items() if not math.isnan(v)})
+        return
+    run_job(
+        job,
+        runs_dir,
         extra_hooks=[TuneReporter(tune.report)],
         threads=plan.threads,
-        record={"sweep": plan.sweep_name, "trial": trial_id, "node": ray.get_runtime_context().get_node_id()},
         data_dir=Path(plan.data_dir) if plan.data_dir else None,
+        reclaim=True,
     )
-    if is_run_dir(run_dir):
-        run = load_run(run_dir)
-        if run.record.status.finished:  # finished before the sweep was stopped: report, and done
-            rows = read_metrics(run_dir / METRICS_FILE)
-            if rows:
-                tune.report({k: v for k, v in rows[-1].items() if not math.isnan(v)})
-            return
-        resume_experiment(run_dir, reclaim=True, **common)
-    else:
-        run_experiment(
-            plan.experiment(params), runs_dir=Path(plan.sweep_dir), name=name, exact_name=True, **common
-        )
-
-
-# -- the driver ----------------------------------------------------------------------------
