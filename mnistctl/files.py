@@ -1,4 +1,7 @@
-"""Small file helpers shared by the stages that write: whole files appear atomically or not at all."""
+"""Small file helpers: whole files appear atomically or not at all, and every file mnistctl
+reads comes through one guarded door (``read_regular``: a regular file only, never more than a
+limit; ``read_json``: the same, then strict, bounded JSON), so a FIFO, a device, a huge or
+damaged file is one line naming it, never a hang, a traceback or memory run out."""
 
 from __future__ import annotations
 
@@ -7,10 +10,91 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from mnistctl.errors import DamagedFileError
+
+MAX_RECORD_BYTES = 64 << 20  # run.json, mnistctl.json, ledgers: far above any real one
+
+
+def read_regular(path: Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes.
+
+    Opened without blocking, so a FIFO or a device is refused at once instead of waiting for
+    a writer or reading without end; the size is checked before anything is read.
+
+    Raises:
+        DamagedFileError: one line naming ``path``: missing, not a regular file, unreadable,
+            or larger than ``limit``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise DamagedFileError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise DamagedFileError(f"{path}: is a directory, not a {what}") from None
+    except OSError as err:
+        raise DamagedFileError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise DamagedFileError(f"{path}: is a directory, not a {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise DamagedFileError(f"{path}: not a regular file ({_kind(info.st_mode)}); expected a {what}")
+        if info.st_size > limit:
+            raise DamagedFileError(f"{path}: {info.st_size:,} bytes; a {what} is at most {limit:,}")
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as err:
+        raise DamagedFileError(f"{path}: cannot read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew while being read
+        raise DamagedFileError(f"{path}: more than {limit:,} bytes; a {what} is at most {limit:,}")
+    return data
+
+
+def read_text(path: Path, limit: int, what: str = "file") -> str:
+    """``read_regular``, then UTF-8 (a file that is not is refused in one line)."""
+    data = read_regular(path, limit, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DamagedFileError(f"{path}: not UTF-8 text (byte {err.start}); damaged?") from None
+
+
+def read_json(path: Path, limit: int = MAX_RECORD_BYTES, what: str = "JSON file", expect: type = dict) -> Any:
+    """A JSON file holding an ``expect`` (an object, by default), read through ``read_regular``;
+    nesting too deep for the parser, or anything but JSON, is one line naming the file."""
+    text = read_text(path, limit, what)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno}, column {err.colno}"
+        raise DamagedFileError(f"{path}: {where}: not JSON ({err.msg})") from None
+    except RecursionError:
+        raise DamagedFileError(f"{path}: nested too deeply to be a {what}") from None
+    if not isinstance(value, expect):
+        raise DamagedFileError(f"{path}: expected a JSON {_JSON_KINDS.get(expect, expect.__name__)}")
+    return value
+
+
+_JSON_KINDS = {dict: "object", list: "array"}
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:

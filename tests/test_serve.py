@@ -197,6 +197,18 @@ def test_tf_serving_rest_format(server, test_digits):
     assert status == 200 and body["predictions"][0]["classes"] == int(expected[0].argmax())
 
 
+def test_a_columnar_request_is_answered_in_columns_as_tf_serving_does(server, test_digits):
+    url, predictor = server
+    images, _ = test_digits
+    batch = (images[:3].astype(np.float32) / 255.0)[..., None]
+    expected = predictor.predict(batch)
+    for inputs in (batch.tolist(), {"images": batch.tolist()}):
+        status, body = request(f"{url}/v1/models/mnist:predict", json.dumps({"inputs": inputs}).encode())
+        assert status == 200 and set(body) == {"outputs"}, body
+        assert body["outputs"]["classes"] == list(expected.argmax(axis=1))
+        assert np.allclose(body["outputs"]["probabilities"], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "", "text/plain"])
 def test_a_json_body_is_read_whatever_its_content_type_says(server, test_digits, content_type):
     """`curl -d @x.json` sends a form type, `requests.post(data=...)` none: TF Serving reads both."""

@@ -21,8 +21,8 @@ from mnistctl import __version__
 from mnistctl.config import DATASETS
 from mnistctl.errors import MnistctlError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)  # ":smile:" in a name stays text
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class _Group(click.Group):

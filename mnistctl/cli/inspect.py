@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -59,6 +60,12 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
         out.print(
             f"sweep {sweep.name}: {trials} of the config above, {space}; ranked by {sweep.spec.metric}: valid"
         )
+        cpus, here = sweep.spec.resources.cpus_per_trial, os.cpu_count() or 1
+        if cpus > here:
+            err.print(
+                f"[yellow]note:[/] resources.cpus_per_trial: {cpus} is more than the {here} CPUs of this "
+                "machine: sweep refuses it here, and runs it only on a cluster that has them (--address)"
+            )
 
 
 @main.command("configs")

@@ -71,6 +71,7 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
 
     from mnistctl.run.checkpoints import check_model_source
     from mnistctl.serving.images import ImageError, read_image_file
+    from mnistctl.serving.info import check_info
 
     inputs: dict[Path, np.ndarray] = {}
     problems: dict[Path, str] = {}
@@ -82,6 +83,7 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     results: dict[Path, dict] = {}
     if inputs:  # with no picture to classify, the model is not even looked at
         check_model_source(source)
+        check_info(source)
         with loading_tensorflow():
             from mnistctl.serving.export import Predictor
 
@@ -138,6 +140,7 @@ def serve(
     """Serve SOURCE (a run directory or an export) over HTTP: TF Serving's REST predict API,
     image upload, and a page where you draw a digit."""
     from mnistctl.run.checkpoints import check_model_source
+    from mnistctl.serving.info import check_info
     from mnistctl.serving.listen import bind, serve_forked
     from mnistctl.serving.listen import serve as run_server
     from mnistctl.serving.serve import Batching
@@ -147,6 +150,7 @@ def serve(
             "more than one process needs fork(), which this system lacks", param_hint="--workers"
         )
     check_model_source(source)  # a wrong path is one line at once, before TensorFlow loads
+    check_info(source)  # so is a damaged export description, before any worker forks
     sock = bind(host, port)  # a taken port or unknown host is one line, before the model loads
     batching = Batching(max_batch=max_batch, max_wait_ms=batch_wait_ms)
     log = None if quiet or not out.is_terminal else lambda line: out.print(escape(line), highlight=False)

@@ -22,7 +22,7 @@ NAME_RULE = "1-64 letters, digits, '_', '-' or '.', starting with a letter or di
 
 def is_valid_name(name: str) -> bool:
     """Whether ``name`` is safe as part of a run directory's name."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))  # not match: "$" would let a final newline through
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from mnistctl.config.parsing import kind
-from mnistctl.errors import MnistctlError
+from mnistctl.errors import DamagedFileError, MnistctlError
+from mnistctl.files import read_text
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -19,38 +20,38 @@ class ConfigError(MnistctlError):
     """A config that cannot be used, with the file and key path that make it so."""
 
 
+MAX_DEPTH = 64  # levels of nesting a config or sweep file may have (the deepest shipped: 5)
+MAX_KEY_PARTS = 64  # parts of a --set key path
+
+
 class _SafeLoaderNoAliases(yaml.SafeLoader):
-    """Refuses YAML aliases: configs never need them, and they make 'billion laughs' bombs."""
+    """Refuses YAML aliases (configs never need them, and they make 'billion laughs' bombs) and
+    nesting deeper than ``MAX_DEPTH`` (PyYAML composes recursively: deep enough, it would raise
+    RecursionError)."""
+
+    _depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.MarkedYAMLError(
-                "while reading the config",
-                None,
-                "aliases (*name) are not supported in mnistctl configs",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
+            raise self._refuse("aliases (*name) are not supported in mnistctl configs")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise self._refuse(f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _refuse(self, problem: str) -> yaml.MarkedYAMLError:
+        return yaml.MarkedYAMLError("while reading the config", None, problem, self.peek_event().start_mark)
 
 
 def read_yaml(path: Path) -> Any:
     """Load one YAML document safely, turning every failure into a ConfigError."""
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, not a config file")
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        text = read_text(path, MAX_CONFIG_BYTES, "config file")
+    except DamagedFileError as err:
+        raise ConfigError(str(err)) from None
     try:
         return yaml.load(text, Loader=_SafeLoaderNoAliases)
     except yaml.MarkedYAMLError as err:
@@ -75,8 +76,21 @@ def parse_value(text: str, where: str) -> Any:
     """A value written on the command line, read as YAML (``3``, ``0.5``, ``[1, 2]``, ``null``)."""
     try:
         return yaml.load(text, Loader=_SafeLoaderNoAliases) if text.strip() else ""
+    except yaml.MarkedYAMLError as err:
+        if err.problem and "nested deeper" in err.problem:
+            raise ConfigError(f"{where}: the value is {err.problem}") from None
+        raise ConfigError(f"{where}: cannot parse the value {_short(text)}") from None
     except yaml.YAMLError:
-        raise ConfigError(f"{where}: cannot parse the value {text!r}") from None
+        raise ConfigError(f"{where}: cannot parse the value {_short(text)}") from None
+
+
+def _short(text: str, width: int = 60) -> str:
+    """A value as a message quotes it: whole when short, else its start and length."""
+    return repr(text) if len(text) <= width else f"{text[:width]!r}... ({len(text):,} characters)"
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else f"{text[:width]}... ({len(text):,} characters)"
 
 
 _TOKEN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]")
@@ -91,17 +105,20 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict[str, str
     applied = {}
     for expression in overrides:
         key, sep, text = expression.partition("=")
+        where = f"--set {_clip(expression, 80)}"
         if not sep or not key.strip():
-            raise ConfigError(f"--set {expression}: expected key.path=value")
-        tokens = split_key(key.strip(), f"--set {expression}")
-        value = parse_value(text, f"--set {expression}")
-        applied[join_path(set_path(raw, tokens, value, f"--set {expression}"))] = expression
+            raise ConfigError(f"{where}: expected key.path=value")
+        tokens = split_key(key.strip(), where)
+        value = parse_value(text, where)
+        applied[join_path(set_path(raw, tokens, value, where))] = expression
     return applied
 
 
 def split_key(key: str, where: str) -> list[str | int]:
     """``model.layers[3].dropout`` -> ``["model", "layers", 3, "dropout"]``."""
     tokens: list[str | int] = []
+    if key.count(".") + key.count("[") >= MAX_KEY_PARTS:
+        raise ConfigError(f"{where}: the key path has more than {MAX_KEY_PARTS} parts")
     for part in key.split("."):
         matches = list(_TOKEN.finditer(part))
         if not matches or "".join(m.group(0) for m in matches) != part:

@@ -10,12 +10,13 @@ published figures, and the ensembles of ``ensembles.json`` (written by
 from __future__ import annotations
 
 import csv
-import json
+import io
 import statistics
 from pathlib import Path
 
 from mnistctl.config.shipped import PUBLISHED, WALKTHROUGH
-from mnistctl.files import write_atomic, write_csv
+from mnistctl.errors import DamagedFileError
+from mnistctl.files import MAX_RECORD_BYTES, read_json, read_text, write_atomic, write_csv
 
 LEDGER = "reproduce-runs.csv"
 ENSEMBLES = "ensembles.json"  # written by benchmarks/ensemble_record.py, shown in RESULTS.md
@@ -27,11 +28,61 @@ LEDGER_FIELDS = (
 )  # fmt: skip
 
 
+# The ledger's columns that hold numbers, and whether an empty cell is allowed.
+_INTEGERS = {"seed": False, "steps": False, "max_step": False, "first_99_step": True}
+_FLOATS = {"max_test_accuracy": False, "final_test_accuracy": False, "wall_s": False, "images_per_s": True}
+_ADDED_LATER = {"vector"}  # columns older ledgers lack
+
+
 def read_ledger(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
+    """The ledger's rows, checked: every column there once, every number a number. A damaged
+    ledger is one line naming the file, the line and the column, before anything trains."""
+    if not path.exists():
         return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [row for row in csv.DictReader(f) if row.get("config")]
+    text = read_text(path, MAX_RECORD_BYTES, "reproduce ledger")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    fix = "fix or delete that line (a run it names is kept; reproduce trains what the ledger lacks)"
+    twice = sorted({c for c in header if header.count(c) > 1})
+    missing = [c for c in LEDGER_FIELDS if c not in header and c not in _ADDED_LATER]
+    if text.strip() and (twice or missing):
+        problem = f"the column {twice[0]} is there twice" if twice else f"no column {', '.join(missing)}"
+        raise DamagedFileError(f"{path}: line 1: {problem}; {fix}")
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            raise DamagedFileError(f"{path}: line {line}: more values than columns; {fix}")
+        if not row.get("config"):
+            continue
+        for columns, kind in ((_INTEGERS, int), (_FLOATS, float)):
+            for column, empty_ok in columns.items():
+                value = row.get(column) or ""
+                if value == "" and empty_ok:
+                    continue
+                try:
+                    kind(value)
+                except ValueError:
+                    what = "an integer" if kind is int else "a number"
+                    raise DamagedFileError(
+                        f"{path}: line {line}: {column}: expected {what}, got {value!r}; {fix}"
+                    ) from None
+        rows.append(row)
+    return rows
+
+
+def read_ensembles(path: Path) -> dict[str, dict]:
+    """``ensembles.json`` (written by benchmarks/ensemble_record.py): an object of objects."""
+    if not path.exists():
+        return {}
+    ensembles = read_json(path, what="ensembles file")
+    for name, entry in ensembles.items():
+        try:
+            _ensembles_markdown({name: entry})  # everything its rows show is there, and typed
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            what = f"it has no {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+            raise DamagedFileError(f"{path}: {name}: cannot be shown ({what})") from None
+    return ensembles
 
 
 def _mean_std(values: list[float], digits: int = 4) -> str:
@@ -95,7 +146,7 @@ def write_tables(docs_dir: Path) -> None:
         return
     write_csv(docs_dir / "results.csv", list(table[0]), table)
     ensembles_path = docs_dir / ENSEMBLES
-    ensembles = json.loads(ensembles_path.read_text()) if ensembles_path.is_file() else {}
+    ensembles = read_ensembles(ensembles_path)
     markdown = _markdown(table, aggregate(ledger, current=False), ledger, ensembles)
     write_atomic(docs_dir / "RESULTS.md", markdown)
 

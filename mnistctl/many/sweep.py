@@ -30,6 +30,7 @@ Nothing here imports Ray: ``compare`` and ``plot`` read sweep directories quickl
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,7 +219,8 @@ class Sweep:
     @property
     def trials(self) -> int | None:
         """How many trials the search makes (grid and random: known in advance)."""
-        grid = math.prod(len(d.values) for d in self.space.values() if d.kind == "grid")
+        crossed = ("grid", "choice") if self.spec.search == "grid" else ("grid",)  # grid: choice is one
+        grid = math.prod(len(d.values) for d in self.space.values() if d.kind in crossed)
         return grid * self.spec.samples
 
     def experiment(self, params: dict[str, Any]) -> Experiment:
@@ -256,6 +258,10 @@ def load_sweep(path: Path, overrides: tuple[str, ...] = (), name: str | None = N
     if not spec.base:
         raise ConfigError(f"{path}: base: missing; name the config every trial starts from")
     base_path = resolve_config(spec.base, relative_to=path.parent)
+    if "base" in read_mapping(base_path):
+        raise ConfigError(
+            f"{path}: base: {spec.base} is a sweep file; base names the config every trial starts from"
+        )
     return resolve_sweep(spec, base_path, str(path), overrides, name or spec.name or path.stem)
 
 
@@ -271,6 +277,10 @@ def grid_sweep(
         key, sep, text = expression.partition("=")
         if not sep or not key.strip() or not text.strip():
             raise ConfigError(f"--grid {expression}: expected key.path=value,value,...")
+        if key.strip() in space:
+            raise ConfigError(
+                f"--grid {expression}: {key.strip()} is given twice; list every value in one --grid"
+            )
         space[key.strip()] = {"grid": [parse_value(v, f"--grid {expression}") for v in text.split(",")]}
     if not space:
         raise ConfigError(
@@ -299,12 +309,7 @@ def resolve_sweep(
         base = apply_values(base, spec.set, f"{source}: set")
     if overrides:
         base = apply_to(base, overrides, str(base_path))
-    asha = spec.scheduler.asha if spec.scheduler else None
-    if asha is not None and asha.grace_steps >= base.train.steps:
-        raise ConfigError(
-            f"{source}: scheduler.asha.grace_steps: {asha.grace_steps} is not below train.steps "
-            f"({base.train.steps}): no trial could be stopped early"
-        )
+    _check_asha(spec, base, source)
     space = {}
     for key, value in spec.space.items():
         where = sub("space", key)
@@ -315,10 +320,10 @@ def resolve_sweep(
             raise ConfigError(f"{source}: {err.path}: {err.message}") from None
     if not space:
         raise ConfigError(f"{source}: space: empty; name at least one key to vary")
-    for key, domain in space.items():  # each value that bounds the domain must make a valid config
-        for value in domain.corners:
-            exp = apply_values(base, {key: value}, f"{source}: space.{key}={value!r}", name_keys=False)
-            _check_metric(spec, exp, source)
+    for corner in _corners(space):  # the values that bound the space must make valid configs
+        where = f"{source}: space" + ("." if len(corner) == 1 else ": ")
+        where += ", ".join(f"{k}={v!r}" for k, v in corner.items())
+        _check_metric(spec, apply_values(base, corner, where, name_keys=False), source)
     _check_search(spec, space, source)
     if not is_valid_name(name):
         from mnistctl.config import NAME_RULE
@@ -326,6 +331,41 @@ def resolve_sweep(
         raise ConfigError(f"{source}: name: expected {NAME_RULE}, got {name!r}")
     spec = SweepSpec(**{**spec.__dict__, "name": name})
     return Sweep(spec, source, base, space)
+
+
+MAX_CORNERS = 256  # combinations of bounds checked together; past it, one key at a time
+MAX_RUNGS = 64  # ASHA's rungs between grace_steps and train.steps
+
+
+def _corners(space: dict[str, Domain]) -> list[dict[str, Any]]:
+    """Each key's bounds alone (so a bad value is named by its key), then every combination of
+    them when there are few enough: a combination can be invalid where each value alone is
+    not (a hold-out and a batch too large together)."""
+    keys = list(space)
+    alone = [{key: value} for key in keys for value in space[key].corners]
+    if len(keys) < 2 or math.prod(len(space[k].corners) for k in keys) > MAX_CORNERS:
+        return alone
+    return alone + [
+        dict(zip(keys, v, strict=True)) for v in itertools.product(*(space[k].corners for k in keys))
+    ]
+
+
+def _check_asha(spec: SweepSpec, base: Experiment, source: str) -> None:
+    asha = spec.scheduler.asha if spec.scheduler else None
+    if asha is None:
+        return
+    where = f"{source}: scheduler.asha"
+    if asha.grace_steps >= base.train.steps:
+        raise ConfigError(
+            f"{where}.grace_steps: {asha.grace_steps} is not below train.steps "
+            f"({base.train.steps}): no trial could be stopped early"
+        )
+    rungs = math.log(base.train.steps / asha.grace_steps) / math.log(asha.reduction_factor)
+    if rungs > MAX_RUNGS:
+        raise ConfigError(
+            f"{where}.reduction_factor: {asha.reduction_factor} makes {rungs:,.0f} rungs between grace_steps "
+            f"and train.steps (at most {MAX_RUNGS}); use 2 to 4"
+        )
 
 
 def _check_metric(spec: SweepSpec, exp: Experiment, source: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import functools
-import json
 import os
 import platform
 import socket
@@ -33,8 +32,8 @@ from typing import Any
 from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
 from mnistctl.config.overrides import ConfigError, read_yaml
-from mnistctl.errors import MnistctlError
-from mnistctl.files import to_json, version, write_atomic, write_in_place
+from mnistctl.errors import DamagedFileError, MnistctlError
+from mnistctl.files import read_json, to_json, version, write_atomic, write_in_place
 from mnistctl.machine import describe as describe_machine
 from mnistctl.status import Status, StatusError
 from mnistctl.train.events import EvalRecord, best_row
@@ -349,11 +348,9 @@ def load_run(path: Path) -> Run:
     if not meta_path.is_file() or not (path / CONFIG_FILE).is_file():
         raise RunError(f"{path}: not a run directory (no {META_FILE} and {CONFIG_FILE})")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunError(f"{meta_path}: unreadable ({err})") from None
-    if not isinstance(meta, dict):
-        raise RunError(f"{meta_path}: expected a JSON object")
+        meta = read_json(meta_path, what="run record")
+    except DamagedFileError as err:
+        raise RunError(f"unreadable: {err}") from None
     try:
         record = RunRecord.from_json(meta)
     except (TypeError, ValueError) as err:

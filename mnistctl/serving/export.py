@@ -8,7 +8,6 @@ best checkpoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
@@ -32,11 +31,11 @@ from mnistctl.run.checkpoints import (
     saved_model_path,
 )
 from mnistctl.run.directory import Run, load_run
+from mnistctl.serving.info import INFO_FILE, read_info
 
 v1 = tf.compat.v1
 SIGNATURE = "serving_default"
 TAG = "serve"
-INFO_FILE = "mnistctl.json"  # what was exported, next to the SavedModel files
 INPUT = {"name": "images", "dtype": "float32", "shape": [None, 28, 28, 1], "range": [0, 1]}
 
 
@@ -200,8 +199,7 @@ class Predictor:
         signature = meta.signature_def[SIGNATURE]
         self.images = graph.get_tensor_by_name(signature.inputs["images"].name)
         self.probabilities = graph.get_tensor_by_name(signature.outputs["probabilities"].name)
-        info_path = path / INFO_FILE
-        self.info = json.loads(info_path.read_text()) if info_path.is_file() else {"run": None}
+        self.info = read_info(path)
         self.info["source"] = "saved_model"
         self.info["version"] = int(path.name) if path.name.isdigit() else 1
 

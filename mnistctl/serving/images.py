@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnistctl.errors import MnistctlError
+from mnistctl.errors import DamagedFileError, MnistctlError
+from mnistctl.files import read_regular
 
 MAX_PIXELS = 4096 * 4096  # larger than any sensible digit picture; refuse before decoding
 # The digit ends up 20 pixels tall: a working copy of at most 512 pixels a side loses nothing
@@ -123,8 +124,8 @@ def preprocess(data: bytes, name: str = "image") -> np.ndarray:
 
 def read_image_file(path: Path) -> np.ndarray:
     """A picture file, prepared as :func:`preprocess` does; ImageError names the file."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ImageError(f"{path}: cannot read: {error.strerror}") from None
+    try:  # a regular file, its size checked before it is read (not a FIFO, /dev/zero, 3 GB)
+        data = read_regular(path, MAX_BYTES, "picture")
+    except DamagedFileError as error:
+        raise ImageError(str(error)) from None
     return preprocess(data, str(path))

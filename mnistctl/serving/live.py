@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,10 @@ from mnistctl.run.directory import (
 from mnistctl.run.writers import latest_predictions, read_distributions, read_metrics
 
 DIGITS_SHOWN = 100  # digits in each of the two digit panels, as in the walk-through
+
+
+MAX_DATASETS = 3  # datasets the page keeps loaded at once
+MAX_NAME_BYTES = 255  # the longest file name Linux allows
 
 
 class LiveError(MnistctlError):
@@ -64,6 +69,8 @@ class Watched:
     def run(self, name: str) -> Run:
         path = self.path if self.single else self.path / name
         outside = "/" in name or name in ("", ".", "..")  # only the runs directly in the folder
+        if len(name.encode()) > MAX_NAME_BYTES:  # longer than any file name: no such run
+            raise LiveError(f"no run {name[:40]!r}... ({len(name):,} characters) here")
         if outside or (self.single and name != self.path.name) or not is_run_dir(path):
             raise LiveError(f"no run {name!r} here")
         return load_run(path)
@@ -153,7 +160,9 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
     """The live page's app for a run directory or a folder of runs."""
     watched = Watched.of(path)
     page = resources.files("mnistctl").joinpath("static/live.html").read_text(encoding="utf-8")
-    datasets: dict[tuple, Dataset] = {}  # one per (dataset, sizes): runs of a sweep share it
+    # The last few (dataset, sizes) opened: runs of a sweep share one; a folder of runs on many
+    # subsets does not keep each in memory for good (~54 MB each).
+    datasets: OrderedDict[tuple, Dataset] = OrderedDict()
     app = FastAPI(title="mnistctl live", docs_url=None, redoc_url=None)
 
     @app.exception_handler(LiveError)
@@ -186,6 +195,9 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
         key = (exp.data.dataset, exp.data.train_size, exp.data.test_size, exp.data.validation)
         if key not in datasets:
             datasets[key] = load_experiment_data(exp, data_dir=data_dir)
+            while len(datasets) > MAX_DATASETS:
+                datasets.popitem(last=False)
+        datasets.move_to_end(key)
         return run_state(run, max(rows, 0), step, datasets[key])
 
     return app

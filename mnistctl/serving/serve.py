@@ -194,9 +194,20 @@ def create_app(
         # Any content type: `curl -d @x.json` says form data and `requests.post(data=...)` says
         # nothing, and TF Serving reads both; a body that is not JSON is refused as such.
         body = await _read_body(request, MAX_JSON_BYTES, None, body_timeout_s)
-        images = parse_instances(body)
+        images, columnar = parse_instances(body)
         probabilities = await predict(images)
-        # A JSONResponse of plain floats and ints: FastAPI's encoder would walk it again.
+        # A JSONResponse of plain floats and ints: FastAPI's encoder would walk it again. TF
+        # Serving answers in the request's format: rows ("predictions") for "instances", one
+        # list per output ("outputs") for the columnar "inputs".
+        if columnar:
+            return JSONResponse(
+                {
+                    "outputs": {
+                        "probabilities": [[float(p) for p in row] for row in probabilities],
+                        "classes": [int(np.argmax(row)) for row in probabilities],
+                    }
+                }
+            )
         return JSONResponse(
             {
                 "predictions": [
@@ -256,9 +267,10 @@ def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not a number mnistctl accepts")
 
 
-def parse_instances(body: bytes) -> np.ndarray:
+def parse_instances(body: bytes) -> tuple[np.ndarray, bool]:
     """TF Serving's row format ``{"instances": [...]}`` (or columnar ``{"inputs": ...}``) ->
-    float32 images [N, 28, 28, 1] in [0, 1]; BadRequest naming the first problem."""
+    float32 images [N, 28, 28, 1] in [0, 1], and whether the request was columnar; BadRequest
+    naming the first problem."""
     try:
         payload = json.loads(body, parse_constant=_no_constants)
     except RecursionError:
@@ -300,4 +312,4 @@ def parse_instances(body: bytes) -> np.ndarray:
         if low < 0 or high > 1:
             raise BadRequest(f"{where}[{i}]: pixel values must be in [0, 1], got {low:g}..{high:g}")
         images[i] = array.reshape(28, 28, 1)
-    return images
+    return images, where == "inputs"

@@ -1,0 +1,269 @@
+"""Nothing lost, round three: every file mnistctl reads comes through one guarded door, and odd
+inputs are one line naming them (issue 27's reproductions, in miniature; no TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+from mnistctl.errors import DamagedFileError
+from mnistctl.files import read_json, read_regular
+
+from .conftest import CONFIGS, free_port
+from .test_runs import OLD_RUN
+
+TINY = CONFIGS / "tiny.yaml"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """The CLI's answer to a bad input: exit 2, one 'error:' line naming the problem."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def nested_yaml(depth: int) -> str:
+    return "".join("  " * i + f"k{i}:\n" for i in range(depth)) + "  " * depth + "leaf: 1\n"
+
+
+def test_yaml_nested_400_deep_is_one_line_everywhere(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(nested_yaml(400))
+    one_line_error(invoke("validate", deep), str(deep), "nested deeper than 64 levels")
+    flow = "[" * 500 + "]" * 500
+    one_line_error(invoke("validate", TINY, "--set", f"model={flow}"), "--set model=", "nested deeper")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {TINY}\nspace:\n  train.seed: {{grid: {flow}}}\n")
+    one_line_error(invoke("validate", sweep), str(sweep), "nested deeper")
+    one_line_error(invoke("sweep", TINY, "--grid", f"train.seed={flow}"), "nested deeper")
+
+
+def test_a_runs_deeply_nested_config_does_not_stop_compare(tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(OLD_RUN, runs / "good")
+    shutil.copytree(OLD_RUN, runs / "deep")
+    (runs / "deep" / "config.yaml").write_text(nested_yaml(400))
+    result = invoke("compare", runs, "--format", "csv")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert {line.split(",")[0] for line in result.output.splitlines()[1:]} == {"good", "deep"}
+
+
+def test_a_key_path_of_30000_parts_is_refused_at_once():
+    started = time.perf_counter()
+    result = invoke("validate", TINY, "--set", "a" + ".a" * 30000 + "=1")
+    line = one_line_error(result, "more than 64 parts", "(60,")
+    assert len(line) < 200 and time.perf_counter() - started < 5  # was quadratic: > 30 s
+
+
+@pytest.mark.parametrize("command", ["validate", "train", "sweep", "compare"])
+def test_a_fifo_or_a_device_is_refused_not_waited_on(tmp_path, command):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/zero")):
+        grid = ["--grid", "train.seed=0,1"] if command == "sweep" else []
+        process = subprocess.run(
+            [sys.executable, "-m", "mnistctl", command, str(target), *grid],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if command == "compare":  # a run directory is what compare wants: a file is not one
+            assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr
+            continue
+        assert process.returncode == 2, process.stderr
+        assert "not a regular file" in process.stderr and str(target) in process.stderr, process.stderr
+
+
+def test_a_picture_is_read_only_if_it_is_a_regular_file_within_the_limit(tmp_path):
+    sparse = tmp_path / "huge.png"
+    with sparse.open("wb") as f:
+        f.truncate(3 << 30)  # 3 GB that takes no disk: refused from its size, never read
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for picture, said in (
+        (sparse, "at most 10,485,760"),
+        (fifo, "a FIFO"),
+        (Path("/dev/zero"), "character device"),
+    ):
+        process = subprocess.run(
+            [sys.executable, "-m", "mnistctl", "predict", str(OLD_RUN), str(picture)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert process.returncode != 0 and said in process.stderr and "Traceback" not in process.stderr
+
+
+def test_the_guarded_reader_refuses_what_is_not_a_small_regular_file(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text("[" + "0," * 100 + "0]")
+    with pytest.raises(DamagedFileError, match="bytes; a JSON file is at most 10"):
+        read_json(big, limit=10)
+    with pytest.raises(DamagedFileError, match="expected a JSON object"):
+        read_json(big)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DamagedFileError, match="nested too deeply"):
+        read_json(deep, expect=list)
+    junk = tmp_path / "junk.json"
+    junk.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(DamagedFileError, match="not UTF-8"):
+        read_json(junk)
+    with pytest.raises(DamagedFileError, match="is a directory"):
+        read_regular(tmp_path, 10)
+    with pytest.raises(DamagedFileError, match="no such"):
+        read_regular(tmp_path / "missing", 10)
+
+
+LEDGER_HEADER = ("config,seed,config_sha,steps,max_test_accuracy,max_step,final_test_accuracy,first_99_step,"
+                 "wall_s,images_per_s,cpu,cores,tensorflow,finished_at,run")  # fmt: skip
+GOOD_ROW = "tiny,0,abc,20,0.5,20,0.5,,1.0,100,AMD,2,2.21,2026-12-01,r0"
+
+
+@pytest.mark.parametrize(
+    ("ledger", "said"),
+    [
+        (f"{LEDGER_HEADER}\n{GOOD_ROW.replace(',0,abc', ',x,abc')}\n", "line 2: seed: expected an integer"),
+        (f"{LEDGER_HEADER}\n{GOOD_ROW.replace(',1.0,', ',slow,')}\n", "line 2: wall_s: expected a number"),
+        (f"{LEDGER_HEADER.replace(',wall_s', '')}\n{GOOD_ROW}\n", "line 1: no column wall_s"),
+        (f"{LEDGER_HEADER},seed\n{GOOD_ROW},0\n", "line 1: the column seed is there twice"),
+        (f"{LEDGER_HEADER}\n{GOOD_ROW},extra\n", "line 2: more values than columns"),
+        ("\x00binary junk\udcff", "not UTF-8"),
+    ],
+)  # fmt: skip
+def test_a_damaged_ledger_is_one_line_before_anything_trains(tmp_path, ledger, said):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "reproduce-runs.csv").write_bytes(ledger.encode("utf-8", "surrogateescape"))  # \udcff: byte 0xff
+    result = invoke("reproduce", TINY, "--runs-dir", tmp_path / "runs", "--docs", docs, "--seeds", "1")
+    one_line_error(result, str(docs / "reproduce-runs.csv"), said)
+    assert not (tmp_path / "runs").exists()  # refused before the first run
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"e": {"sweep": "s"}}', '{"e": 3}', "[1, 2]"])
+def test_a_damaged_ensembles_file_is_one_line(tmp_path, text):
+    from mnistctl.many.results import write_tables
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "reproduce-runs.csv").write_text(f"{LEDGER_HEADER}\n{GOOD_ROW}\n")
+    (docs / "ensembles.json").write_text(text)
+    with pytest.raises(DamagedFileError, match=r"ensembles\.json"):
+        write_tables(docs)
+
+
+@pytest.mark.parametrize("text", ["{torn", '{"classes": "0123456789"}', "[]"])
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_a_damaged_export_description_is_one_line_before_tensorflow(tmp_path, text, command):
+    export = tmp_path / "model" / "1"
+    export.mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"")
+    (export / "mnistctl.json").write_text(text)
+    picture = tmp_path / "digit.png"
+    from PIL import Image
+
+    image = Image.new("L", (28, 28), 255)
+    image.paste(0, (10, 6, 16, 22))  # a stroke: a digit to classify
+    image.save(picture)
+    port = str(free_port())
+    args = (
+        ["predict", export, picture]
+        if command == "predict"
+        else ["serve", tmp_path / "model", "--port", port]
+    )
+    one_line_error(invoke(*args), "mnistctl.json")
+
+
+def test_names_and_messages_are_shown_as_written(tmp_path):
+    emoji = invoke("train", TINY, "--name", "a:smile:b", "--runs-dir", tmp_path)
+    assert ":smile:" in emoji.output and "😄" not in emoji.output and emoji.exit_code == 2
+    address = invoke("sweep", TINY, "--grid", "train.seed=0,1", "--address", "localhost:abc")
+    assert "localhost:abc" in address.output and "🔤" not in address.output
+    for name in ("tiny\n", "evil\n"):
+        one_line_error(invoke("train", TINY, "--name", name, "--runs-dir", tmp_path), "name")
+    assert not any(tmp_path.iterdir())
+
+
+def sweep_file(write_config, name: str, body: str) -> Path:
+    return write_config(f"base: {TINY}\n" + body, name)
+
+
+def test_sweep_files_are_checked_as_a_whole(write_config):
+    from mnistctl.config import ConfigError
+    from mnistctl.many.sweep import grid_sweep, load_sweep
+
+    choice = sweep_file(write_config, "s.yaml", """
+set: {data.validation: 200}
+search: grid
+space: {train.seed: {choice: [0, 1]}, train.batch_size: {choice: [50, 100]}}
+""")  # fmt: skip
+    assert load_sweep(choice).trials == 4  # under grid search a choice is crossed like a grid
+    both = sweep_file(write_config, "b.yaml", """
+set: {data.train_size: 1000, data.validation: 100}
+search: grid
+space: {data.validation: {grid: [100, 950]}, train.batch_size: {grid: [50, 60]}}
+""")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data\.validation=950, train\.batch_size=60"):
+        load_sweep(both)  # each value alone is valid; together they leave too few images
+    rungs = sweep_file(write_config, "r.yaml", """
+set: {data.validation: 200, train.steps: 100}
+space: {train.seed: {grid: [0, 1]}}
+scheduler: {asha: {grace_steps: 10, reduction_factor: 1.0000001}}
+""")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"reduction_factor: 1\.0000001 makes .* rungs"):
+        load_sweep(rungs)
+    nested = write_config(f"base: {choice}\nspace:\n  train.seed: {{grid: [0, 1]}}\n", "n.yaml")
+    with pytest.raises(ConfigError, match=r"is a sweep file; base names the config"):
+        load_sweep(nested)
+    with pytest.raises(ConfigError, match=r"train\.seed is given twice"):
+        grid_sweep(TINY, ("train.seed=0,1", "train.seed=2,3"), ("data.validation=200",), print)
+
+
+def test_validate_says_when_a_sweep_needs_more_cores_than_this_machine(write_config):
+    cpus = (os.cpu_count() or 1) + 1
+    heavy = sweep_file(write_config, "h.yaml", f"""
+set: {{data.validation: 200}}
+space: {{train.seed: {{grid: [0, 1]}}}}
+resources: {{cpus_per_trial: {cpus}}}
+""")  # fmt: skip
+    result = invoke("validate", heavy)
+    assert result.exit_code == 0 and "is more than the" in result.output and "--address" in result.output
+
+
+def test_the_live_page_answers_a_long_name_and_keeps_few_datasets(tmp_path, monkeypatch):
+    from mnistctl.serving import live
+
+    loaded = []
+    monkeypatch.setattr(
+        live, "load_experiment_data", lambda exp, data_dir=None: loaded.append(exp) or object()
+    )
+    monkeypatch.setattr(live, "run_state", lambda run, rows, step, data: {"ok": True})
+    runs = tmp_path / "runs"
+    for size in range(5):  # five runs on five test subsets: five datasets
+        shutil.copytree(OLD_RUN, runs / f"r{size}")
+        config = runs / f"r{size}" / "config.yaml"
+        config.write_text(config.read_text().replace("test_size: 500", f"test_size: {400 + size}"))
+    app = live.create_live_app(runs)
+    (state,) = [r.endpoint for r in app.routes if getattr(r, "path", "") == "/api/runs/{name}"]
+    with pytest.raises(live.LiveError, match="5,000 characters"):  # the app answers it 404
+        state("x" * 5000)
+    for size in range(5):
+        assert state(f"r{size}") == {"ok": True}
+    assert len(loaded) == 5
+    state("r4")
+    assert len(loaded) == 5  # the latest is kept
+    state("r0")
+    assert len(loaded) == 6 and live.MAX_DATASETS < 5  # the oldest was let go
