@@ -183,6 +183,12 @@ def test_an_ensemble_needs_two_runs(runs, tmp_path):
     ]
     twice = invoke("eval", members(runs)[0], members(runs)[0])
     assert twice.exit_code == 2 and "named twice; each member counts once" in twice.output
+    first = members(runs)[0]
+    (tmp_path / "alias").symlink_to(first)
+    spelled = first.parent / ".." / first.parent.name / first.name
+    for other in (tmp_path / "alias", spelled):  # the same run, spelled otherwise: still once
+        again = invoke("eval", first, other, members(runs)[1])
+        assert again.exit_code == 2 and "named twice" in again.output, again.output
 
 
 def test_validation_needs_a_hold_out(trained_run):

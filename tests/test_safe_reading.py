@@ -228,6 +228,12 @@ scheduler: {asha: {grace_steps: 10, reduction_factor: 1.0000001}}
     nested = write_config(f"base: {choice}\nspace:\n  train.seed: {{grid: [0, 1]}}\n", "n.yaml")
     with pytest.raises(ConfigError, match=r"is a sweep file; base names the config"):
         load_sweep(nested)
+    drawn = sweep_file(write_config, "u.yaml", """
+set: {data.validation: 200}
+space: {train.batch_size: {uniform: [10, 50]}}
+""")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"expected an integer.*uniform draws fractions: use randint"):
+        load_sweep(drawn)  # its bounds are integers; its draws are not
     with pytest.raises(ConfigError, match=r"train\.seed is given twice"):
         grid_sweep(TINY, ("train.seed=0,1", "train.seed=2,3"), ("data.validation=200",), print)
 
@@ -267,3 +273,19 @@ def test_the_live_page_answers_a_long_name_and_keeps_few_datasets(tmp_path, monk
     assert len(loaded) == 5  # the latest is kept
     state("r0")
     assert len(loaded) == 6 and live.MAX_DATASETS < 5  # the oldest was let go
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_sweep_that_made_no_trial_directory_says_so_in_one_line(tmp_path, monkeypatch, interrupted):
+    from mnistctl.many import engine
+
+    ended = engine.SweepOutcome(tmp_path / "s", [], None, interrupted, 1.0)
+    monkeypatch.setattr(engine, "run_sweep", lambda plan, **options: ended)
+    result = invoke("sweep", TINY, "--grid", "train.seed=0,1", "--runs-dir", tmp_path)
+    assert "Traceback" not in result.output and not isinstance(result.exception, TypeError)
+    if interrupted:
+        assert result.exit_code == 130 and f"--resume {tmp_path / 's'}" in result.output
+    else:
+        one_line_error(
+            result, "every trial failed before it made a run directory", str(tmp_path / "s" / "tune")
+        )

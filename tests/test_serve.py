@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -653,18 +654,32 @@ def test_workers_serve_side_by_side_and_stop_together(exported, server, test_dig
             assert status == 200
             answers[i] = reply["predictions"][0]["classes"]
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(batch))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert [answers[i] for i in range(len(batch))] == list(expected)  # each its own answer
+        def ask_all() -> None:
+            answers.clear()
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(batch))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [answers.get(i) for i in range(len(batch))] == list(expected)  # each its own answer
+
+        ask_all()
+        os.kill(workers[0], signal.SIGKILL)  # one worker dies: the other serves, and it is replaced
+        ask_all()
+        deadline = time.monotonic() + 60
+        while (now := children_of(process.pid)) == [workers[1]] or len(now) < 2:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.2)
+        replacement = (set(now) - set(workers)).pop()
+        wait_for(url + "/healthz", process)
+        ask_all()
     finally:
         process.terminate()  # SIGTERM to the parent reaches every worker
         out, errors = process.communicate(timeout=30)
-    assert process.returncode == 0, errors
+    assert process.returncode == -signal.SIGTERM, errors  # as one server ends on SIGTERM
     assert "from 2 processes" in out
-    for worker in workers:
+    assert f"serving process {workers[0]} exited with -9; starting another" in errors
+    for worker in (workers[1], replacement):
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)
 
@@ -682,7 +697,8 @@ def test_a_worker_that_cannot_load_the_model_stops_the_server_with_its_reason(ex
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    assert "error: serving process" in result.stderr and "error: serving stopped: process" in result.stderr
+    assert "error: serving process" in result.stderr
+    assert "error: serving stopped: 3 serving processes in a row exited within 10 s" in result.stderr
 
 
 def test_predict_answers_every_readable_picture_and_names_each_bad_one(trained_run, test_digits, tmp_path):

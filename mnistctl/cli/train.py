@@ -297,6 +297,18 @@ def sweep(
         data_dir=data_dir,
         quiet=quiet,
     )
+    if not outcome.trials:
+        from mnistctl.errors import MnistctlError
+
+        if outcome.interrupted:
+            err.print(
+                f"[yellow]interrupted[/] before the first trial: start it with --resume {outcome.sweep_dir}"
+            )
+            sys.exit(130)
+        raise MnistctlError(
+            f"{outcome.sweep_dir}: every trial failed before it made a run directory "
+            f"(Ray Tune's record of them: {outcome.sweep_dir / 'tune'})"
+        )
     _sweep_table(plan, outcome)
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/]: continue with: mnistctl sweep --resume {outcome.sweep_dir}")
@@ -332,7 +344,7 @@ def _sweep_table(plan, outcome) -> None:
             table.add_row(*line)
         out.print(table)
     else:
-        widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+        widths = [max([len(h), *(len(line[i]) for line in cells)]) for i, h in enumerate(headers)]
         out.print(title)
         for line in [headers, *cells]:
             out.print("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip())

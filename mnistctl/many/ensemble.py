@@ -71,11 +71,13 @@ def members_of(
         else:
             run_dir, prefix = resolve(target)
             members.append(Member(_finished(load_run(run_dir)), prefix))
-    seen: dict[str, Path] = {}
-    for member in members:
-        if member.checkpoint in seen:
-            raise EnsembleError(f"{member.run.path}: named twice; each member counts once")
-        seen[member.checkpoint] = member.run.path
+    seen: dict[Path, Path] = {}
+    for member in members:  # the same checkpoint however it is spelled (a symlink, "..")
+        where = Path(member.checkpoint).resolve()
+        if where in seen:
+            also = f" (also as {seen[where]})" if seen[where] != member.run.path else ""
+            raise EnsembleError(f"{member.run.path}: named twice{also}; each member counts once")
+        seen[where] = member.run.path
     if len(members) < 2:
         named = ", ".join(map(str, targets))
         raise EnsembleError(f"{named}: an ensemble needs at least two finished runs, found {len(members)}")

@@ -164,6 +164,9 @@ class Domain:
         """Values that, if each is valid in the config, make every value valid."""
         if self.kind == "randint":
             return [self.values[0], self.values[1] - 1]  # Tune's high is exclusive
+        if self.kind in ("uniform", "loguniform"):  # and a value inside: a draw is not integral
+            low, high = self.values
+            return [low, high, float(f"{low + (high - low) * 0.381966:.6g}")]
         return list(self.values)
 
     def describe(self) -> str:
@@ -322,8 +325,14 @@ def resolve_sweep(
         raise ConfigError(f"{source}: space: empty; name at least one key to vary")
     for corner in _corners(space):  # the values that bound the space must make valid configs
         where = f"{source}: space" + ("." if len(corner) == 1 else ": ")
-        where += ", ".join(f"{k}={v!r}" for k, v in corner.items())
-        _check_metric(spec, apply_values(base, corner, where, name_keys=False), source)
+        where += ", ".join(f"{k}={shown(v)}" for k, v in corner.items())
+        try:
+            _check_metric(spec, apply_values(base, corner, where, name_keys=False), source)
+        except ConfigError as err:
+            drawn = [k for k, v in corner.items() if space[k].kind in ("uniform", "loguniform")]
+            if len(corner) == 1 and drawn and "expected an integer" in str(err):
+                raise ConfigError(f"{err}; {space[drawn[0]].kind} draws fractions: use randint") from None
+            raise
     _check_search(spec, space, source)
     if not is_valid_name(name):
         from mnistctl.config import NAME_RULE

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -165,6 +166,10 @@ def serve(
     uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
 
 
+RESTART_GIVE_UP = 3  # workers in a row that die within QUICK_S of their start: stop serving
+QUICK_S = 10.0
+
+
 def serve_forked(
     load: Callable[[], Any],
     sock: socket.socket,
@@ -176,59 +181,83 @@ def serve_forked(
     own (``load`` runs in each of them). Each process's Python - HTTP, JSON, the hand-over to the
     model - then runs on a core of its own; the kernel hands each new connection to one of them.
 
+    A worker that dies (killed, out of memory) is replaced, after a back-off that doubles while
+    replacements die soon after they start, and the others serve meanwhile; after
+    ``RESTART_GIVE_UP`` such quick deaths in a row (a model that cannot load) serving stops.
+
     Call it before TensorFlow is imported: the processes are forked, and TensorFlow's threads do
     not survive a fork. Ctrl-C reaches every process (one process group); SIGTERM to this one is
-    passed on. Returns when all have stopped.
+    passed on, and this process then ends by SIGTERM too, as a single server does.
 
     Raises:
-        ServeError: a process that could not load the model or stopped with an error.
+        ServeError: workers that could not start, or kept dying as soon as they started.
     """
-    children: list[int] = []
+    alive: dict[int, float] = {}  # pid -> when it started
+    stopping: signal.Signals | None = None
 
     def pass_on(signum: int, frame: Any) -> None:
-        for child in children:
+        nonlocal stopping
+        stopping = stopping or signal.Signals(signum)
+        for child in list(alive):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
+
+    def start() -> None:
+        pid = os.fork()
+        if pid == 0:  # a worker: load, serve, and never return into the parent's code
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own
+            code = 0
+            try:
+                serve(load(), sock, batching, log)
+            except KeyboardInterrupt:
+                pass
+            except BaseException as err:  # reported; then this process ends, whatever it was
+                print(f"error: serving process {os.getpid()}: {err}", file=sys.stderr, flush=True)
+                code = 1
+            os._exit(code)
+        alive[pid] = time.monotonic()
 
     sys.stdout.flush()  # nothing buffered is written twice
     sys.stderr.flush()
     previous = signal.signal(signal.SIGTERM, pass_on)  # before the first fork: no orphans
-    try:
-        for _ in range(workers):
-            pid = os.fork()
-            if pid == 0:  # a worker: load, serve, and never return into the parent's code
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own
-                code = 0
-                try:
-                    serve(load(), sock, batching, log)
-                except KeyboardInterrupt:
-                    pass
-                except BaseException as err:  # reported; then this process ends, whatever it was
-                    print(f"error: serving process {os.getpid()}: {err}", file=sys.stderr, flush=True)
-                    code = 1
-                os._exit(code)
-            children.append(pid)
-    except OSError as err:  # fork failed: stop the ones started
-        pass_on(signal.SIGTERM, None)
-        for child in children:
-            os.waitpid(child, 0)
-        signal.signal(signal.SIGTERM, previous)
-        raise ServeError(f"cannot start {workers} serving processes: {err.strerror or err}") from None
-    sock.close()  # the workers hold it
     failed: list[str] = []
+    quick_deaths = 0
     try:
-        alive = set(children)
+        try:
+            for _ in range(workers):
+                start()
+        except OSError as err:  # fork failed: stop the ones started
+            pass_on(signal.SIGTERM, None)
+            for child in list(alive):
+                os.waitpid(child, 0)
+            raise ServeError(f"cannot start {workers} serving processes: {err.strerror or err}") from None
         while alive:
             try:
                 pid, status = os.wait()
             except KeyboardInterrupt:  # Ctrl-C: the workers got it too and are shutting down
+                stopping = stopping or signal.SIGINT
                 continue
-            alive.discard(pid)
+            started = alive.pop(pid, None)
             code = os.waitstatus_to_exitcode(status)
-            if code not in (0, -signal.SIGTERM, -signal.SIGINT):  # uvicorn re-raises those after stopping
-                failed.append(f"process {pid} exited with {code}")
-                pass_on(signal.SIGTERM, None)  # one failed: the others stop too
+            if started is None or stopping or code in (0, -signal.SIGTERM, -signal.SIGINT):
+                continue  # uvicorn re-raises SIGTERM and SIGINT after stopping
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_S else 0
+            if quick_deaths >= RESTART_GIVE_UP:
+                failed.append(f"{quick_deaths} serving processes in a row exited within {QUICK_S:.0f} s "
+                              f"of starting (the last, {pid}, with {code})")  # fmt: skip
+                pass_on(signal.SIGTERM, None)
+                continue
+            delay = 0.5 * 2**quick_deaths
+            print(f"serving process {pid} exited with {code}; starting another in {delay:g} s "
+                  f"({len(alive)} still serving)", file=sys.stderr, flush=True)  # fmt: skip
+            time.sleep(delay)
+            if not stopping:
+                start()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sock.close()
     if failed:
         raise ServeError(f"serving stopped: {'; '.join(failed)}")
+    if stopping is signal.SIGTERM:  # end as a single server ends on SIGTERM: exit status 143
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
