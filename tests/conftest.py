@@ -110,7 +110,14 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
 TENSORFLOW_MODULES = {"test_model", "test_loop", "test_experiment", "test_resume", "test_stopping"}
 # Modules whose tests train only to have a run to serve, watch or sweep: what they check is the
 # plumbing around a run (HTTP, the live page, Ray), not its numbers, so one pass is enough.
-PLUMBING_MODULES = {"test_serve", "test_live", "test_sweep", "test_install"}
+PLUMBING_MODULES = {
+    "test_serve",
+    "test_live",
+    "test_sweep",
+    "test_sweep_life",
+    "test_install",
+    "test_safe_reading",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

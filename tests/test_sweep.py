@@ -250,7 +250,10 @@ def _kill_when(path: Path, rows: int, timeout: float = 120) -> tuple[int, str]:
 def test_a_sweep_on_a_two_node_cluster_survives_a_killed_trial(mnist_cache, tmp_path, monkeypatch):
     """Two Ray nodes on this machine (127.0.0.1), one core each: two identical trials run one
     per node; one trial's worker is killed mid-run, Tune retries it, and it resumes exactly."""
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (see mnistctl.many.sweep)
+    monkeypatch.setenv(
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"
+    )  # loopback only (see mnistctl.many.ray_session)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # Ray's test cluster has no token: the driver neither
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
@@ -346,7 +349,9 @@ def assert_loopback_only(sockets: list[tuple[str, int]]) -> None:
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
 def test_a_local_ray_listens_on_loopback_only():
     """Every port the local Ray of a sweep opens is on 127.0.0.1, none on the network."""
-    code = "from mnistctl.many.engine import start_ray\nstart_ray(None)\nprint('up', flush=True)\ninput()\n"
+    code = (
+        "from mnistctl.many.ray_session import start_ray\nstart_ray(None)\nprint('up', flush=True)\ninput()\n"
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )

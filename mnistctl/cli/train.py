@@ -310,9 +310,16 @@ def sweep(
             f"(Ray Tune's record of them: {outcome.sweep_dir / 'tune'})"
         )
     _sweep_table(plan, outcome)
+    if outcome.failed:
+        err.print(
+            f"[bold red]error:[/] {len(outcome.failed)} trial(s) failed after their retries: "
+            f"{', '.join(outcome.failed)} (why: above; whole tracebacks in {outcome.sweep_dir / 'ray.log'})"
+        )
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/]: continue with: mnistctl sweep --resume {outcome.sweep_dir}")
         sys.exit(130)
+    if outcome.failed:
+        sys.exit(1)
 
 
 def _short(value, column: str) -> str:

@@ -10,97 +10,31 @@ cluster. Nothing here is imported until a command trains on Ray.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnistctl.config import dump_yaml
 from mnistctl.files import to_json, write_atomic
 from mnistctl.many.jobs import Job, OnRay
+from mnistctl.many.ray_session import cluster_cpus, start_ray
 from mnistctl.many.sweep import (
-    BASE_FILE,
     BEST_FILE,
-    SWEEP_FILE,
     TUNE_DIR,
     Sweep,
     SweepError,
-    dump_sweep,
     tune_space,
 )
+from mnistctl.many.sweep_dir import check_unchanged, make_sweep_dir, owning, set_aside, why_restart
 from mnistctl.many.trial import TrialPlan, train_trial, trial_dir_name
 from mnistctl.many.trials import short_keys, short_value, write_trials
-from mnistctl.run.directory import find_runs, load_run
+from mnistctl.run.directory import find_runs, is_run_dir, load_run
 from mnistctl.status import Status
-
-CONNECT_TIMEOUT_S = 5.0
-
-
-def check_address(address: str) -> None:
-    """A cluster address that answers, or one line saying it does not (within seconds)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise SweepError(
-            f"--address {address}: expected HOST:PORT of a Ray cluster's head (e.g. 127.0.0.1:6379)"
-        )
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as err:
-        raise SweepError(
-            f"--address {address}: no Ray cluster answers there ({err.strerror or err}); "
-            "start one with 'ray start --head --node-ip-address=127.0.0.1', or leave --address out"
-        ) from None
-
-
-def start_ray(address: str | None) -> None:
-    """Join the cluster at ``address``, or start Ray on this machine bound to 127.0.0.1 only.
-
-    Call it before anything else imports Ray: Ray decides at import whether a machine-local Ray
-    listens on the machine's network address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
-    """
-    import logging
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the sweep prints its own progress
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if address is not None:
-        check_address(address)  # before importing Ray: an unreachable address answers at once
-    else:
-        # Without this, Ray 2.60 binds its services to the machine's network address (and some
-        # to every address) even when told 127.0.0.1; with it, every Ray process of a local
-        # sweep, all started from here and so inheriting it, listens on loopback only.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        # Token authentication on, as Ray 2.60 makes it for a new local cluster, but said
-        # outright so that Ray does not print a warning about choosing it (the user may opt out).
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-    from ray._private import ray_constants
-
-    if ray.is_initialized():
-        return
-    if address is not None:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        return
-    if ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before the variable was set
-        raise SweepError("Ray was imported before mnistctl could keep it on 127.0.0.1; start the sweep first")
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-
-
-def cluster_cpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("CPU", 0))
 
 
 def _start(address: str | None, cpus: int, max_concurrent: int | None) -> int:
@@ -135,8 +69,6 @@ def _tuner(
 
     trainable = tune.with_resources(tune.with_parameters(train_trial, plan=plan), {"cpu": cpus})
     if restore:
-        if not tune.Tuner.can_restore(str(tune_path)):
-            raise SweepError(f"{tune_path.parent}: Ray Tune saved no state there yet; start the sweep again")
         return tune.Tuner.restore(
             str(tune_path), trainable, resume_unfinished=True, resume_errored=True, param_space=space
         )
@@ -166,6 +98,7 @@ class SweepOutcome:
     best: dict[str, Any] | None
     interrupted: bool
     wall_s: float
+    failed: list[str] = field(default_factory=list)  # trials that failed after their retries
 
 
 def run_sweep(
@@ -182,37 +115,86 @@ def run_sweep(
 
     Each trial is a job of :mod:`mnistctl.many.jobs` made from the sweep's values (its config a
     typed ``Experiment`` all the way), trained by the same ``run_job`` as every other driver's.
-    Progress goes to stderr, a line per trial started and ended (none with ``quiet``).
+    The sweep directory's life (made whole, locked while this runs, continued from any state)
+    is :mod:`mnistctl.many.sweep_dir`'s. Progress goes to stderr, a line per trial started and
+    ended (none with ``quiet``); Ray's own lines go to ``ray.log`` in the sweep directory.
 
     Raises:
-        SweepError: the sweep directory exists already (new) or is not one (resume), the
-            cluster is unreachable, or a trial asks for more cores than it has.
+        SweepError: the sweep directory exists already (new), is another driver's, or cannot be
+            continued (resume); the cluster is unreachable, or a trial asks for more cores than it has.
     """
+    from mnistctl.many.ray_session import fitting
+
     resume = sweep_dir is not None
-    if sweep_dir is None:
-        sweep_dir = (runs_dir or Path("runs")) / sweep.name
-        if sweep_dir.exists():
-            raise SweepError(
-                f"{sweep_dir}: exists already; continue it with --resume {sweep_dir}, or --name another"
-            )
-    sweep_dir = sweep_dir.resolve()
+    with contextlib.ExitStack() as owned:
+        if resume:  # refused at once, before Ray starts, if another driver owns it
+            sweep_dir = sweep_dir.absolute()
+            owned.enter_context(owning(sweep_dir))
+            check_unchanged(sweep_dir)
+        elif (where := (runs_dir or Path("runs")) / sweep.name).exists():
+            raise SweepError(f"{where}: exists already; continue it with --resume {where}, or --name another")
+        cpus = sweep.spec.resources.cpus_per_trial
+        concurrent = _start(address, cpus, max_concurrent or sweep.spec.max_concurrent)
+        if not resume:
+            sweep_dir = make_sweep_dir(sweep, runs_dir or Path("runs"))
+            owned.enter_context(owning(sweep_dir))
+        assert sweep_dir is not None
+        from ray import tune
+
+        tune_path = sweep_dir / TUNE_DIR
+        restart = why_restart(sweep_dir, tune.Tuner.can_restore(str(tune_path))) if resume else None
+        tuner = None
+        if resume and restart is None:
+            try:
+                tuner = _sweep_tuner(sweep, sweep_dir, concurrent, data_dir, quiet, restore=True)
+            except Exception as err:  # a damaged tuner.pkl or experiment state: Ray's own error
+                restart = f"Ray Tune's saved state is damaged ({type(err).__name__})"
+        if restart is not None:
+            if sweep.spec.search == "optuna":
+                raise SweepError(
+                    f"{sweep_dir}: cannot be continued: {restart}, and optuna's suggestions cannot be "
+                    "replayed without it; start the sweep again under another --name"
+                )
+            set_aside(sweep_dir)
+            if not quiet:
+                print(f"{sweep_dir}: {restart}; searching again from the start: finished trials are kept "
+                      "and reported, unfinished ones resume", file=sys.stderr)  # fmt: skip
+        if tuner is None:
+            tuner = _sweep_tuner(sweep, sweep_dir, concurrent, data_dir, quiet, restore=False)
+        if not quiet:
+            what = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
+            print(f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
+                  file=sys.stderr)  # fmt: skip
+        started = time.time()
+        with fitting(sweep_dir) as fit:
+            tuner.fit()
+        # Tune's own word on each trial: TERMINATED (finished, or stopped early by the scheduler),
+        # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
+        statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
+        interrupted = fit.interrupted or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+        _mark_ended(sweep_dir, statuses, interrupted)
+        trials = write_trials(sweep_dir)
+        best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
+        if best is not None:
+            write_atomic(sweep_dir / BEST_FILE, to_json(best, indent=2) + "\n")
+        failed = sorted(trial_dir_name(t) for t, status in statuses.items() if status == "ERROR")
+        return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started, failed)
+
+
+def _sweep_tuner(
+    sweep: Sweep, sweep_dir: Path, concurrent: int, data_dir: Path | None, quiet: bool, restore: bool
+) -> Any:
     cpus = sweep.spec.resources.cpus_per_trial
-    concurrent = _start(address, cpus, max_concurrent or sweep.spec.max_concurrent)
-    if not resume:
-        sweep_dir.mkdir(parents=True)
-        write_atomic(sweep_dir / BASE_FILE, dump_yaml(sweep.base))
-        write_atomic(sweep_dir / SWEEP_FILE, dump_sweep(sweep))
     plan = TrialPlan(str(sweep_dir), cpus, str(data_dir) if data_dir else None, sweep=sweep)
-    tune_path = sweep_dir / TUNE_DIR
     budget = sweep.spec.time_budget_minutes
-    tuner = _tuner(
+    return _tuner(
         plan,
         cpus,
         space=tune_space(sweep),
-        tune_path=tune_path,
+        tune_path=sweep_dir / TUNE_DIR,
         callback=_progress(sweep, sweep_dir, quiet),
         max_failures=sweep.spec.max_failures,
-        restore=resume,
+        restore=restore,
         metric=sweep.spec.metric,
         mode="max",
         search_alg=_search_algorithm(sweep, concurrent),
@@ -220,26 +202,6 @@ def run_sweep(
         num_samples=sweep.spec.samples,
         time_budget_s=budget * 60 if budget else None,
     )
-    if not quiet:
-        what = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
-        print(
-            f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
-            file=sys.stderr,
-        )
-    started = time.time()
-    tuner.fit()
-    from ray import tune
-
-    # Tune's own word on each trial: TERMINATED (finished, or stopped early by the scheduler),
-    # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
-    statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
-    interrupted = any(status not in ("TERMINATED", "ERROR") for status in statuses.values())
-    _mark_ended(sweep_dir, statuses)
-    trials = write_trials(sweep_dir)
-    best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
-    if best is not None:
-        write_atomic(sweep_dir / BEST_FILE, to_json(best, indent=2) + "\n")
-    return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started)
 
 
 def run_on_ray(jobs: Sequence[Job], runs_dir: Path, how: OnRay) -> None:
@@ -251,19 +213,28 @@ def run_on_ray(jobs: Sequence[Job], runs_dir: Path, how: OnRay) -> None:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from mnistctl.many.ray_session import fitting
+
     plan = TrialPlan(str(runs_dir), how.cpus_per_job, jobs={job.name: job for job in jobs})
+    tune_path = runs_dir / ".tune" / f"{how.group}-{time.strftime('%Y%m%dT%H%M%S')}"
     tuner = _tuner(
         plan,
         how.cpus_per_job,
         space={"job": tune.grid_search([job.name for job in jobs])},
-        tune_path=runs_dir / ".tune" / f"{how.group}-{time.strftime('%Y%m%dT%H%M%S')}",
+        tune_path=tune_path,
         callback=_job_progress(how.quiet),
         max_failures=2,
         search_alg=BasicVariantGenerator(max_concurrent=concurrent),
     )
     if not how.quiet:
         print(f"{len(jobs)} runs, {concurrent} at a time, {how.cpus_per_job} CPU each", file=sys.stderr)
-    tuner.fit()
+    tune_path.mkdir(parents=True, exist_ok=True)
+    with fitting(tune_path) as fit:  # Ray's lines beside Tune's state, not among the runs
+        tuner.fit()
+    statuses = {t.config["job"]: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
+    _mark_ended(runs_dir, statuses, fit.interrupted, [runs_dir / job.name for job in jobs])
+    if fit.interrupted:  # Tune took the signal: hand it on to whoever handles it now
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _printer(quiet: bool) -> Callable[[str], None]:
@@ -287,13 +258,28 @@ def _job_progress(quiet: bool) -> Any:
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
-            log(f"{trial.config['job']}: ended at step {result.get('step', 0)}, test accuracy "
+            log(f"{trial.config['job']}: ended at step {int(result.get('step', 0))}, test accuracy "
                 f"{result.get('test_accuracy', float('nan')):.4f}")  # fmt: skip
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"{trial.config['job']}: failed")
+            log(f"{trial.config['job']}: failed: {trial_error(trial)}")
 
     return Progress()
+
+
+def trial_error(trial: Any) -> str:
+    """A failed trial's reason in one line: mnistctl's own message when the trial raised one,
+    else the exception's last line (the whole traceback is in ray.log and Tune's error file)."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # an error that did not pickle, or storage gone: the text, then
+        error = None
+    cause = getattr(error, "cause", error)  # a RayTaskError wraps what the trial raised
+    if cause is not None:
+        text = str(cause).strip().splitlines()
+        return (text[-1] if text else type(cause).__name__)[:300]
+    text = (trial.get_error() or "").strip().splitlines()
+    return text[-1][:300] if text else "see ray.log"
 
 
 def _search_algorithm(sweep: Sweep, concurrent: int) -> Any:
@@ -321,14 +307,20 @@ def _scheduler(sweep: Sweep) -> Any:
     )
 
 
-def _mark_ended(sweep_dir: Path, statuses: dict[str, str]) -> None:
-    """Say in each trial's run.json how Tune left it, which the trial cannot tell: ``stopped``
-    for one that Tune ended without error before its last step (a scheduler's decision), and
-    ``interrupted`` for one still under way when the sweep was (Tune stops it as a scheduler
-    would, or its worker dies with the driver). ``compare`` and ``--resume`` read them."""
-    for run in find_runs([sweep_dir]):
-        status = statuses.get(run.record.trial)
-        if status in (None, "ERROR") or run.record.status.finished:
+def _mark_ended(
+    folder: Path, statuses: dict[str, str], interrupted: bool, runs: list[Path] | None = None
+) -> None:
+    """Say in each trial's run.json how Tune left it, which the trial cannot tell.
+
+    ``statuses`` is Tune's word by trial id (a sweep's) or by job name (``runs``: a list of
+    jobs). In an interrupted search every run that did not finish is ``interrupted`` (its worker
+    was stopped, or died with the driver: resumable); otherwise a run Tune ended without error
+    before its last step was stopped by the scheduler: ``stopped``. ``compare`` and ``--resume``
+    read them."""
+    found = [load_run(p) for p in runs if is_run_dir(p)] if runs is not None else find_runs([folder])
+    for run in found:
+        status = statuses.get(run.name if runs is not None else run.record.trial)
+        if status == "ERROR" or (status is None and not interrupted) or run.record.status.finished:
             continue
         deadline = time.time() + 10
         while run.status.claimed and time.time() < deadline:  # wait for the process to exit
@@ -336,10 +328,13 @@ def _mark_ended(sweep_dir: Path, statuses: dict[str, str]) -> None:
             run = load_run(run.path)
         if run.record.status.finished:
             continue
-        if status == "TERMINATED":
+        if interrupted:
+            if run.record.status is not Status.INTERRUPTED:
+                run.update(status=Status.INTERRUPTED)
+        elif status == "TERMINATED":
             run.update(status=Status.STOPPED)
         elif run.record.status is Status.STOPPED or run.status is Status.CRASHED:
-            run.update(status=Status.INTERRUPTED)  # Tune stopped it because the sweep was
+            run.update(status=Status.INTERRUPTED)
 
 
 def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
@@ -363,10 +358,10 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
             result = trial.last_result or {}
             value = result.get(sweep.spec.metric)
             shown = f"{sweep.spec.metric} {value:.4f}" if isinstance(value, float) else "no result"
-            log(f"{trial_dir_name(trial.trial_id)} ended at step {result.get('step', 0)}: {shown}")
+            log(f"{trial_dir_name(trial.trial_id)} ended at step {int(result.get('step', 0))}: {shown}")
             write_trials(sweep_dir)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"{trial_dir_name(trial.trial_id)} failed (see {sweep_dir / trial_dir_name(trial.trial_id)})")
+            log(f"{trial_dir_name(trial.trial_id)} failed: {trial_error(trial)}")
 
     return Progress()

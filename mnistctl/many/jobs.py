@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnistctl.config import Experiment
+from mnistctl.config import Experiment, flatten, to_dict
+from mnistctl.errors import MnistctlError
 from mnistctl.run.directory import Run, is_run_dir, load_run
 from mnistctl.train.events import Hook
 
@@ -84,6 +85,8 @@ def run_job(
         record=dict(job.record),
     )
     state = job_state(job, runs_dir)
+    if state != "new":
+        _check_same_config(job, load_run(runs_dir / job.name))
     if state == "done":
         return load_run(runs_dir / job.name)
     if state == "resume":
@@ -113,3 +116,19 @@ def run_in_turn(
             break
         on_finished(job, run)
     return runs
+
+
+class JobConflict(MnistctlError):
+    """A job whose directory holds a run of another config."""
+
+
+def _check_same_config(job: Job, run: Run) -> None:
+    """A job's directory must hold a run of the job's own config: never resume or report a run
+    of another one as if it were this job's (a sweep searched again, a renamed config)."""
+    ours, theirs = flatten(to_dict(job.experiment)), flatten(to_dict(run.experiment()))
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ[:3])
+        raise JobConflict(
+            f"{run.path}: holds a run of another config ({shown}); move it away or rename the job"
+        )

@@ -56,7 +56,6 @@ BASE_FILE = "base.yaml"
 TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.json"
 TUNE_DIR = "tune"
-CONNECT_TIMEOUT_S = 5.0
 
 Log = Callable[[str], None]
 

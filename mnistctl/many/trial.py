@@ -87,11 +87,7 @@ def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
         job, record={**job.record, "trial": trial_id, "node": ray.get_runtime_context().get_node_id()}
     )
     runs_dir = Path(plan.runs_dir)
-    if job_state(job, runs_dir) == "done":  # finished before the sweep was stopped: report, and done
-        rows = read_metrics(runs_dir / job.name / METRICS_FILE)
-        if rows:
-            tune.report({k: v for k, v in rows[-1].items() if not math.isnan(v)})
-        return
+    finished_before = job_state(job, runs_dir) == "done"
     run_job(
         job,
         runs_dir,
@@ -100,3 +96,7 @@ def train_trial(params: dict[str, Any], plan: TrialPlan) -> None:
         data_dir=Path(plan.data_dir) if plan.data_dir else None,
         reclaim=True,
     )
+    if finished_before:  # finished before the sweep was stopped (or searched again): report it
+        rows = read_metrics(runs_dir / job.name / METRICS_FILE)
+        if rows:
+            tune.report({k: v for k, v in rows[-1].items() if not math.isnan(v)})

@@ -1,0 +1,175 @@
+"""Ray for mnistctl: started on 127.0.0.1 only, or joined at ``--address`` (on loopback when the
+address is), its output kept in a log file, and Ctrl-C or SIGTERM during a search turned into
+Tune's graceful stop, remembered so the caller can say so.
+
+Nothing here imports Ray until a command trains on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnistctl.many.sweep import SweepError
+
+CONNECT_TIMEOUT_S = 5.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+RAY_LOG = "ray.log"  # Ray's own lines (tracebacks, advice), in the sweep or runs directory
+
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS is one) answers
+# with a SETTINGS frame of its own; anything else answers otherwise, or not at all.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 0x04
+
+
+def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A cluster address where a Ray head answers, or one line saying it does not, within
+    seconds: a closed port, and a port where something other than Ray listens (which Ray itself
+    would wait on for ever)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(
+            f"--address {address}: expected HOST:PORT of a Ray cluster's head (e.g. 127.0.0.1:6379)"
+        )
+    hint = "start one with 'ray start --head --node-ip-address=127.0.0.1', or leave --address out"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            conn.sendall(_H2_PREFACE)
+            frame = conn.recv(9)
+    except TimeoutError:
+        frame = b""
+    except OSError as err:
+        raise SweepError(
+            f"--address {address}: no Ray cluster answers there ({err.strerror or err}); {hint}"
+        ) from None
+    if len(frame) < 4 or frame[3] != _H2_SETTINGS:
+        raise SweepError(f"--address {address}: something listens there, not a Ray cluster's head; {hint}")
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at ``address``, or start Ray on this machine bound to 127.0.0.1 only.
+
+    Call it before anything else imports Ray: Ray decides at import whether a machine-local Ray
+    listens on the machine's network address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER).
+    """
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the sweep prints its own progress
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    loopback = address is None or address.rpartition(":")[0].strip("[]") in LOOPBACK
+    if address is not None:
+        check_address(address)  # before importing Ray: an unreachable address answers at once
+    if loopback:
+        # Without this, Ray 2.60 binds its services to the machine's network address (and some
+        # to every address) even when told 127.0.0.1, and a driver joining a loopback cluster
+        # dials the network address instead; with it, every Ray process started from here, or
+        # joining from here, stays on loopback.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings: not on the terminal
+    token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()
+    if address is None or token:
+        # Token authentication on, as Ray 2.60 makes it for a new cluster, and as `ray start`
+        # does where a token exists (~/.ray/auth_token): said outright so that Ray does not
+        # print a warning about choosing it, and a driver joining a cluster started here shows
+        # the token the cluster expects. RAY_AUTH_MODE=disabled opts out.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return
+    if loopback and ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before the variable was set
+        raise SweepError("Ray was imported before mnistctl could keep it on 127.0.0.1; start the sweep first")
+    where = {"_node_ip_address": "127.0.0.1"} if loopback else {}
+    if address is not None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **where)
+        except (ConnectionError, RuntimeError) as err:  # AuthenticationError is a RuntimeError
+            mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+            raise SweepError(
+                f"--address {address}: cannot join the cluster ({str(err).splitlines()[0]}); this "
+                f"driver's RAY_AUTH_MODE is {mode}: it must match the cluster's (token: with its token "
+                "in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            ) from None
+        return
+    # address="local": a Ray of its own, never a cluster that `ray start` left on this machine
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, **where)  # fmt: skip
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+@dataclass
+class Fit:
+    """How a search under :func:`fitting` went: whether it was interrupted (Ctrl-C or SIGTERM,
+    once or twice) and by which signal."""
+
+    log: Path
+    signal: signal.Signals | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
+
+
+class _Noticed(logging.Handler):
+    """Notices Tune's line on the first Ctrl-C (Tune handles that one itself)."""
+
+    def __init__(self, fit: Fit) -> None:
+        super().__init__(logging.WARNING)
+        self.fit = fit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Stop signal received" in record.getMessage() and self.fit.signal is None:
+            self.fit.signal = signal.SIGINT
+
+
+@contextlib.contextmanager
+def fitting(log_dir: Path) -> Iterator[Fit]:
+    """Around ``Tuner.fit()``: Ray's log lines go to ``log_dir/ray.log`` only (mnistctl says what
+    happened, in its own words); SIGTERM is Ctrl-C (Tune's graceful stop: the state saved, the
+    trials told); a second signal stops at once, as Tune's does. ``Fit.signal`` says which came.
+    """
+    fit = Fit(log_dir / RAY_LOG)
+    ray_logger = logging.getLogger("ray")
+    handlers, propagate = list(ray_logger.handlers), ray_logger.propagate
+    to_file = logging.FileHandler(fit.log, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    noticed = _Noticed(fit)
+    for handler in handlers:
+        ray_logger.removeHandler(handler)
+    ray_logger.addHandler(to_file)
+    ray_logger.addHandler(noticed)
+    ray_logger.propagate = False
+
+    def second(signum: int, frame: object) -> None:  # Tune puts this back after the first
+        fit.signal = fit.signal or signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    def term(signum: int, frame: object) -> None:  # SIGTERM: as Ctrl-C, whoever handles that now
+        fit.signal = fit.signal or signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, second), signal.signal(signal.SIGTERM, term)
+    try:
+        yield fit
+    except KeyboardInterrupt:  # the second signal: Tune stopped without its last save
+        fit.signal = fit.signal or signal.SIGINT
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+        for handler in (to_file, noticed):
+            ray_logger.removeHandler(handler)
+        to_file.close()
+        for handler in handlers:
+            ray_logger.addHandler(handler)
+        ray_logger.propagate = propagate

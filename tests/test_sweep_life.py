@@ -1,0 +1,198 @@
+"""A sweep directory's life on a real Ray on 127.0.0.1: owned by one driver, stopped by SIGTERM
+as by Ctrl-C, continued after its Ray Tune state is damaged or the directory has moved; a
+loopback cluster joined with --address, and a port that is not Ray refused in one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mnistctl.run.directory import load_run
+from mnistctl.run.writers import read_metrics
+from mnistctl.status import Status
+
+from .conftest import CONFIGS, ROOT, free_port
+from .test_sweep import run_sweep_process, sweep_command, trials_csv
+
+TINY = str(CONFIGS / "tiny.yaml")
+SLOW = ["--set", "train.steps=1200", "--set", "train.eval_every=50", "--set", "train.checkpoint_every=100"]
+
+
+def wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        metrics = path / "metrics.csv"
+        if metrics.exists() and len(read_metrics(metrics)) >= rows:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} made no progress")
+
+
+def test_a_sweep_directory_is_owned_stopped_by_sigterm_and_continued_from_any_state(mnist_cache, tmp_path):
+    runs = tmp_path / "runs"
+    grid = ["--grid", "schedule.lr0=0.002,0.004"]
+    process = subprocess.Popen(
+        sweep_command(TINY, *grid, *SLOW, "--runs-dir", str(runs), "--max-concurrent", "1", "--name", "life"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    sweep_dir = runs / "life"
+    wait_for_rows(sweep_dir / "trial-00000", 2, process)
+
+    second = subprocess.run(sweep_command("--resume", str(sweep_dir)), cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert second.returncode == 2, second.stderr  # the first driver owns it: refused at once
+    assert f"{sweep_dir}: in use by pid {process.pid}" in second.stderr and "Traceback" not in second.stderr
+
+    process.send_signal(signal.SIGTERM)  # as Ctrl-C: Tune's graceful stop, then mnistctl's word
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert f"continue with: mnistctl sweep --resume {sweep_dir}" in stderr.replace("\n", "")
+    assert "Traceback" not in stderr and "Tuner.restore" not in stderr  # Ray's own advice: in ray.log
+    assert (sweep_dir / "ray.log").is_file()
+    assert load_run(sweep_dir / "trial-00000").record.status is Status.INTERRUPTED
+
+    moved = tmp_path / "elsewhere" / "life"
+    shutil.copytree(sweep_dir, moved)  # a copy: resumed where it is, the original never touched
+    before = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p.is_file()}
+    (sweep_dir / "tune" / "tuner.pkl").write_bytes(b"damaged")  # and the original's state broken
+
+    for where, said in (
+        (moved, "moved or copied here from"),
+        (sweep_dir, "Ray Tune's saved state is damaged"),
+    ):
+        result = run_sweep_process("--resume", str(where))
+        assert said in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
+        rows = trials_csv(where)
+        assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+        assert {Path(r["run"]).parent for r in rows} == {where}
+        first = load_run(where / "trial-00000")
+        assert len(first.record.resumes) == 1  # continued from its checkpoint, not restarted
+        steps = [int(r["step"]) for r in read_metrics(where / "trial-00000" / "metrics.csv")]
+        assert steps == list(range(50, 1201, 50))
+        if where == moved:  # nothing of the original was written by the copy's resume
+            assert {p: p.stat().st_mtime_ns for p in before if p.name != "tuner.pkl"} == {
+                p: t for p, t in before.items() if p.name != "tuner.pkl"
+            }
+    assert list(sweep_dir.glob("tune.before-*"))  # the damaged state is kept aside, not deleted
+
+
+def test_an_edited_sweep_file_is_refused_on_resume_before_ray_starts(tmp_path, write_config):
+    from click.testing import CliRunner
+
+    from mnistctl.cli import main
+    from mnistctl.many.sweep import load_sweep
+    from mnistctl.many.sweep_dir import make_sweep_dir
+
+    sweep = load_sweep(
+        write_config(
+            f"base: {TINY}\nset: {{data.validation: 200}}\nspace: {{train.seed: {{grid: [0, 1]}}}}\n",
+            "s.yaml",
+        )
+    )
+    sweep_dir = make_sweep_dir(sweep, tmp_path / "runs")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s"]  # no staging left behind
+    text = (sweep_dir / "sweep.yaml").read_text()
+    (sweep_dir / "sweep.yaml").write_text(text.replace("samples: 1", "samples: 3"))
+    result = CliRunner().invoke(main, ["sweep", "--resume", str(sweep_dir)])
+    assert result.exit_code == 2 and "edited since the sweep began" in result.output, result.output
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+
+
+def silent_server() -> tuple[int, threading.Event]:
+    """A port where something listens, accepts, and never speaks (not Ray)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    done = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        kept = []
+        while not done.is_set():
+            try:
+                kept.append(sock.accept()[0])
+            except TimeoutError:
+                continue
+        for conn in kept:
+            conn.close()
+        sock.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return sock.getsockname()[1], done
+
+
+def test_an_address_where_ray_does_not_listen_is_refused_within_seconds(tmp_path):
+    port, done = silent_server()
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            sweep_command(TINY, "--grid", "train.seed=0,1", "--address", f"127.0.0.1:{port}",
+                          "--runs-dir", str(tmp_path)),
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        done.set()
+    assert result.returncode == 2 and time.monotonic() - started < 15, result.stderr
+    assert f"--address 127.0.0.1:{port}: something listens there, not a Ray cluster's head" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+def loopback_head(tmp_path):
+    """``ray start --head --node-ip-address=127.0.0.1``, as the README tells a user to start one."""
+    port = free_port()
+    temp = Path("/tmp") / f"ray-head-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    ray = str(Path(sys.executable).parent / "ray")
+    start = [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_sweep_joins_a_loopback_only_cluster(mnist_cache, tmp_path, loopback_head):
+    address, env = loopback_head
+    small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
+    result = subprocess.run(
+        sweep_command(TINY, "--grid", "train.seed=0,1", *small, "--address", address,
+                      "--runs-dir", str(tmp_path)),
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": ""},  # mnistctl keeps it on loopback itself
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = trials_csv(tmp_path / "tiny-grid")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+
+
+def test_a_failed_trial_is_one_line_and_the_sweep_says_it_failed(mnist_cache, tmp_path):
+    small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
+    run_sweep_process(TINY, "--grid", "train.seed=0,1", *small, "--runs-dir", str(tmp_path), "-q")
+    sweep_dir = tmp_path / "tiny-grid"
+    config = sweep_dir / "trial-00000" / "config.yaml"  # its run no longer the trial's config
+    config.write_text(config.read_text().replace("seed: 0", "seed: 5"))
+    shutil.rmtree(sweep_dir / "tune")  # and Tune's state gone: the search starts again
+    result = subprocess.run(sweep_command("--resume", str(sweep_dir)), cwd=ROOT, capture_output=True,
+                            text=True, timeout=240)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Tuner.restore" not in result.stderr
+    assert (
+        "trial-00000 failed: " + f"{sweep_dir / 'trial-00000'}: holds a run of another config"
+        in result.stderr
+    )
+    assert "train.seed: 5 there, 0 here" in result.stderr
+    assert "error: 1 trial(s) failed after their retries: trial-00000" in result.stderr
+    assert "Traceback" in (sweep_dir / "ray.log").read_text()  # the whole story, kept
