@@ -256,7 +256,7 @@ def test_the_live_page_answers_a_long_name_and_keeps_few_datasets(tmp_path, monk
     monkeypatch.setattr(
         live, "load_experiment_data", lambda exp, data_dir=None: loaded.append(exp) or object()
     )
-    monkeypatch.setattr(live, "run_state", lambda run, rows, step, data: {"ok": True})
+    monkeypatch.setattr(live, "run_state", lambda run, rows, step, data, tail=None: {"ok": True})
     runs = tmp_path / "runs"
     for size in range(5):  # five runs on five test subsets: five datasets
         shutil.copytree(OLD_RUN, runs / f"r{size}")
@@ -289,3 +289,35 @@ def test_a_sweep_that_made_no_trial_directory_says_so_in_one_line(tmp_path, monk
         one_line_error(
             result, "every trial failed before it made a run directory", str(tmp_path / "s" / "tune")
         )
+
+
+def test_the_live_page_reads_only_what_was_appended_to_a_runs_metrics(tmp_path, monkeypatch):
+    from mnistctl.run.tail import MetricsTail
+    from mnistctl.run.writers import read_metrics
+
+    run = tmp_path / "run"
+    shutil.copytree(OLD_RUN, run)
+    metrics = run / "metrics.csv"
+    original = metrics.read_text()
+    header, *lines = original.splitlines(keepends=True)
+    tail = MetricsTail(metrics)
+    assert tail.read() == read_metrics(metrics) and tail.count() == len(lines)
+    read: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self, *args, **kwargs):  # how many bytes each poll reads
+        handle = real_open(self, *args, **kwargs)
+        if self == metrics:
+            real_read = handle.read
+            handle.read = lambda *a: (data := real_read(*a), read.append(len(data)))[0]  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    with metrics.open("a") as f:  # one more evaluation, and half of the next (a torn line)
+        f.write(lines[-1].replace(lines[-1].split(",")[0], "999", 1))
+        f.write("1000,")
+    assert tail.count() == len(lines) + 1 and tail.rows_from(len(lines))[0]["step"] == 999
+    assert read and max(read) < len(lines[-1]) + 10  # the appended bytes, not the whole file
+    assert [r["step"] for r in tail.read()] == [r["step"] for r in read_metrics(metrics)]
+    metrics.write_text(header + lines[0])  # a resume rewrote it shorter: read again
+    assert tail.count() == 1 and tail.read() == read_metrics(metrics)

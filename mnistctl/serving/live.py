@@ -32,6 +32,7 @@ from mnistctl.run.directory import (
     is_run_dir,
     load_run,
 )
+from mnistctl.run.tail import MetricsTail
 from mnistctl.run.writers import latest_predictions, read_distributions, read_metrics
 
 DIGITS_SHOWN = 100  # digits in each of the two digit panels, as in the walk-through
@@ -39,6 +40,7 @@ DIGITS_SHOWN = 100  # digits in each of the two digit panels, as in the walk-thr
 
 MAX_DATASETS = 3  # datasets the page keeps loaded at once
 MAX_NAME_BYTES = 255  # the longest file name Linux allows
+MAX_TAILS = 4096  # runs whose metrics the page keeps read (a few floats per evaluation each)
 
 
 class LiveError(MnistctlError):
@@ -76,10 +78,11 @@ class Watched:
         return load_run(path)
 
 
-def run_summary(run: Run) -> dict[str, Any]:
-    """A run's line in the folder view: status, progress and its selection curve."""
+def run_summary(run: Run, tail: MetricsTail | None = None) -> dict[str, Any]:
+    """A run's line in the folder view: status, progress and its selection curve (its metrics
+    from ``tail`` when the page keeps one for it)."""
     try:
-        rows = read_metrics(run.path / METRICS_FILE)
+        rows = tail.read() if tail is not None else read_metrics(run.path / METRICS_FILE)
         metric = run.experiment().selection_metric
     except MnistctlError as err:
         return {"name": run.name, "status": "damaged", "error": str(err), "curve": []}
@@ -95,13 +98,17 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def run_state(run: Run, known_rows: int, known_step: int, data: Dataset) -> dict[str, Any]:
+def run_state(
+    run: Run, known_rows: int, known_step: int, data: Dataset, tail: MetricsTail | None = None
+) -> dict[str, Any]:
     """What the six panels need that the page does not have yet: metric rows after the first
     ``known_rows``, the weights' and biases' percentile bands, and the digit panels when an
-    evaluation newer than ``known_step`` has been logged."""
-    rows = read_metrics(run.path / METRICS_FILE)
-    if known_rows > len(rows):  # the run was resumed and redid some steps: start over
+    evaluation newer than ``known_step`` has been logged. With a ``tail``, only the rows
+    appended since its last read are parsed."""
+    tail = tail or MetricsTail(run.path / METRICS_FILE)
+    if known_rows > tail.count():  # the run was resumed and redid some steps: start over
         known_rows, known_step = 0, -1
+    rows = tail.rows_from(known_rows)
     bands = {
         kind: values.tolist()
         for kind, values in read_distributions(run.path / DISTRIBUTIONS_FILE).items()
@@ -113,7 +120,7 @@ def run_state(run: Run, known_rows: int, known_step: int, data: Dataset) -> dict
         "total": run.record.steps_total,
         "selection_metric": run.experiment().selection_metric,
         "from_row": known_rows,
-        "rows": [{k: _finite(v) for k, v in r.items()} for r in rows[known_rows:]],
+        "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
         "bands": bands,
         "digits": None,
     }
@@ -163,6 +170,17 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
     # The last few (dataset, sizes) opened: runs of a sweep share one; a folder of runs on many
     # subsets does not keep each in memory for good (~54 MB each).
     datasets: OrderedDict[tuple, Dataset] = OrderedDict()
+    tails: OrderedDict[Path, MetricsTail] = OrderedDict()  # each run's metrics, read as they grow
+
+    def tail_of(run: Run) -> MetricsTail:
+        key = run.path / METRICS_FILE
+        if key not in tails:
+            tails[key] = MetricsTail(key)
+            while len(tails) > MAX_TAILS:
+                tails.popitem(last=False)
+        tails.move_to_end(key)
+        return tails[key]
+
     app = FastAPI(title="mnistctl live", docs_url=None, redoc_url=None)
 
     @app.exception_handler(LiveError)
@@ -185,7 +203,9 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
     def runs() -> dict[str, Any]:
         found = watched.runs()
         columns, settings = differing_settings(found)
-        summaries = [{**run_summary(r), "settings": row} for r, row in zip(found, settings, strict=True)]
+        summaries = [
+            {**run_summary(r, tail_of(r)), "settings": row} for r, row in zip(found, settings, strict=True)
+        ]
         return {"path": str(watched.path), "single": watched.single, "settings": columns, "runs": summaries}
 
     @app.get("/api/runs/{name}")
@@ -198,6 +218,6 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
             while len(datasets) > MAX_DATASETS:
                 datasets.popitem(last=False)
         datasets.move_to_end(key)
-        return run_state(run, max(rows, 0), step, datasets[key])
+        return run_state(run, max(rows, 0), step, datasets[key], tail_of(run))
 
     return app
