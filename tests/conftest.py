@@ -129,3 +129,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_data = {"mnist_cache", "fashion_cache"} & set(item.fixturenames)
         if (uses_data or module in TENSORFLOW_MODULES) and module not in PLUMBING_MODULES:
             item.add_marker(pytest.mark.tensorflow)
+
+
+def rewrite_config(run: Path, edit) -> None:
+    """Change a run's config.yaml as if it had been trained with the new one (run.json's digest
+    of it too): how a test gets a checkpoint that another model's graph must refuse."""
+    import json
+
+    from mnistctl.run.directory import config_digest
+
+    config = run / "config.yaml"
+    config.write_text(text := edit(config.read_text()))
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "config_sha256": config_digest(text)}))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mnistctl.cli import main
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, rewrite_config
 
 SMALL = ["--set", "data.validation=200", "--set", "train.steps=40"]
 
@@ -141,8 +141,7 @@ def _no_checkpoint(copy: Path) -> None:
 
 
 def _other_test_set(copy: Path) -> None:
-    config = copy / "config.yaml"
-    config.write_text(config.read_text().replace("test_size: 500", "test_size: 400"))
+    rewrite_config(copy, lambda text: text.replace("test_size: 500", "test_size: 400"))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from mnistctl.cli import main
 
-from .conftest import CONFIGS, ROOT
+from .conftest import CONFIGS, ROOT, rewrite_config
 
 TINY = str(CONFIGS / "tiny.yaml")
 # 120 steps, evaluated every 10 and checkpointed every 25: kills land between checkpoints.
@@ -258,8 +258,7 @@ def test_checkpoint_of_another_architecture_names_the_variable(uninterrupted, tm
 
     run = tmp_path / "other"
     shutil.copytree(uninterrupted, run)
-    config = run / "config.yaml"
-    config.write_text(config.read_text().replace("units: 16", "units: 24"))
+    rewrite_config(run, lambda text: text.replace("units: 16", "units: 24"))
     result = invoke(command[0], run, *(a.format(tmp=tmp_path) for a in command[1:]))
     assert result.exit_code == 2
     assert (

@@ -321,3 +321,32 @@ def test_the_live_page_reads_only_what_was_appended_to_a_runs_metrics(tmp_path, 
     assert [r["step"] for r in tail.read()] == [r["step"] for r in read_metrics(metrics)]
     metrics.write_text(header + lines[0])  # a resume rewrote it shorter: read again
     assert tail.count() == 1 and tail.read() == read_metrics(metrics)
+
+
+def test_a_config_edited_after_training_is_refused_where_weights_are_loaded(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = run / "config.yaml"
+    original = config.read_text()
+    assert "relu" in original
+    config.write_text(original.replace("relu", "sigmoid", 1))  # the weights were trained with relu
+    for args in (["eval", run], ["export", run, "--out", tmp_path / "model"], ["train", "--resume", run]):
+        one_line_error(invoke(*args), str(config), "edited since the run was trained")
+    assert not (tmp_path / "model").exists()
+    config.write_text(original)  # put back: it loads again
+    assert invoke("eval", run).exit_code == 0
+
+
+def test_a_best_checkpoint_missing_its_data_is_named_not_passed_over(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (data,) = (run / "checkpoints" / "best").glob("model-*.data-*")
+    data.unlink()
+    one_line_error(
+        invoke("eval", run), "incomplete checkpoint (its .data file is missing)", "checkpoints/latest"
+    )
+    (index,) = (run / "checkpoints" / "best").glob("model-*.index")
+    index.unlink()
+    data.write_bytes(b"")  # a data file without its index
+    one_line_error(invoke("eval", run), "incomplete checkpoint (its .index file is missing)")
+    assert invoke("eval", run / "checkpoints" / "latest").exit_code == 0  # the other slot, asked for

@@ -27,7 +27,7 @@ from mnistctl.cli import main
 from mnistctl.dataset import load_dataset
 from mnistctl.serving.images import ImageError, preprocess
 
-from .conftest import CONFIGS, free_port, headless_chromium, wait_for
+from .conftest import CONFIGS, free_port, headless_chromium, rewrite_config, wait_for
 
 
 def invoke(*args):
@@ -603,9 +603,8 @@ def test_a_weight_averaged_run_is_evaluated_and_exported_with_its_averages(mnist
     # The same checkpoint read without the averages: another model.
     raw = tmp_path / "raw"
     shutil.copytree(run, raw)
-    config = raw / "config.yaml"
-    config.write_text(re.sub(r"\n\s*ema_decay: 0.9", "", config.read_text()))
-    assert "ema_decay" not in config.read_text()
+    rewrite_config(raw, lambda text: re.sub(r"\n\s*ema_decay: 0.9", "", text))
+    assert "ema_decay" not in (raw / "config.yaml").read_text()
     assert evaluate_checkpoint(raw).test_loss != pytest.approx(report.test_loss, rel=1e-4)
 
 

@@ -39,7 +39,7 @@ class Member:
 
     @property
     def experiment(self) -> Experiment:
-        return self.run.experiment()
+        return self.run.trained_experiment()
 
 
 def is_ensemble(targets: Sequence[Path]) -> bool:

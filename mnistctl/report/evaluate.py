@@ -69,7 +69,7 @@ def evaluate_checkpoint(target: Path, *, data_dir: Path | None = None, split: st
     """Restore ``target`` (a run directory's selected checkpoint, or a named one) and evaluate it
     on the test (or validation) images of the run's own dataset and subset."""
     run_dir, prefix = resolve(target)
-    exp = load_run(run_dir).experiment()
+    exp = load_run(run_dir).trained_experiment()
     images, labels, data = _split(exp, data_dir, split, run_dir)
     step, result = _evaluate_member(exp, prefix, images, labels)
     return _report(str(run_dir), prefix, step, exp, split, data, labels, result)

@@ -153,6 +153,23 @@ def latest_in(directory: Path) -> str | None:
     return str(directory / f"model-{steps[-1]}") if steps else None
 
 
+def _refuse_incomplete(slot: Path) -> None:
+    """A slot that holds a checkpoint's files but no complete checkpoint (its data or index
+    deleted or lost) is named, rather than passed over for another slot's checkpoint."""
+    if not slot.is_dir():
+        return
+    for path in sorted(slot.glob("model-*")):
+        prefix = slot / path.name.split(".")[0]
+        index, data = Path(f"{prefix}.index"), list(slot.glob(f"{prefix.name}.data-*"))
+        if "temp" in path.name or (index.is_file() and data):
+            continue
+        missing = "its .data file" if index.is_file() else "its .index file"
+        raise CheckpointError(
+            f"{prefix}: incomplete checkpoint ({missing} is missing); name another checkpoint, "
+            f"e.g. {slot.parent / LATEST}, or train the run again"
+        )
+
+
 def resolve(target: Path) -> tuple[Path, str]:
     """Map ``RUN_DIR`` (its best checkpoint) or a checkpoint prefix to (run dir, prefix)."""
     if target.is_dir() and is_run_dir(target):
@@ -160,6 +177,7 @@ def resolve(target: Path) -> tuple[Path, str]:
             prefix = latest_in(target / CHECKPOINT_DIR / slot)
             if prefix:
                 return target, prefix
+            _refuse_incomplete(target / CHECKPOINT_DIR / slot)  # never another checkpoint silently
         raise CheckpointError(f"{target}: the run has no checkpoint yet")
     prefix = str(target)
     for suffix in (".index", ".data-00000-of-00001"):

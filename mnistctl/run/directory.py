@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import functools
+import hashlib
 import os
 import platform
 import socket
@@ -31,9 +32,9 @@ from typing import Any
 
 from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
-from mnistctl.config.overrides import ConfigError, read_yaml
+from mnistctl.config.overrides import MAX_CONFIG_BYTES, ConfigError, read_yaml
 from mnistctl.errors import DamagedFileError, MnistctlError
-from mnistctl.files import read_json, to_json, version, write_atomic, write_in_place
+from mnistctl.files import read_json, read_text, to_json, version, write_atomic, write_in_place
 from mnistctl.machine import describe as describe_machine
 from mnistctl.status import Status, StatusError
 from mnistctl.train.events import EvalRecord, best_row
@@ -99,6 +100,7 @@ class RunRecord:
     parameters: int | None = None
     dataset: dict[str, Any] = field(default_factory=dict)
     dataset_sha256: dict[str, str] = field(default_factory=dict)
+    config_sha256: str | None = None  # config.yaml as training wrote it (runs before 2026-12-02: none)
     steps_total: int | None = None
     steps_done: int = 0
     peak_rss_mb: float | None = None
@@ -192,6 +194,20 @@ class Run:
             self._experiment = _parsed_config(path, version(path))  # None: read_yaml says what is wrong
         return self._experiment
 
+    def trained_experiment(self) -> Experiment:
+        """The config the run's weights were trained with: config.yaml, checked against the
+        digest run.json recorded when training wrote it, so weights are never built into a
+        graph of a config edited since (relu -> sigmoid). Runs from before the digest: as read."""
+        recorded = self.record.config_sha256
+        if recorded:
+            path = self.path / CONFIG_FILE
+            if config_digest(read_text(path, MAX_CONFIG_BYTES, "config file")) != recorded:
+                raise RunError(
+                    f"{path}: edited since the run was trained (run.json records another config); its "
+                    "weights belong to that one: put it back, or change a config with train --resume --set"
+                )
+        return self.experiment()
+
     @property
     def status(self) -> Status:
         """The recorded status, or ``crashed`` when it claims a process that is gone."""
@@ -278,6 +294,10 @@ def _git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def config_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exact: bool = False) -> Run:
     """Make a new, uniquely named run directory and record the config and metadata.
 
@@ -304,9 +324,11 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
         raise RunError(
             f"{runs_dir}: " + (f"{base} exists already" if exact else f"too many runs named {base}")
         )
-    write_atomic(path / CONFIG_FILE, dump_yaml(exp))
+    text = dump_yaml(exp)
+    write_atomic(path / CONFIG_FILE, text)
     run = Run(path, RunRecord())
     run.update(
+        config_sha256=config_digest(text),
         name=exp.name,
         status=Status.CREATED,
         created_at=utc_now(),

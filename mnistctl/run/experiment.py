@@ -35,6 +35,7 @@ from mnistctl.run.directory import (
     Resume,
     Run,
     RunLock,
+    config_digest,
     create_run,
     load_run,
     utc_now,
@@ -174,8 +175,12 @@ def resume_experiment(
         log(f"resuming {run.name} from step {plan.step}{said}")
 
         def record_resume(restored: int) -> None:
-            write_atomic(run.path / CONFIG_FILE, dump_yaml(exp))
-            run.update(resumes=[*run.record.resumes, Resume(utc_now(), restored, changes)])
+            text = dump_yaml(exp)
+            write_atomic(run.path / CONFIG_FILE, text)
+            run.update(
+                resumes=[*run.record.resumes, Resume(utc_now(), restored, changes)],
+                config_sha256=config_digest(text),
+            )
 
         _train(
             run,

@@ -65,7 +65,7 @@ def check_resume(
     read_metrics(run.path / METRICS_FILE)  # a damaged metrics.csv stops here, before any change
     if run.status.claimed and not reclaim:
         raise ResumeError(f"{run_dir}: still running (pid {run.record.pid} on {run.record.host})")
-    recorded = run.experiment()
+    recorded = run.trained_experiment()
     source = str(run_dir / CONFIG_FILE)
     exp = load_config(config, overrides) if config else apply_to(recorded, overrides, source)
     changes = diff_configs(recorded, exp)

@@ -74,7 +74,7 @@ def export_saved_model(target: Path, out: Path, *, overwrite: bool = False) -> d
     """
     run_dir, prefix = resolve(target)
     run = load_run(run_dir)
-    exp = run.experiment()
+    exp = run.trained_experiment()
     check_export_target(out, overwrite)
     g = build_inference_graph(exp)
     with v1.Session(graph=g.graph) as session:
@@ -206,7 +206,7 @@ class Predictor:
     def _load_run(self, target: Path) -> None:
         run_dir, prefix = resolve(target)
         run = load_run(run_dir)
-        exp = run.experiment()
+        exp = run.trained_experiment()
         g = build_inference_graph(exp)
         self.session = _serving_session(g.graph)
         _restore(self.session, g, prefix)
