@@ -47,7 +47,7 @@ def _config_items(run: Run) -> dict[str, Any]:
         return {}
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=16384)  # a folder of thousands of runs, each read once per change
 def _flat_config(exp: Experiment) -> tuple[tuple[str, Any], ...]:
     flat = flatten(to_dict(exp))
     flat.pop("description", None)

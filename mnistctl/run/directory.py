@@ -32,7 +32,7 @@ from typing import Any
 
 from mnistctl import __version__
 from mnistctl.config import Experiment, dump_yaml, parse_experiment
-from mnistctl.config.overrides import MAX_CONFIG_BYTES, ConfigError, read_yaml
+from mnistctl.config.overrides import MAX_CONFIG_BYTES, ConfigError, parse_yaml
 from mnistctl.errors import DamagedFileError, MnistctlError
 from mnistctl.files import read_json, read_text, to_json, version, write_atomic, write_in_place
 from mnistctl.machine import describe as describe_machine
@@ -191,7 +191,7 @@ class Run:
         """The resolved config this run was trained with (parsed once; no machine checks)."""
         if self._experiment is None:
             path = self.path / CONFIG_FILE
-            self._experiment = _parsed_config(path, version(path))  # None: read_yaml says what is wrong
+            self._experiment = _parsed_config(path, version(path), self.record.config_sha256)
         return self._experiment
 
     def trained_experiment(self) -> Experiment:
@@ -233,12 +233,16 @@ def _alive(record: RunRecord) -> bool:
     return time.time() - float(record.heartbeat or 0) < 3 * HEARTBEAT_S
 
 
-@functools.lru_cache(maxsize=512)
-def _parsed_config(path: Path, written: tuple[int, int, int] | None) -> Experiment:
+@functools.lru_cache(maxsize=16384)  # a folder of thousands of runs, each read once per change
+def _parsed_config(path: Path, written: tuple[int, int, int] | None, digest: str | None) -> Experiment:
     """A run's config.yaml, parsed once for each time it was written (``files.version``): a
-    folder of runs watched live is listed every second."""
+    folder of runs watched live is listed every second. One whose text has the digest run.json
+    keeps is as training wrote it, and read with the fast parser."""
     try:
-        raw = read_yaml(path)
+        text = read_text(path, MAX_CONFIG_BYTES, "config file")
+        raw = parse_yaml(text, path, written_by_us=digest is not None and config_digest(text) == digest)
+    except DamagedFileError as err:
+        raise RunError(f"cannot read the run's config: {err}") from None
     except ConfigError as err:
         raise RunError(f"cannot read the run's config: {err}") from None
     return parse_experiment(raw, str(path))
