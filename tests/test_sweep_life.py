@@ -196,3 +196,24 @@ def test_a_failed_trial_is_one_line_and_the_sweep_says_it_failed(mnist_cache, tm
     assert "train.seed: 5 there, 0 here" in result.stderr
     assert "error: 1 trial(s) failed after their retries: trial-00000" in result.stderr
     assert "Traceback" in (sweep_dir / "ray.log").read_text()  # the whole story, kept
+
+
+def test_an_interrupted_reproduction_on_ray_says_so_and_continues(mnist_cache, tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    command = [sys.executable, "-m", "mnistctl", "reproduce", TINY, "--seeds", "2", "--max-concurrent", "2",
+               "--runs-dir", str(runs), "--docs", str(docs), *SLOW, "--set", "train.steps=500"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not any(len(read_metrics(m)) >= 2 for m in runs.glob("*/metrics.csv")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr and "Tuner.restore" not in stderr and "Traceback" not in stderr
+    made = sorted(p for p in runs.iterdir() if not p.name.startswith("."))
+    assert made and {load_run(p).record.status for p in made} == {Status.INTERRUPTED}
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 finished runs" in again.stdout
+    assert all(len(load_run(p).record.resumes) == 1 for p in made)  # continued, not restarted
