@@ -350,3 +350,18 @@ def test_a_best_checkpoint_missing_its_data_is_named_not_passed_over(trained_run
     data.write_bytes(b"")  # a data file without its index
     one_line_error(invoke("eval", run), "incomplete checkpoint (its .index file is missing)")
     assert invoke("eval", run / "checkpoints" / "latest").exit_code == 0  # the other slot, asked for
+
+
+def test_the_live_folder_view_names_a_run_it_cannot_read(tmp_path):
+    from mnistctl.serving import live
+
+    runs = tmp_path / "runs"
+    shutil.copytree(OLD_RUN, runs / "good")
+    shutil.copytree(OLD_RUN, runs / "torn")
+    (runs / "torn" / "run.json").write_text('{"status": "runn')
+    app = live.create_live_app(runs)
+    (listing,) = [r.endpoint for r in app.routes if getattr(r, "path", "") == "/api/runs"]
+    answer = listing()
+    assert [r["name"] for r in answer["runs"]] == ["good"]
+    (said,) = answer["damaged"]
+    assert str(runs / "torn" / "run.json") in said and "not JSON" in said

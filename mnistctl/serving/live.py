@@ -28,6 +28,7 @@ from mnistctl.run.directory import (
     DISTRIBUTIONS_FILE,
     METRICS_FILE,
     Run,
+    RunError,
     find_runs,
     is_run_dir,
     load_run,
@@ -63,10 +64,10 @@ class Watched:
             return cls(path, single=False)
         raise LiveError(f"{path}: no such run or runs directory")
 
-    def runs(self) -> list[Run]:
+    def runs(self, damaged: list[RunError] | None = None) -> list[Run]:
         if self.single:
             return [load_run(self.path)]
-        return find_runs([self.path], damaged=[])
+        return find_runs([self.path], damaged=[] if damaged is None else damaged)
 
     def run(self, name: str) -> Run:
         path = self.path if self.single else self.path / name
@@ -201,12 +202,19 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
 
     @app.get("/api/runs")
     def runs() -> dict[str, Any]:
-        found = watched.runs()
+        damaged: list[RunError] = []
+        found = watched.runs(damaged)
         columns, settings = differing_settings(found)
         summaries = [
             {**run_summary(r, tail_of(r)), "settings": row} for r, row in zip(found, settings, strict=True)
         ]
-        return {"path": str(watched.path), "single": watched.single, "settings": columns, "runs": summaries}
+        return {
+            "path": str(watched.path),
+            "single": watched.single,
+            "settings": columns,
+            "runs": summaries,
+            "damaged": [str(e) for e in damaged],  # runs whose run.json cannot be read: said, not hidden
+        }
 
     @app.get("/api/runs/{name}")
     def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:
