@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.errors import DamagedFileError
+from mnistctl.errors import DamagedFileError, MnistctlError
 from mnistctl.files import read_json, read_regular
 
 from .conftest import CONFIGS, free_port
@@ -234,6 +234,13 @@ space: {train.batch_size: {uniform: [10, 50]}}
 """)  # fmt: skip
     with pytest.raises(ConfigError, match=r"expected an integer.*uniform draws fractions: use randint"):
         load_sweep(drawn)  # its bounds are integers; its draws are not
+    budget = sweep_file(write_config, "t.yaml", """
+set: {data.validation: 200}
+space: {train.seed: {grid: [0, 1]}}
+time_budget_minutes: 1e-300
+""")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"time_budget_minutes: expected a number >= 0\.1"):
+        load_sweep(budget)  # no trial could start
     with pytest.raises(ConfigError, match=r"train\.seed is given twice"):
         grid_sweep(TINY, ("train.seed=0,1", "train.seed=2,3"), ("data.validation=200",), print)
 
@@ -266,6 +273,11 @@ def test_the_live_page_answers_a_long_name_and_keeps_few_datasets(tmp_path, monk
     (state,) = [r.endpoint for r in app.routes if getattr(r, "path", "") == "/api/runs/{name}"]
     with pytest.raises(live.LiveError, match="5,000 characters"):  # the app answers it 404
         state("x" * 5000)
+    shutil.copytree(OLD_RUN, runs / "deep")
+    (runs / "deep" / "config.yaml").write_text(nested_yaml(400))
+    with pytest.raises(MnistctlError, match="nested deeper than 64 levels"):  # the app answers it 409
+        state("deep")
+    shutil.rmtree(runs / "deep")
     for size in range(5):
         assert state(f"r{size}") == {"ok": True}
     assert len(loaded) == 5

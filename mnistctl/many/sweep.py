@@ -138,7 +138,7 @@ class SweepSpec:
     resources: ResourcesSpec = ResourcesSpec()
     max_concurrent: Optional[int] = field(default=None, metadata={"ge": 1})
     max_failures: int = field(default=2, metadata={"ge": 0, "le": 100})
-    time_budget_minutes: Optional[float] = field(default=None, metadata={"gt": 0})
+    time_budget_minutes: Optional[float] = field(default=None, metadata={"ge": 0.1})  # six seconds at least
 
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
