@@ -270,7 +270,7 @@ def test_the_live_page_answers_a_long_name_and_keeps_few_datasets(tmp_path, monk
         config = runs / f"r{size}" / "config.yaml"
         config.write_text(config.read_text().replace("test_size: 500", f"test_size: {400 + size}"))
     app = live.create_live_app(runs)
-    (state,) = [r.endpoint for r in app.routes if getattr(r, "path", "") == "/api/runs/{name}"]
+    (state,) = [r.endpoint for r in app.routes if getattr(r, "path", "") == "/api/runs/{name:path}"]
     with pytest.raises(live.LiveError, match="5,000 characters"):  # the app answers it 404
         state("x" * 5000)
     shutil.copytree(OLD_RUN, runs / "deep")

@@ -222,6 +222,9 @@ def eval_(
     "schedule.lr0=0.004); repeatable.",
 )
 @click.option("--columns", metavar="A,B,...", help="Show these columns, in this order.")
+@click.option(
+    "--flat", is_flag=True, help="Only the runs directly in each folder, not those in folders inside it."
+)
 def compare(
     paths: tuple[Path, ...],
     fmt: str,
@@ -229,9 +232,11 @@ def compare(
     reverse: bool,
     filters: tuple[str, ...],
     columns: str | None,
+    flat: bool,
 ) -> None:
     """Compare runs, one row each: results, then the config keys that differ. PATHS are run
-    directories, directories of runs, or a sweep (its trials, best first by the sweep's metric)
+    directories, directories of runs (with the runs in folders inside them: a sweep's trials
+    appear as SWEEP/trial-00000), or a sweep (its trials, best first by the sweep's metric)
     (default: runs/)."""
     from mnistctl.many.sweep import is_sweep_dir, ranking_column
     from mnistctl.many.trials import short_keys
@@ -249,7 +254,7 @@ def compare(
     from mnistctl.run.directory import find_runs
 
     damaged: list[MnistctlError] = []
-    runs = find_runs(list(paths) or [Path("runs")], damaged)
+    runs = find_runs(list(paths) or [Path("runs")], damaged, recursive=not flat)
     for error in damaged:  # a run whose run.json is unreadable: named, and the others shown
         err.print(f"[yellow]damaged:[/] {escape(str(error))}", soft_wrap=True)
     if not runs:

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -157,10 +158,13 @@ class Run:
     path: Path
     record: RunRecord
     _experiment: Experiment | None = field(default=None, repr=False, compare=False)
+    label: str = field(default="", compare=False)  # its path inside a folder listed recursively
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """The run directory's name; inside a folder listed recursively, its path from there
+        (``sweep/trial-00000``), so the trials of two sweeps are told apart."""
+        return self.label or self.path.name
 
     def update(self, **changes: Any) -> None:
         """Set fields of the record and rewrite run.json atomically; also the heartbeat.
@@ -388,25 +392,46 @@ def is_run_dir(path: Path) -> bool:
     return (path / META_FILE).is_file() and (path / CONFIG_FILE).is_file()
 
 
-def find_runs(paths: list[Path], damaged: list[RunError] | None = None) -> list[Run]:
+MAX_DEPTH = 4  # folders inside folders a recursive listing looks into (runs/<sweep>/trial-*)
+
+
+def find_runs(paths: list[Path], damaged: list[RunError] | None = None, recursive: bool = False) -> list[Run]:
     """Runs named directly, or every run inside a runs directory, oldest first.
 
     Args:
         damaged: where to put the errors of runs inside a runs directory whose run.json cannot
             be read, skipping them (default: the first one is raised).
+        recursive: also the runs in folders inside it (a sweep's trials, grouped under the
+            sweep: ``sweep/trial-00000``); hidden folders and Ray Tune's state are skipped.
     """
     runs = []
     for path in paths:
         if is_run_dir(path):
             runs.append(load_run(path))
         elif path.is_dir():
-            for inside in sorted(p for p in path.iterdir() if p.is_dir() and is_run_dir(p)):
+            for inside in _run_dirs(path, MAX_DEPTH if recursive else 0):
                 try:
-                    runs.append(load_run(inside))
+                    run = load_run(inside)
                 except RunError as err:
                     if damaged is None:
                         raise
                     damaged.append(err)
+                    continue
+                if inside.parent != path:
+                    run.label = inside.relative_to(path).as_posix()
+                runs.append(run)
         else:
             raise RunError(f"{path}: no such run or runs directory")
     return runs
+
+
+def _run_dirs(folder: Path, depth: int) -> Iterator[Path]:
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return
+    for entry in entries:
+        if is_run_dir(entry):
+            yield entry
+        elif depth > 0 and entry.name != "tune" and not entry.name.startswith("tune."):
+            yield from _run_dirs(entry, depth - 1)

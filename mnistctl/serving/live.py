@@ -26,6 +26,7 @@ from mnistctl.errors import MnistctlError
 from mnistctl.report.compare import differing_settings
 from mnistctl.run.directory import (
     DISTRIBUTIONS_FILE,
+    MAX_DEPTH,
     METRICS_FILE,
     Run,
     RunError,
@@ -67,16 +68,25 @@ class Watched:
     def runs(self, damaged: list[RunError] | None = None) -> list[Run]:
         if self.single:
             return [load_run(self.path)]
-        return find_runs([self.path], damaged=[] if damaged is None else damaged)
+        return find_runs([self.path], damaged=[] if damaged is None else damaged, recursive=True)
 
     def run(self, name: str) -> Run:
-        path = self.path if self.single else self.path / name
-        outside = "/" in name or name in ("", ".", "..")  # only the runs directly in the folder
-        if len(name.encode()) > MAX_NAME_BYTES:  # longer than any file name: no such run
+        """The run called ``name`` here: the folder's own, or one in a folder inside it
+        (``sweep/trial-00000``); never a path outside the folder."""
+        if len(name.encode()) > MAX_NAME_BYTES * 4:  # longer than any path of runs: no such run
             raise LiveError(f"no run {name[:40]!r}... ({len(name):,} characters) here")
-        if outside or (self.single and name != self.path.name) or not is_run_dir(path):
+        parts = name.split("/")
+        if self.single:
+            if name != self.path.name:
+                raise LiveError(f"no run {name!r} here")
+            return load_run(self.path)
+        bad = any(p in ("", ".", "..") or len(p.encode()) > MAX_NAME_BYTES for p in parts)
+        path = self.path.joinpath(*parts) if not bad else self.path
+        if bad or len(parts) > MAX_DEPTH + 1 or not is_run_dir(path):
             raise LiveError(f"no run {name!r} here")
-        return load_run(path)
+        run = load_run(path)
+        run.label = name if len(parts) > 1 else ""
+        return run
 
 
 def run_summary(run: Run, tail: MetricsTail | None = None) -> dict[str, Any]:
@@ -216,7 +226,7 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
             "damaged": [str(e) for e in damaged],  # runs whose run.json cannot be read: said, not hidden
         }
 
-    @app.get("/api/runs/{name}")
+    @app.get("/api/runs/{name:path}")
     def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:
         run = watched.run(name)
         exp = run.experiment()
