@@ -43,8 +43,24 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from mnistctl.provenance import code_state
+
+    code = code_state(with_patch=False)
+    where = (
+        f" (commit {code.commit[:12]}{', with uncommitted changes' if code.dirty else ''})"
+        if code.commit
+        else ""
+    )
+    click.echo(f"mnistctl, version {__version__}{where}")
+    ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="mnistctl")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version (and the commit, in a checkout) and exit.")  # fmt: skip
 def main() -> None:
     """Train, evaluate and compare the networks of the "TensorFlow and deep learning,
     without a PhD" MNIST walk-through, from YAML configs.

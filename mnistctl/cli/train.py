@@ -103,7 +103,8 @@ def train(
     common = dict(data_dir=data_dir, extra_hooks=hooks, log=logger(quiet))
     with StopOnSignal() as stop:
         if resume is None:
-            run = run_experiment(exp, runs_dir=runs_dir, name=name, should_stop=stop, **common)
+            record = {"rerun_of": str(rerun_of)} if (rerun_of := _rerun_of(config)) else None
+            run = run_experiment(exp, runs_dir=runs_dir, name=name, should_stop=stop, record=record, **common)
         else:
             run = resume_experiment(
                 resume, overrides=overrides, config=config, force=force, should_stop=stop, **common
@@ -115,6 +116,15 @@ def train(
             f"mnistctl train --resume {run.path}"
         )
         sys.exit(stop.exit_code)
+
+
+def _rerun_of(config: Path | None) -> Path | None:
+    """The run a config was taken from (``train RUN/config.yaml``): recorded as ``rerun_of``."""
+    from mnistctl.run.directory import CONFIG_FILE, is_run_dir
+
+    if config is None or config.name != CONFIG_FILE or not is_run_dir(config.parent):
+        return None
+    return config.parent.resolve()
 
 
 def _report(run: Run) -> None:

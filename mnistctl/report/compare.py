@@ -32,6 +32,7 @@ RESULT_COLUMNS = (
     "final_train_accuracy",
     "wall_s",
     "parameters",
+    "commit",
 )
 FORMATS = ("table", "csv", "json", "markdown")
 TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
@@ -84,6 +85,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "final_train_accuracy": last["train_accuracy"] if last else None,
         "wall_s": round(record.wall_s, 1) if record.wall_s is not None else None,
         "parameters": record.parameters,
+        # The code: the checkout's commit, + when its working tree had changes (code.patch).
+        "commit": (record.git_commit[:10] + ("+" if record.git_dirty else "")) if record.git_commit else None,
     }
 
 
@@ -91,7 +94,7 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-OPTIONAL_COLUMNS = ("selected_by", "best_validation_accuracy")  # shown when some run has them
+OPTIONAL_COLUMNS = ("selected_by", "best_validation_accuracy", "commit")  # shown when some run has them
 
 
 def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> tuple[list[str], list[dict]]:

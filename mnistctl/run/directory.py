@@ -23,7 +23,6 @@ import hashlib
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from mnistctl.config.overrides import MAX_CONFIG_BYTES, ConfigError, parse_yaml
 from mnistctl.errors import DamagedFileError, MnistctlError
 from mnistctl.files import read_json, read_text, to_json, version, write_atomic, write_in_place
 from mnistctl.machine import describe as describe_machine
+from mnistctl.provenance import PATCH_FILE, code_state, command_line
 from mnistctl.status import Status, StatusError
 from mnistctl.train.events import EvalRecord, best_row
 
@@ -95,6 +95,8 @@ class RunRecord:
     host: str | None = None
     heartbeat: float = 0.0  # time.time() of the last write: a live process writes often
     git_commit: str | None = None
+    git_dirty: bool | None = None  # uncommitted changes to tracked files (then code.patch has them)
+    rerun_of: str | None = None  # the run whose config.yaml this one was trained from
     versions: dict[str, str | None] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     command: str = ""
@@ -287,21 +289,6 @@ class RunLock:
             self._fd = None
 
 
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[2]  # the checkout, when run from one
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def config_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -334,6 +321,9 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
         )
     text = dump_yaml(exp)
     write_atomic(path / CONFIG_FILE, text)
+    code = code_state()
+    if code.patch:  # the uncommitted change itself, beside the commit it applies to
+        write_atomic(path / PATCH_FILE, code.patch)
     run = Run(path, RunRecord())
     run.update(
         config_sha256=config_digest(text),
@@ -343,7 +333,8 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
         seed=exp.train.seed,
         pid=os.getpid(),
         host=socket.gethostname(),
-        git_commit=_git_commit(),
+        git_commit=code.commit,
+        git_dirty=code.dirty,
         versions={
             "mnistctl": __version__,
             "python": platform.python_version(),
@@ -351,7 +342,7 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
             "tensorflow": _version("tensorflow"),
         },
         machine=describe_machine(),
-        command=" ".join(sys.argv),
+        command=command_line(),
     )
     return run
 
