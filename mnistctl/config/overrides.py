@@ -121,7 +121,8 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict[str, str
         if not sep or not key.strip():
             raise ConfigError(f"{where}: expected key.path=value")
         tokens = split_key(key.strip(), where)
-        value = parse_value(text, where)
+        # A description is text whatever it looks like ("baseline: lr 0.004" is not a mapping).
+        value = text.strip() if tokens == ["description"] else parse_value(text, where)
         applied[join_path(set_path(raw, tokens, value, where))] = expression
     return applied
 

@@ -16,6 +16,7 @@ from mnistctl.config import Experiment, flatten, to_dict
 from mnistctl.errors import MnistctlError
 from mnistctl.files import csv_text, to_json
 from mnistctl.run.directory import METRICS_FILE, Run
+from mnistctl.run.labels import read_labels
 from mnistctl.run.writers import read_metrics
 from mnistctl.train.events import max_test_accuracy
 
@@ -33,6 +34,7 @@ RESULT_COLUMNS = (
     "wall_s",
     "parameters",
     "commit",
+    "tags",
 )
 FORMATS = ("table", "csv", "json", "markdown")
 TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
@@ -87,6 +89,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "parameters": record.parameters,
         # The code: the checkout's commit, + when its working tree had changes (code.patch).
         "commit": (record.git_commit[:10] + ("+" if record.git_dirty else "")) if record.git_commit else None,
+        "tags": ",".join(read_labels(run.path).tags) or None,
     }
 
 
@@ -94,7 +97,12 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-OPTIONAL_COLUMNS = ("selected_by", "best_validation_accuracy", "commit")  # shown when some run has them
+OPTIONAL_COLUMNS = (
+    "selected_by",
+    "best_validation_accuracy",
+    "commit",
+    "tags",
+)  # shown when some run has them
 
 
 def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> tuple[list[str], list[dict]]:
@@ -207,22 +215,35 @@ def filter_rows(rows: list[dict], filters: list[str], runs: list[Run]) -> tuple[
     Raises:
         MnistctlError: a filter that is not KEY=PATTERN, or a key no run has.
     """
-    configs = [_config_items(run) for run in runs]
+    configs = [{**_config_items(run), "description": _description(run)} for run in runs]
     kept_rows, kept_runs = [], []
     tests = []
     for expression in filters:
         key, sep, pattern = expression.partition("=")
         if not sep or not key:
             raise MnistctlError(f"--filter {expression}: expected KEY=PATTERN, e.g. status=completed")
-        if not any(key in row for row in rows) and not any(key in c for c in configs):
+        if key != "tag" and not any(key in row for row in rows) and not any(key in c for c in configs):
             raise MnistctlError(f"--filter {expression}: no run has a column or config key {key!r}")
         tests.append((key, pattern))
+
+    def matches(values: dict[str, Any], key: str, pattern: str) -> bool:
+        if key == "tag":  # tag=NAME: one of the run's tags matches
+            return any(fnmatch.fnmatchcase(t, pattern) for t in (values.get("tags") or "").split(",") if t)
+        return fnmatch.fnmatchcase(cell(values.get(key), key), pattern)
+
     for row, run, config in zip(rows, runs, configs, strict=True):
         values = {**config, **row}
-        if all(fnmatch.fnmatchcase(cell(values.get(key), key), pattern) for key, pattern in tests):
+        if all(matches(values, key, pattern) for key, pattern in tests):
             kept_rows.append(row)
             kept_runs.append(run)
     return kept_rows, kept_runs
+
+
+def _description(run: Run) -> str | None:
+    try:
+        return run.experiment().description
+    except MnistctlError:
+        return None
 
 
 def choose_columns(columns: list[str], wanted: str) -> list[str]:

@@ -1,0 +1,113 @@
+"""Living with many runs: show one, diff two, tag and note them (no TensorFlow)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from mnistctl.cli import main
+from mnistctl.config import load_config
+from mnistctl.run.directory import load_run
+from mnistctl.run.labels import read_labels
+
+from .conftest import CONFIGS, rewrite_config
+from .test_runs import OLD_RUN
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        shutil.copytree(OLD_RUN, root / name)
+    rewrite_config(root / "b", lambda text: text.replace("lr0: 0.003", "lr0: 0.004"))
+    return root
+
+
+def test_tags_are_added_removed_shown_and_filtered(runs):
+    assert invoke("tag", runs / "a", runs / "b", "+baseline", "+v1").exit_code == 0
+    assert invoke("tag", runs / "b", "-v1", "+best").exit_code == 0
+    assert read_labels(runs / "a").tags == ("baseline", "v1") and read_labels(runs / "b").tags == (
+        "baseline",
+        "best",
+    )
+    table = invoke("compare", runs, "--format", "csv", "--columns", "run,tags")
+    assert table.output.splitlines()[1:] == ['a,"baseline,v1"', 'b,"baseline,best"', "c,"]
+    best = invoke("compare", runs, "--filter", "tag=best", "--format", "csv", "--columns", "run")
+    assert best.output.split()[1:] == ["b"]
+    both = invoke("compare", runs, "--filter", "tag=base*", "--format", "csv", "--columns", "run")
+    assert both.output.split()[1:] == ["a", "b"]
+
+
+@pytest.mark.parametrize("args", [["+bad tag"], ["+"], []])
+def test_bad_tags_are_one_line_and_change_nothing(runs, args):
+    result = invoke("tag", runs / "a", *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (runs / "a" / "labels.json").exists()
+
+
+def test_a_tag_on_a_missing_run_changes_no_run(runs):
+    result = invoke("tag", runs / "a", runs / "missing", "+x")
+    assert result.exit_code == 2 and "no such run directory" in result.output
+    assert not (runs / "a" / "labels.json").exists()  # every run is checked before any is changed
+
+
+def test_notes_are_kept_beside_a_training_that_rewrites_run_json(runs):
+    run = load_run(runs / "a")
+    stop = threading.Event()
+
+    def training() -> None:  # a recorder rewriting run.json as fast as it can
+        while not stop.is_set():
+            run.update(steps_done=run.record.steps_done)
+
+    writer = threading.Thread(target=training)
+    writer.start()
+    try:
+        for i in range(20):
+            assert invoke("note", runs / "a", f"note {i}: lr 0.003 looks slow").exit_code == 0
+            assert invoke("tag", runs / "a", f"+t{i}").exit_code == 0
+    finally:
+        stop.set()
+        writer.join()
+    labels = read_labels(runs / "a")
+    assert [n.text for n in labels.notes] == [f"note {i}: lr 0.003 looks slow" for i in range(20)]
+    assert labels.tags == tuple(f"t{i}" for i in range(20))
+    shown = invoke("show", runs / "a").output
+    assert "note 19: lr 0.003 looks slow" in shown and "t19" in shown
+
+
+def test_show_says_what_differs_from_the_shipped_config_and_how_to_train_it_again(runs):
+    result = invoke("show", runs / "b")
+    assert result.exit_code == 0, result.output
+    assert "what differs from" in result.output and "tiny.yaml" in result.output
+    assert "schedule.lr0" in result.output and "0.004" in result.output
+    assert "1c785721846013fbca667b535dc3abd8cd0f36d1" in result.output  # the commit it was trained at
+    assert f"mnistctl train {runs / 'b' / 'config.yaml'}" in result.output
+    everything = invoke("show", runs / "b", "--all").output
+    assert "model.layers[0].filters" in everything or "model.layers" in everything
+
+
+def test_diff_shows_the_keys_that_differ_and_the_results_side_by_side(runs):
+    result = invoke("diff", runs / "a", runs / "b")
+    assert result.exit_code == 0, result.output
+    config = result.output.split("results")[0]
+    assert "schedule.lr0" in config and "0.003" in config and "0.004" in config
+    assert "train.steps" not in config  # only what differs
+    assert "best (test accuracy)" in result.output
+    missing = invoke("diff", runs / "a", runs / "nope")
+    assert missing.exit_code == 2 and "no such run directory" in missing.output
+
+
+def test_a_description_is_text_whatever_it_looks_like():
+    exp = load_config(CONFIGS / "tiny.yaml", ["description=my note: baseline, lr [0.003]"])
+    assert exp.description == "my note: baseline, lr [0.003]"
+    result = invoke(
+        "compare", OLD_RUN, "--filter", "description=*tiny*", "--format", "csv", "--columns", "run"
+    )
+    assert result.exit_code == 0 and result.output.split()[1:] == [OLD_RUN.name]
