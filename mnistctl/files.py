@@ -183,3 +183,11 @@ def write_csv(
 ) -> None:
     """Write a whole CSV file atomically (see :func:`write_atomic`)."""
     write_atomic(path, csv_text(fieldnames, rows, ignore_extra=ignore_extra))
+
+
+def human_bytes(size: int) -> str:
+    """``1,234,567`` -> ``1.2 MB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

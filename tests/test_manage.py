@@ -111,3 +111,60 @@ def test_a_description_is_text_whatever_it_looks_like():
         "compare", OLD_RUN, "--filter", "description=*tiny*", "--format", "csv", "--columns", "run"
     )
     assert result.exit_code == 0 and result.output.split()[1:] == [OLD_RUN.name]
+
+
+def digests(root):
+    import hashlib
+
+    return {
+        p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_rm_moves_to_the_trash_and_restore_brings_a_run_back_byte_for_byte(runs):
+    before = digests(runs / "a")
+    result = invoke("rm", runs / "a")
+    assert result.exit_code == 0 and "moved, nothing deleted" in result.output
+    assert not (runs / "a").exists()
+    listing = invoke("restore", "--from", runs)
+    (entry,) = [line.split()[0] for line in listing.output.splitlines()]
+    assert entry.endswith("-a") and invoke("compare", runs, "--format", "csv").output.count("\n") == 3  # b, c
+    back = invoke("restore", "--from", runs, entry)
+    assert back.exit_code == 0 and digests(runs / "a") == before
+
+
+def test_rm_refuses_a_run_being_trained_and_moves_nothing(runs):
+    from mnistctl.run.directory import RunLock
+
+    with RunLock(runs / "b"):  # as a training process holds it
+        result = invoke("rm", runs / "a", runs / "b")
+    assert result.exit_code == 2 and f"{runs / 'b'}: in use by pid" in result.output
+    assert (runs / "a").is_dir() and (runs / "b").is_dir() and not (runs / ".trash").exists()
+
+
+def test_rm_by_filter_and_gc_of_what_is_older(runs):
+    result = invoke("rm", runs, "--filter", "schedule.lr0=0.004")
+    assert result.exit_code == 0 and sorted(p.name for p in runs.iterdir()) == [".trash", "a", "c"]
+    kept = invoke("gc", runs, "--older-than", "1")  # trashed a moment ago: kept
+    assert "nothing to do" in kept.output and len(list((runs / ".trash").iterdir())) == 1
+    dry = invoke("gc", runs, "--dry-run")
+    assert "would be deleted" in dry.output and len(list((runs / ".trash").iterdir())) == 1
+    done = invoke("gc", runs)
+    assert "freed" in done.output and not list((runs / ".trash").iterdir())
+
+
+def test_gc_checkpoints_keeps_best_and_latest_and_the_run_still_evaluates_and_resumes(trained_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run, runs / "run")
+    latest = runs / "run" / "checkpoints" / "latest"
+    assert len(list(latest.glob("*.index"))) == 2  # two kept by training
+    best = sorted(p.name for p in (runs / "run" / "checkpoints" / "best").iterdir())
+    result = invoke("gc", runs, "--checkpoints")
+    assert result.exit_code == 0 and "trimmed" in result.output and "freed" in result.output
+    assert [p.name for p in latest.glob("*.index")] == ["model-60.index"]
+    assert sorted(p.name for p in (runs / "run" / "checkpoints" / "best").iterdir()) == best
+    assert invoke("eval", runs / "run").exit_code == 0
+    resumed = invoke("train", "--resume", runs / "run", "--set", "train.steps=80", "-q")
+    assert resumed.exit_code == 0, resumed.output

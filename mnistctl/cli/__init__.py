@@ -1,5 +1,5 @@
 """The command line, by family: ``train`` (train, reproduce), ``inspect`` (validate, eval,
-compare, plot), ``manage`` (show, diff, tag, note), ``serving`` (export, predict, serve) and
+compare, plot), ``manage`` (show, diff, tag, note, rm, restore, gc), ``serving`` (export, predict, serve) and
 ``data``; ``views`` holds the terminal views (progress, watch) and the signal guard; ``app`` the
 group and the shared options."""
 

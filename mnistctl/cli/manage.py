@@ -91,3 +91,101 @@ def note(run_dir: Path, text: str) -> None:
     load_run(run_dir)
     labels = add_note(run_dir, text)
     out.print(f"{escape(str(run_dir))}: {len(labels.notes)} note(s)")
+
+
+def _said(done, dry_run: bool) -> None:
+    """What rm, restore and gc did (or would do), one line each, then the bytes moved and freed."""
+    from mnistctl.files import human_bytes
+
+    would = "would be " if dry_run else ""
+    for d in done:
+        where = f" -> {d.to}" if d.to else ""
+        out.print(f"{would}{d.what}: {escape(str(d.path))}{escape(where)} ({human_bytes(d.bytes)})")
+    if not done:
+        out.print("nothing to do")
+        return
+    freed = sum(d.bytes for d in done if d.what in ("deleted", "trimmed"))
+    moved = sum(d.bytes for d in done if d.what in ("trashed", "restored"))
+    parts = [f"{human_bytes(moved)} moved, nothing deleted"] if moved else []
+    parts += [f"{human_bytes(freed)} freed"] if freed else []
+    out.print(("would be: " if dry_run else "") + "; ".join(parts))
+
+
+@main.command("rm")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=PATTERN",
+    help="With a folder: the runs in it that match (as compare's --filter), e.g. status=failed.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be moved, and move nothing.")
+def remove(paths: tuple[Path, ...], filters: tuple[str, ...], dry_run: bool) -> None:
+    """Move runs to the trash (.trash/ beside them): nothing is deleted until mnistctl gc, and
+    mnistctl restore brings a run back as it was. A run that is training is refused."""
+    from mnistctl.errors import MnistctlError
+    from mnistctl.run.directory import find_runs, is_run_dir
+    from mnistctl.run.trash import trash
+
+    if not paths:
+        raise click.UsageError("give RUN directories, or a folder with --filter KEY=PATTERN")
+    if filters:
+        from mnistctl.report.compare import compare, filter_rows
+
+        runs = find_runs(list(paths), damaged=[], recursive=True)
+        _, rows = compare(runs) if runs else ([], [])
+        by_name = {run.name: run for run in runs}
+        _, runs = (
+            filter_rows(rows, list(filters), [by_name[row["run"]] for row in rows]) if rows else ([], [])
+        )
+    else:
+        folders = [p for p in paths if p.is_dir() and not is_run_dir(p)]
+        if folders:
+            raise MnistctlError(
+                f"{folders[0]}: a folder of runs; name the runs, or choose some with --filter"
+            )
+        runs = find_runs(list(paths))
+    _said(trash(runs, dry_run), dry_run)
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--from", "folder", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="The runs folder whose trash to look in.")  # fmt: skip
+def restore(names: tuple[str, ...], folder: Path) -> None:
+    """Bring trashed runs back where they were (NAMES as the listing shows them, or paths); with
+    no NAMES, list the trash."""
+    from mnistctl.run.trash import resolve_trashed, size_of, trashed
+    from mnistctl.run.trash import restore as bring_back
+
+    if not names:
+        entries = trashed(folder)
+        for entry in entries:
+            from mnistctl.files import human_bytes
+
+            out.print(f"{escape(entry.name)}  ({human_bytes(size_of(entry))})")
+        if not entries:
+            out.print(f"the trash of {escape(str(folder))} is empty")
+        return
+    _said(bring_back(resolve_trashed(folder, list(names))), False)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path), default=Path("runs"), required=False)
+@click.option("--older-than", "days", type=click.FloatRange(min=0), metavar="DAYS",
+              help="Only what was trashed more than DAYS ago.")  # fmt: skip
+@click.option(
+    "--checkpoints", is_flag=True, help="Also keep only each finished run's best and latest checkpoint."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, and delete nothing.")
+def gc(folder: Path, days: float | None, checkpoints: bool, dry_run: bool) -> None:
+    """Empty FOLDER's trash (default runs/), for good; --checkpoints trims finished runs to
+    their best and latest checkpoints (eval, export and --resume keep working)."""
+    from mnistctl.run.trash import gc as collect
+
+    if not folder.is_dir():
+        from mnistctl.errors import MnistctlError
+
+        raise MnistctlError(f"{folder}: no such runs folder")
+    _said(collect(folder, days, checkpoints, dry_run), dry_run)
