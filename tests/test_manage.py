@@ -168,3 +168,42 @@ def test_gc_checkpoints_keeps_best_and_latest_and_the_run_still_evaluates_and_re
     assert invoke("eval", runs / "run").exit_code == 0
     resumed = invoke("train", "--resume", runs / "run", "--set", "train.steps=80", "-q")
     assert resumed.exit_code == 0, resumed.output
+
+
+def compare_at(width: int, *args) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": str(width)}
+    result = subprocess.run([sys.executable, "-m", "mnistctl", "compare", *map(str, args)], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _settings(lr: float, batch: int, every: int):
+    def edit(text: str) -> str:
+        text = text.replace("lr0: 0.003", f"lr0: {lr}").replace("batch_size: 50", f"batch_size: {batch}")
+        return text.replace("eval_every: 10", f"eval_every: {every}")
+
+    return edit
+
+
+def test_compare_keeps_what_differs_at_80_columns_and_every_column_asked_for(tmp_path):
+    runs = tmp_path / "runs"
+    settings = [(0.003, 50, 10), (0.004, 50, 10), (0.003, 100, 10), (0.003, 50, 5), (0.005, 100, 5)]
+    for i, values in enumerate(settings):  # five runs that differ in three keys
+        shutil.copytree(OLD_RUN, runs / f"run-{i}")
+        rewrite_config(runs / f"run-{i}", _settings(*values))
+    table = compare_at(80, runs)
+    header = table.splitlines()[0].split()
+    assert {"lr0", "batch_size", "eval_every"} <= set(header), table
+    assert max(len(line) for line in table.splitlines()) <= 80
+    assert len(header) == len(set(header))  # no two columns headed alike
+    asked = ["run", "status", "steps", "best_test_accuracy", "best_step", "max_test_accuracy",
+             "final_test_accuracy", "wall_s", "parameters", "schedule.lr0"]  # fmt: skip
+    wide = compare_at(60, runs, "--columns", ",".join(asked))  # wider than 60: all of them, wrapped
+    assert wide.splitlines()[0].split() == ["run", "status", "steps", "best", "at", "step", "max", "test",
+                                            "final", "test", "wall", "s", "parameters", "lr0"]  # fmt: skip
+    assert compare_at(80, runs, "--sort", "best", "--reverse").splitlines()[1].startswith("run-")

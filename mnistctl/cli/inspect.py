@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -265,6 +266,8 @@ def compare(
         )
     if sort_key is None and len(paths) == 1 and is_sweep_dir(paths[0]):
         sort_key, reverse = ranking_column(paths[0]), True
+    if sort_key is not None:  # the header's word is accepted too: --sort best
+        sort_key = {header: column for column, header in HEADERS.items()}.get(sort_key, sort_key)
     names, rows = compare_runs(runs, sort_key, reverse)
     by_name = {run.name: run for run in runs}
     ordered = [by_name[row["run"]] for row in rows]
@@ -292,14 +295,28 @@ def compare(
     cells = [[cell(row.get(c), c) for c in names] for row in rows]
     labels = short_keys([c for c in names if "." in c])  # config keys: lr0, layers[0].filters
     headers = [HEADERS.get(c) or labels.get(c, c) for c in names]
+    headers = [h if headers.count(h) == 1 else c for h, c in zip(headers, names, strict=True)]  # name, name
     widths = [max(len(h), *(len(r[i]) for r in cells)) + 3 for i, h in enumerate(headers)]
-    shown, left_out = fit_columns(names, widths, out.width - 1)
+    # When the terminal is narrow, what differs between the runs stays and what they share goes
+    # first; columns asked for by name are all shown (the terminal wraps the lines instead).
+    differs = [i for i in range(1, len(names)) if len({line[i] for line in cells}) > 1]
+    priority = [0, *differs, *(i for i in range(1, len(names)) if i not in differs)]
+    if columns:
+        keep, left_out = priority, []
+    else:
+        fitted, _ = fit_columns(priority, [widths[i] for i in priority], out.width - 1)
+        keep, left_out = fitted, [names[i] for i in priority if i not in fitted]
+    shown = sorted(keep)  # in the table's own order
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name, header in zip(shown, headers, strict=False):
-        table.add_column(escape(header), no_wrap=True, justify="right" if _numeric(rows, name) else "left")
+    for i in shown:
+        table.add_column(
+            escape(headers[i]), no_wrap=True, justify="right" if _numeric(rows, names[i]) else "left"
+        )
     for row_cells in cells:
-        table.add_row(*(escape(c) for c in row_cells[: len(shown)]))
-    out.print(table)
+        table.add_row(*(escape(row_cells[i]) for i in shown))
+    wide = sum(widths[i] for i in shown)
+    console = out if wide <= out.width else Console(file=out.file, width=wide, highlight=False, emoji=False)
+    console.print(table)
     if left_out:
         note += (
             f"{len(left_out)} columns left out to fit the terminal: {', '.join(left_out)} "
