@@ -117,6 +117,10 @@ PLUMBING_MODULES = {
     "test_sweep_life",
     "test_install",
     "test_safe_reading",
+    "test_jobs",
+    "test_manage",
+    "test_queue",
+    "test_provenance",
 }
 
 
