@@ -71,6 +71,8 @@ def describe() -> dict[str, object]:
     """The machine as a run records it: ``{"processor": "AMD EPYC", "family": "Zen 5", ...}``."""
     vendor = _cpuinfo("vendor_id") or ""
     family = _AMD_FAMILIES.get(_cpuinfo("cpu family") or "") if vendor == "AuthenticAMD" else None
+    if family == "Zen 3/Zen 4":  # one family number; Zen 4 brought AVX-512, Zen 3 has none
+        family = "Zen 4" if "avx512f" in cpu_flags() else "Zen 3"
     return {
         "platform": platform.platform(),
         "processor": cpu_model(),

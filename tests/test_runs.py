@@ -107,8 +107,10 @@ def test_a_machine_summary_names_what_decides_the_kernels(tmp_path, monkeypatch)
     )
     described = machine.describe()
     assert described["vector"] == ["AVX2"] and described["bfloat16"] is False
-    assert machine.summary(described).startswith("AMD EPYC (Zen 3/Zen 4), ")
+    assert machine.summary(described).startswith("AMD EPYC (Zen 3), ")  # family 25 without AVX-512
     assert machine.summary(described).endswith(" cores, AVX2, no AMX")
+    info.write_text(info.read_text().replace("avx2 fma", "avx2 fma avx512f avx512_bf16"))
+    assert machine.describe()["family"] == "Zen 4"
     info.write_text(
         "vendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t: avx2 avx512f avx512_bf16 amx_bf16\n"
     )
