@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -132,7 +133,7 @@ def test_watch_of_a_path_that_is_not_there_is_one_line(tmp_path):
     )
 
 
-def test_train_live_serves_the_run_while_it_trains_and_stops_with_it(mnist_cache, tmp_path):
+def test_train_live_serves_the_run_while_it_trains_and_after_until_ctrl_c(mnist_cache, tmp_path):
     port = free_port()
     command = [sys.executable, "-m", "mnistctl", "train", str(CONFIGS / "tiny.yaml"), "--live", "--port",
                str(port), "--runs-dir", str(tmp_path), "--quiet", "--set", "train.steps=400"]  # fmt: skip
@@ -140,21 +141,49 @@ def test_train_live_serves_the_run_while_it_trains_and_stops_with_it(mnist_cache
     url = f"http://127.0.0.1:{port}"
     wait_for(url + "/api/runs", process)
     seen = []
-    while process.poll() is None:
-        try:
-            status, index = get(url + "/api/runs")
-        except OSError:  # the page stopped with the training; the process is ending
-            continue
+    deadline = time.monotonic() + 180
+    while not seen or seen[-1][0] != "completed":  # the page goes on after the training ends
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        status, index = get(url + "/api/runs")
         if status == 200:
             (run,) = index["runs"]
             seen.append((run["status"], run["steps"]))
         time.sleep(0.3)
-    _, err = process.communicate()
-    assert process.returncode == 0, err
-    assert f"live page: http://127.0.0.1:{port}/" in err
     assert any(status == "running" and 0 < steps < 400 for status, steps in seen), seen  # live, mid-run
-    with pytest.raises(OSError):  # the page went with the training process
+    assert seen[-1] == ("completed", 400)  # the last evaluation and "completed" arrived
+    time.sleep(1)
+    assert process.poll() is None and get(url + "/api/runs")[0] == 200  # still serving, finished
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"live page: http://127.0.0.1:{port}/" in err and "the live page still shows it" in err
+    with pytest.raises(OSError):  # Ctrl-C stopped the page too
         urllib.request.urlopen(url + "/api/runs", timeout=2)
+
+
+def test_the_page_of_a_killed_training_goes_with_it_and_a_port_held_by_a_page_says_so(mnist_cache, tmp_path):
+    port = free_port()
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "mnistctl", "train", str(CONFIGS / "tiny.yaml"), "--live", "--port",
+               str(port), "--runs-dir", str(runs), "--quiet", "--set", "train.steps=100000"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(url + "/api/runs", process)
+    second = subprocess.run(
+        [*command[:-2], "--set", "train.steps=10"], capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 2, second.stderr
+    assert "mnistctl's live page of " + str(runs) in second.stderr  # whose page holds the port
+    process.kill()  # SIGKILL: nothing of the training runs again, the page must notice alone
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/runs", timeout=1)
+        except OSError:
+            break  # gone: the port is free for the next train --live
+        assert time.monotonic() < deadline, "the page outlived its training"
+        time.sleep(0.2)
 
 
 def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):

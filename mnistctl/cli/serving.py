@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from mnistctl.cli.app import data_dir_option, err, loading_tensorflow, main, out, top_option
+from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json
 
 
@@ -190,7 +191,10 @@ def _announce_routes(host: str, port: int, max_batch: int) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8502, show_default=True)
 @data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool) -> None:
+@click.option(
+    "--exit-with", "parent", type=int, hidden=True, help="Stop when the process PID is gone (train --live)."
+)
+def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool, parent: int | None) -> None:
     """Watch PATH - a run directory, a sweep or a directory of runs - learn, on a local page:
     the walk-through's six panels for a run, every run's curve for a folder. Reads only the
     files, so it works on a run another process (or machine) is training. No TensorFlow."""
@@ -200,7 +204,50 @@ def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool) 
     from mnistctl.serving.live import create_live_app
 
     app = create_live_app(path, data_dir=data_dir)  # a wrong path is one line, before binding
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except MnistctlError as error:
+        raise MnistctlError(f"{error}{whose_page(host, port)}") from None
     if not quiet:
         out.print(f"watching {escape(str(path))} on http://{host}:{port}/  (Ctrl-C stops)")
+    if parent is not None:
+        _exit_with(parent)
     uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+
+
+def whose_page(host: str, port: int) -> str:
+    """When a port is taken by a live page of mnistctl's own, which one (so it can be stopped)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/api/runs",
+                                    timeout=2) as answer:  # fmt: skip
+            watched = json.loads(answer.read(1 << 20)).get("path")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f": mnistctl's live page of {watched} is there; stop it, or give --port another" if watched else ""
+
+
+def _exit_with(parent: int) -> None:
+    """Stop this server (as SIGTERM does) once ``parent`` is gone: a page never outlives the
+    training it was started for, even one killed with SIGKILL."""
+    import signal
+    import threading
+    import time
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+            if os.getppid() != parent:  # re-parented: the training process is gone
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watchdog, daemon=True, name="exit-with-parent").start()

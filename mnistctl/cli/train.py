@@ -91,15 +91,21 @@ def train(
         with RunLock(resume):  # trained by another process: "in use by pid ..."
             check_resume(resume, overrides=overrides, config=config, force=force)
     if live:
+        from mnistctl.cli.serving import whose_page
+        from mnistctl.errors import MnistctlError
         from mnistctl.serving.listen import bind
 
-        bind("127.0.0.1", port).close()  # a taken port is one line now, not after the data loads
+        try:
+            bind("127.0.0.1", port).close()  # a taken port is one line now, not after the data loads
+        except MnistctlError as error:
+            raise MnistctlError(f"{error}{whose_page('127.0.0.1', port)}") from None
     with loading_tensorflow():
         from mnistctl.run.experiment import resume_experiment, run_experiment
 
     redraw = redraw or watch_alias
     hooks: list[Hook] = [ProgressView(out, quiet)] + ([RedrawView(redraw)] if redraw else [])
-    hooks += [LivePage(port, err)] if live else []
+    page = LivePage(port, err) if live else None
+    hooks += [page] if page else []
     common = dict(data_dir=data_dir, extra_hooks=hooks, log=logger(quiet))
     with StopOnSignal() as stop:
         if resume is None:
@@ -111,11 +117,15 @@ def train(
             )
     _report(run)
     if run.record.status is Status.INTERRUPTED:
+        if page:
+            page.stop()
         err.print(
             f"[yellow]interrupted[/] at step {run.record.steps_done}; continue with: "
             f"mnistctl train --resume {run.path}"
         )
         sys.exit(stop.exit_code)
+    if page:
+        page.keep_serving(run.record.status)
 
 
 def _rerun_of(config: Path | None) -> Path | None:

@@ -3,6 +3,7 @@ dashboard redraw (a hook), and the guard that turns Ctrl-C into a clean stop."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -160,28 +161,37 @@ class RedrawView(Hook):
 
 
 class LivePage(Hook):
-    """``train --live``: ``mnistctl watch RUN_DIR`` in a process of its own for as long as the
-    run trains, so that serving the page takes nothing from the training process."""
+    """``train --live``: ``mnistctl watch RUN_DIR`` in a process of its own, so that serving the
+    page takes nothing from the training process. It outlives the training on purpose (the page
+    shows the finished run until Ctrl-C: ``keep_serving``), never the training's process: it
+    exits by itself when this process is gone (``--exit-with``), however that ends."""
 
     def __init__(self, port: int, console: Console) -> None:
         self.port, self.console = port, console
         self.process: subprocess.Popen | None = None
 
     def begin(self, ctx: TrainContext) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "mnistctl",
-            "watch",
-            str(ctx.run_dir),
-            "--port",
-            str(self.port),
-            "--quiet",
-        ]
+        command = [sys.executable, "-m", "mnistctl", "watch", str(ctx.run_dir), "--port", str(self.port),
+                   "--quiet", "--exit-with", str(os.getpid())]  # fmt: skip
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        self.console.print(f"live page: http://127.0.0.1:{self.port}/  (while it trains)")
+        self.console.print(f"live page: http://127.0.0.1:{self.port}/")
 
-    def end(self, ctx: TrainContext, status: Status) -> None:
+    def keep_serving(self, status: Status) -> None:
+        """After training: the page goes on showing the finished run until Ctrl-C."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.console.print(
+            f"training {status}; the live page still shows it at http://127.0.0.1:{self.port}/ "
+            "(Ctrl-C stops it)"
+        )
+        try:
+            self.process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
