@@ -9,6 +9,13 @@ import numpy as np
 from PIL import Image
 
 WRONG = np.array([0.85, 0.1, 0.1])  # the background of a misrecognised digit, as in the talk
+# The one way a digit's labels are written, on the dashboard, the gallery and the live page:
+# the prediction alone when it is right, "true→predicted" when it is not.
+CONVENTION = "the prediction under each digit; a mistake as true→predicted, in red"
+
+
+def digit_label(true: int, predicted: int) -> str:
+    return str(predicted) if true == predicted else f"{true}→{predicted}"
 
 
 def mosaic(images: np.ndarray, wrong: np.ndarray, columns: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from mnistctl.cli import main, sparkline
 
 from .conftest import CONFIGS
+from .test_runs import OLD_RUN
 
 
 def invoke(*args):
@@ -189,3 +190,50 @@ def test_sparkline():
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
     assert sparkline([1, 1, 1]) == "▁▁▁"
     assert sparkline([]) == ""
+
+
+def _write_metrics(run, accuracy) -> None:
+    """A metrics.csv whose accuracies follow ``accuracy(step)`` (train a little above test)."""
+    import csv
+
+    from mnistctl.train.events import FIELDS
+
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for step in range(100, 2001, 100):
+            values = {"step": step, "train_accuracy": accuracy(step) + 0.002, "test_accuracy": accuracy(step),
+                      "validation_accuracy": accuracy(step), "train_loss": 0.3, "test_loss": 0.3}  # fmt: skip
+            writer.writerow({k: 0 for k in FIELDS} | values)
+
+
+def test_the_dashboards_accuracy_axis_is_fitted_to_the_run(tmp_path):
+    """The talk's first model (softmax, ~0.92) fills its panel; the 99% line only when in range."""
+    from mnistctl.report.plots import dashboard
+    from mnistctl.run.directory import load_run
+
+    models = {"softmax": lambda s: 0.90 + 0.025 * s / 2000, "record": lambda s: 0.985 + 0.01 * s / 2000}
+    for name, accuracy in models.items():
+        run = tmp_path / name
+        shutil.copytree(OLD_RUN, run)
+        _write_metrics(run, accuracy)
+        (ax,) = [a for a in dashboard(load_run(run)).axes if a.get_title() == "accuracy"]
+        low, high = ax.get_ylim()
+        spread = accuracy(2000) + 0.002 - accuracy(200)
+        assert low <= accuracy(200) and high >= accuracy(2000) + 0.002  # every curve in view
+        assert spread / (high - low) > 0.5, (low, high)  # and filling the panel, not squashed
+        flat = [
+            line for line in ax.get_lines() if len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2
+        ]
+        assert any(abs(line.get_ydata()[0] - 0.99) < 1e-9 for line in flat) == (name == "record")
+
+
+def test_one_label_convention_on_the_dashboard_the_gallery_and_the_live_page():
+    from importlib import resources
+
+    from mnistctl.digits import digit_label
+
+    assert digit_label(7, 7) == "7" and digit_label(7, 1) == "7→1"  # true→predicted
+    page = resources.files("mnistctl").joinpath("static/live.html").read_text()
+    assert "`${panel.labels[k]}→${panel.predicted[k]}`" in page  # the page writes it the same way
+    assert "(${panel.labels[k]})" not in page

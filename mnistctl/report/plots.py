@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mnistctl.dataset import load_experiment_data
-from mnistctl.digits import mosaic
+from mnistctl.digits import digit_label, mosaic
 from mnistctl.errors import MnistctlError
 from mnistctl.report.compare import compare
 from mnistctl.run.directory import DISTRIBUTIONS_FILE, METRICS_FILE, Run
@@ -74,7 +74,7 @@ def dashboard(run: Run) -> Figure:
             data.test_images[:count],
             data.test_labels[:count],
             predictions["predictions"][:count],
-            f"{count} test digits at step {int(predictions['step'])}: misrecognised first",
+            f"{count} test digits at step {int(predictions['step'])}, true→predicted",
             columns=40 if count >= 400 else 20,
             label_all=False,
         )
@@ -89,9 +89,11 @@ def _accuracy_panel(
     test = np.array([r["test_accuracy"] for r in rows])
     ax.plot(steps, train, color=TRAIN_COLOR, lw=1.2, label="train (mini-batches)")
     ax.plot(steps, test, color=TEST_COLOR, lw=1.6, label="test")
+    curves = [train, test]
     if metric == "validation_accuracy":
         validation = np.array([r["validation_accuracy"] for r in rows])
         ax.plot(steps, validation, color=VALIDATION_COLOR, lw=1.2, label="validation")
+        curves.append(validation)
     if best is not None:  # the run's best evaluation: its checkpoint is what eval and export use
         chosen = "by validation" if metric == "validation_accuracy" else "by test"
         ax.plot(
@@ -102,11 +104,12 @@ def _accuracy_panel(
             ms=6,
             label=f"best ({chosen}): test {best['test_accuracy']:.4f} @ {int(best['step'])}",
         )
-    ax.axhline(0.99, color="gray", ls="--", lw=0.8, label="99%")
-    tail = test[len(test) // 10 :] if len(test) > 10 else test
-    ax.set_ylim(max(0.0, min(0.9, float(tail.min()) - 0.01)), 1.0)
+    low, high = accuracy_range(curves)
+    if low <= 0.99 <= high:  # the walk-through's goal, where it is in sight
+        ax.axhline(0.99, color="gray", ls="--", lw=0.8, label="99%")
+    ax.set_ylim(low, high)
     ax.set(title="accuracy", xlabel="step")
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     ax.grid(alpha=0.3)
 
 
@@ -145,6 +148,19 @@ def _empty(ax: Axes, text: str) -> None:
     ax.set_axis_off()
 
 
+def accuracy_range(curves: list[np.ndarray]) -> tuple[float, float]:
+    """An accuracy axis fitted to the run: every curve after its first tenth (the climb from
+    chance would squash the rest), with a margin, within [0, 1] - softmax's 0.92 and the
+    record's 0.995 each fill their panel."""
+    tails = [c[len(c) // 10 :] if len(c) > 10 else c for c in curves]
+    values = np.concatenate([t[np.isfinite(t)] for t in tails]) if tails else np.array([])
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    pad = max(0.004, (high - low) * 0.12)
+    return max(0.0, low - pad), min(1.0 + 1e-9, high + pad)
+
+
 def order_wrong_first(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """Indices with the misrecognised digits first, each group in its original order."""
     wrong = labels != predictions
@@ -168,7 +184,7 @@ def _digit_grid(
     for i in range(len(images)):
         if label_all or wrong[i]:
             r, c = divmod(i, columns)
-            text = f"{predictions[i]}" if not wrong[i] else f"{labels[i]}→{predictions[i]}"
+            text = digit_label(labels[i], predictions[i])
             # Inside the image, so constrained layout need not measure them (hundreds of texts).
             ax.text(c * 30 + 28, r * 30 + 28, text, color="yellow", fontsize=size, ha="right", va="bottom",
                     in_layout=False)  # fmt: skip
@@ -260,12 +276,15 @@ def gallery(
     rows = max(1, -(-len(shown) // columns))
     fig = Figure(figsize=(columns * 0.9, rows * 1.05 + 0.6))
     axes = fig.subplots(rows, columns, squeeze=False)
-    fig.suptitle(f"{len(wrong)} misrecognised test digits (true → predicted, confidence)", fontsize=12)
+    more = f", the first {len(shown)} shown" if len(shown) < len(wrong) else ""
+    fig.suptitle(f"{len(wrong)} misrecognised test digits{more} (true→predicted, confidence)", fontsize=12)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, i in zip(axes.ravel(), shown, strict=False):
         ax.imshow(images[i], cmap="gray_r", interpolation="nearest")
-        ax.set_title(f"{labels[i]}→{predictions[i]} {confidence[i]:.0%}", fontsize=7, color="#b00")
+        ax.set_title(
+            f"{digit_label(labels[i], predictions[i])} {confidence[i]:.0%}", fontsize=7, color="#b00"
+        )
     return fig
 
 
@@ -354,19 +373,19 @@ def sweep_figure(sweep_dir: Path) -> Figure:
     for spine in ("top", "right", "left"):
         coords.spines[spine].set_visible(False)
     column = metric
+    drawn: list[np.ndarray] = []
     for i, row in reversed(list(enumerate(rows))):
         metrics = read_metrics(Path(row["run"]) / METRICS_FILE)
         steps = [m["step"] for m in metrics]
         label = f"{row['trial']} ({row[metric]:.4f})" if i < 5 else None
-        curves.plot(
-            steps, [m[column] for m in metrics], color=colours[i], lw=2.2 if i == 0 else 1.0, label=label
-        )
+        drawn.append(np.array([m[column] for m in metrics], dtype=float))
+        curves.plot(steps, drawn[-1], color=colours[i], lw=2.2 if i == 0 else 1.0, label=label)
     curves.set(title=f"{metric} of every trial", xlabel="step")
-    tail = np.percentile(values, 10)
-    curves.set_ylim(max(0.0, min(0.9, tail - 0.02)), min(1.0, high + 0.01))
+    curves.set_ylim(*accuracy_range(drawn))  # every trial's curve in view, the weakest too
     curves.grid(alpha=0.3)
     handles, labels = curves.get_legend_handles_labels()
-    curves.legend(handles[::-1], labels[::-1], loc="lower right", fontsize=8, title="the 5 best")
+    best = "the best" if len(handles) == 1 else f"the {len(handles)} best"
+    curves.legend(handles[::-1], labels[::-1], loc="best", fontsize=8, title=best)
     return fig
 
 
