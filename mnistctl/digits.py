@@ -11,7 +11,7 @@ from PIL import Image
 WRONG = np.array([0.85, 0.1, 0.1])  # the background of a misrecognised digit, as in the talk
 # The one way a digit's labels are written, on the dashboard, the gallery and the live page:
 # the prediction alone when it is right, "true→predicted" when it is not.
-CONVENTION = "the prediction under each digit; a mistake as true→predicted, in red"
+CONVENTION = "the prediction under each; a mistake as true→predicted, on red"
 
 
 def digit_label(true: int, predicted: int) -> str:

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mnistctl.dataset import load_experiment_data
-from mnistctl.digits import digit_label, mosaic
+from mnistctl.digits import CONVENTION, digit_label, mosaic
 from mnistctl.errors import MnistctlError
 from mnistctl.report.compare import compare
 from mnistctl.run.directory import DISTRIBUTIONS_FILE, METRICS_FILE, Run
@@ -74,10 +74,11 @@ def dashboard(run: Run) -> Figure:
             data.test_images[:count],
             data.test_labels[:count],
             predictions["predictions"][:count],
-            f"{count} test digits at step {int(predictions['step'])}, true→predicted",
+            f"{count} test digits at step {int(predictions['step'])}: misrecognised first",
             columns=40 if count >= 400 else 20,
             label_all=False,
         )
+        fig.text(0.99, 0.005, f"digits: {CONVENTION}", ha="right", va="bottom", fontsize=9, color="#444")
     return fig
 
 
