@@ -57,6 +57,10 @@ def test_dashboard_png_has_six_panels_of_real_data(trained_run, tmp_path):
     assert "weights: percentiles over time" in titles and "biases: percentiles over time" in titles
     assert any("misrecognised first" in t and "test digits" in t for t in titles)
     assert any("last training batch" in t for t in titles)
+    (digits,) = [ax for ax in figure.axes if "test digits" in ax.get_title()]
+    width = digits.get_window_extent().width  # pixels at the PNG's 100 dpi
+    assert width / 10 >= 20  # ten to a row, each digit at least 20 px: legible
+    assert digits.get_images()[0].get_array().shape[:2] == (300, 300)  # a hundred of them
 
 
 @pytest.mark.parametrize("suffix", [".svg", ".html"])

@@ -68,18 +68,27 @@ def dashboard(run: Run) -> Figure:
             columns=10,
             label_all=True,
         )
-        count = min(1000, len(data.test_images))
+        # A hundred test digits, big enough to read (each over 30 pixels): the misrecognised ones
+        # of the whole test set first, then correctly read ones.
+        tested = predictions["predictions"]
+        shown = order_wrong_first(data.test_labels, tested)[:SHOWN_TEST_DIGITS]
+        wrong = int((data.test_labels != tested).sum())
+        which = f"misrecognised first ({wrong:,} in all)"
         _digit_grid(
             axes[1, 2],
-            data.test_images[:count],
-            data.test_labels[:count],
-            predictions["predictions"][:count],
-            f"{count} test digits at step {int(predictions['step'])}: misrecognised first",
-            columns=40 if count >= 400 else 20,
-            label_all=False,
+            data.test_images[shown],
+            data.test_labels[shown],
+            tested[shown],
+            f"{len(shown)} of {len(tested):,} test digits at step {int(predictions['step'])}\n{which}",
+            columns=10,
+            label_all=True,
+            count_wrong=False,
         )
         fig.text(0.99, 0.005, f"digits: {CONVENTION}", ha="right", va="bottom", fontsize=9, color="#444")
     return fig
+
+
+SHOWN_TEST_DIGITS = 100  # ten rows of ten: each digit legible in the PNG
 
 
 def _accuracy_panel(
@@ -176,6 +185,7 @@ def _digit_grid(
     title: str,
     columns: int,
     label_all: bool,
+    count_wrong: bool = True,
 ) -> None:
     order = order_wrong_first(labels, predictions)
     images, labels, predictions = images[order], labels[order], predictions[order]
@@ -189,7 +199,7 @@ def _digit_grid(
             # Inside the image, so constrained layout need not measure them (hundreds of texts).
             ax.text(c * 30 + 28, r * 30 + 28, text, color="yellow", fontsize=size, ha="right", va="bottom",
                     in_layout=False)  # fmt: skip
-    ax.set_title(f"{title} ({int(wrong.sum())} wrong)", fontsize=10)
+    ax.set_title(f"{title} ({int(wrong.sum())} wrong)" if count_wrong else title, fontsize=10)
     ax.set_axis_off()
 
 
