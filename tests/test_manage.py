@@ -43,6 +43,15 @@ def test_tags_are_added_removed_shown_and_filtered(runs):
     assert best.output.split()[1:] == ["b"]
     both = invoke("compare", runs, "--filter", "tag=base*", "--format", "csv", "--columns", "run")
     assert both.output.split()[1:] == ["a", "b"]
+    from mnistctl.serving.live import create_live_app
+
+    app = create_live_app(runs)
+    (listing,) = [r.endpoint for r in app.routes if getattr(r, "path", "") == "/api/runs"]
+    assert {r["name"]: r["tags"] for r in listing()["runs"]} == {
+        "a": ["baseline", "v1"],
+        "b": ["baseline", "best"],
+        "c": [],
+    }
 
 
 @pytest.mark.parametrize("args", [["+bad tag"], ["+"], []])

@@ -241,3 +241,28 @@ def test_one_label_convention_on_the_dashboard_the_gallery_and_the_live_page():
     page = resources.files("mnistctl").joinpath("static/live.html").read_text()
     assert "`${panel.labels[k]}→${panel.predicted[k]}`" in page  # the page writes it the same way
     assert "(${panel.labels[k]})" not in page
+
+
+def test_a_fashion_gallery_says_items_and_names_the_classes_and_its_run():
+    from mnistctl.data import get_spec
+    from mnistctl.report.plots import gallery
+
+    classes = list(get_spec("fashion").classes)
+    labels = np.array([0, 1, 2, 3] * 60)
+    predictions = (labels + 1) % 10  # every one wrong: 240, of which 200 are drawn
+    figure = gallery(
+        np.zeros((240, 28, 28)), labels, predictions, np.full(240, 0.5), classes, "runs/f at step 9"
+    )
+    title = figure._suptitle.get_text()
+    assert "runs/f at step 9" in title and "240 misrecognised test items, the first 200 shown" in title
+    names = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert names[0].startswith(f"{classes[0]}→") and classes[1] in names[0]
+    digits = gallery(
+        np.zeros((4, 28, 28)),
+        np.array([1, 2, 3, 4]),
+        np.array([1, 7, 3, 4]),
+        np.ones(4),
+        [str(d) for d in range(10)],
+    )
+    assert "1 misrecognised test digits" in digits._suptitle.get_text()
+    assert [ax.get_title() for ax in digits.axes if ax.get_title()] == ["2→7 100%"]

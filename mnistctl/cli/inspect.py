@@ -160,7 +160,8 @@ def eval_(
         from mnistctl.report import plots
 
         if gallery is not None:
-            figure = plots.gallery(report.images, report.labels, report.predictions, report.confidence)
+            figure = plots.gallery(report.images, report.labels, report.predictions, report.confidence,
+                                   report.classes, f"{report.run} at step {report.step}")  # fmt: skip
             err.print(f"gallery: {plots.save(figure, gallery)}")
         if confusion is not None:
             figure = plots.confusion_figure(np.array(report.confusion), report.classes)

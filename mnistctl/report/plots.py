@@ -278,24 +278,38 @@ def _differences_table(fig: Figure, runs: list[Run], rows: list[dict], keys: lis
 
 
 def gallery(
-    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, confidence: np.ndarray
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    confidence: np.ndarray,
+    classes: list[str] | None = None,
+    run: str = "",
 ) -> Figure:
-    """The misrecognised digits, each with its true label, the prediction and its probability."""
+    """The misrecognised images, each with its true class, the prediction and its probability:
+    digits, or for Fashion-MNIST items named by their classes (``classes``), titled with the run."""
+    names = classes if classes and any(not c.isdigit() for c in classes) else None
+    what = "digits" if names is None else "items"
     wrong = np.flatnonzero(labels != predictions)
     shown = wrong[:200]
-    columns = 20
+    columns = 20 if names is None else 10
     rows = max(1, -(-len(shown) // columns))
-    fig = Figure(figsize=(columns * 0.9, rows * 1.05 + 0.6))
+    fig = Figure(figsize=(columns * (0.9 if names is None else 1.6), rows * 1.05 + 0.8))
     axes = fig.subplots(rows, columns, squeeze=False)
     more = f", the first {len(shown)} shown" if len(shown) < len(wrong) else ""
-    fig.suptitle(f"{len(wrong)} misrecognised test digits{more} (true→predicted, confidence)", fontsize=12)
+    of = f"{run}: " if run else ""
+    fig.suptitle(
+        f"{of}{len(wrong)} misrecognised test {what}{more} (true→predicted, confidence)", fontsize=12
+    )
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, i in zip(axes.ravel(), shown, strict=False):
         ax.imshow(images[i], cmap="gray_r", interpolation="nearest")
-        ax.set_title(
-            f"{digit_label(labels[i], predictions[i])} {confidence[i]:.0%}", fontsize=7, color="#b00"
+        label = (
+            digit_label(labels[i], predictions[i])
+            if names is None
+            else f"{names[labels[i]]}→\n{names[predictions[i]]}"
         )
+        ax.set_title(f"{label} {confidence[i]:.0%}", fontsize=7, color="#b00")
     return fig
 
 

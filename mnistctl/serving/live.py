@@ -34,6 +34,7 @@ from mnistctl.run.directory import (
     is_run_dir,
     load_run,
 )
+from mnistctl.run.labels import read_labels
 from mnistctl.run.tail import MetricsTail
 from mnistctl.run.writers import latest_predictions, read_distributions, read_metrics
 
@@ -106,6 +107,7 @@ def run_summary(run: Run, tail: MetricsTail | None = None) -> dict[str, Any]:
         "metric": metric,
         "curve": [[int(r["step"]), _finite(r[metric])] for r in rows],
         "best": {"step": int(best["step"]), "value": _finite(best[metric])} if best else None,
+        "tags": list(read_labels(run.path).tags),
     }
 
 
