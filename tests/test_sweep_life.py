@@ -217,3 +217,48 @@ def test_an_interrupted_reproduction_on_ray_says_so_and_continues(mnist_cache, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 finished runs" in again.stdout
     assert all(len(load_run(p).record.resumes) == 1 for p in made)  # continued, not restarted
+
+
+def test_two_sweeps_made_at_the_same_moment_with_one_name_the_second_is_refused(
+    tmp_path, write_config, monkeypatch
+):
+    from mnistctl.many import sweep_dir
+    from mnistctl.many.sweep import SweepError, load_sweep
+
+    sweep = load_sweep(
+        write_config(
+            f"base: {TINY}\nset: {{data.validation: 200}}\nspace: {{train.seed: {{grid: [0, 1]}}}}\n",
+            "s.yaml",
+        )
+    )
+    real = os.rename
+
+    def the_other_driver_first(source, target):  # it renamed its own staged directory a moment ago
+        Path(target).mkdir()
+        (Path(target) / "sweep.yaml").write_text("theirs")
+        real(source, target)
+
+    monkeypatch.setattr(sweep_dir.os, "rename", the_other_driver_first)
+    with pytest.raises(SweepError, match="made a moment ago by another sweep"):
+        sweep_dir.make_sweep_dir(sweep, tmp_path / "runs")
+    assert (tmp_path / "runs" / "s" / "sweep.yaml").read_text() == "theirs"  # theirs untouched
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s"]  # and no staging left
+
+
+def test_a_double_ctrl_c_leaves_the_trials_interrupted_with_the_way_to_continue(mnist_cache, tmp_path):
+    runs = tmp_path / "runs"
+    process = subprocess.Popen(
+        sweep_command(TINY, "--grid", "train.seed=0,1", *SLOW, "--runs-dir", str(runs), "--name", "twice"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    sweep_dir = runs / "twice"
+    wait_for_rows(sweep_dir / "trial-00000", 2, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)  # the second: stop at once
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert f"continue with: mnistctl sweep --resume {sweep_dir}" in stderr.replace("\n", "")
+    assert "Traceback" not in stderr, stderr
+    statuses = {load_run(p).record.status for p in sweep_dir.glob("trial-*")}
+    assert statuses and statuses <= {Status.INTERRUPTED, Status.COMPLETED}, statuses  # never "stopped"

@@ -68,11 +68,13 @@ def run_entries(runs_dir: Path, max_concurrent: int | None, address: str | None,
     from mnistctl.cli.views import ProgressView, StopOnSignal
     from mnistctl.many.jobs import OnRay
     from mnistctl.many.queue import pending, run_queue
+    from mnistctl.many.ray_session import stop_ray
 
     on_ray = OnRay(address, max_concurrent, group="queue", quiet=quiet) if max_concurrent or address else None
     with StopOnSignal() as stop:
         trained = run_queue(runs_dir, on_ray=on_ray, extra_hooks=[ProgressView(out, True)],
                             log=logger(quiet), should_stop=stop)  # fmt: skip
+        stop_ray()
     out.print(f"{len(trained)} run(s) finished: {escape(', '.join(trained)) or '-'}")
     left = pending(runs_dir)
     if stop() or left:

@@ -224,6 +224,8 @@ def reproduce(
     overrides = (*overrides, f"data.dataset={dataset}")
     for path in paths:  # every config is checked before the first (long) run starts
         check_machine(load_config(path, overrides), str(path))
+    from mnistctl.many.ray_session import stop_ray
+
     with StopOnSignal() as stop:
         rows = run_reproduction(
             paths,
@@ -238,6 +240,7 @@ def reproduce(
             if max_concurrent or address
             else None,
         )
+        stop_ray()
     table = Table(title=f"{len(rows)} finished runs (see {docs_dir / 'RESULTS.md'})", title_justify="left")
     columns = ("config", "seed", "max_test_accuracy", "final_test_accuracy", "wall_s")
     for column in columns:
@@ -307,16 +310,20 @@ def sweep(
     else:
         plan = sweeps.grid_sweep(source, grids, overrides, logger(quiet), name)
     from mnistctl.many.engine import run_sweep
+    from mnistctl.many.ray_session import stop_ray
 
-    outcome = run_sweep(
-        plan,
-        runs_dir=runs_dir,
-        sweep_dir=resume,
-        address=address,
-        max_concurrent=max_concurrent,
-        data_dir=data_dir,
-        quiet=quiet,
-    )
+    try:
+        outcome = run_sweep(
+            plan,
+            runs_dir=runs_dir,
+            sweep_dir=resume,
+            address=address,
+            max_concurrent=max_concurrent,
+            data_dir=data_dir,
+            quiet=quiet,
+        )
+    finally:
+        stop_ray()
     if not outcome.trials:
         from mnistctl.errors import MnistctlError
 

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,6 @@ def start_ray(address: str | None) -> None:
         # dials the network address instead; with it, every Ray process started from here, or
         # joining from here, stays on loopback.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ warnings: not on the terminal
     token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()
     if address is None or token:
         # Token authentication on, as Ray 2.60 makes it for a new cluster, and as `ray start`
@@ -100,6 +100,22 @@ def start_ray(address: str | None) -> None:
     # address="local": a Ray of its own, never a cluster that `ray start` left on this machine
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, **where)  # fmt: skip
+
+
+def stop_ray() -> None:
+    """Shut Ray down now, deaf to Ctrl-C meanwhile: left to its exit hook, a second Ctrl-C
+    during the shutdown prints Ray's traceback (its hook sleeps)."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ray.shutdown()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cluster_cpus() -> int:
