@@ -156,14 +156,13 @@ def remove(paths: tuple[Path, ...], filters: tuple[str, ...], dry_run: bool) -> 
 def restore(names: tuple[str, ...], folder: Path) -> None:
     """Bring trashed runs back where they were (NAMES as the listing shows them, or paths); with
     no NAMES, list the trash."""
+    from mnistctl.files import human_bytes
     from mnistctl.run.trash import resolve_trashed, size_of, trashed
     from mnistctl.run.trash import restore as bring_back
 
     if not names:
         entries = trashed(folder)
         for entry in entries:
-            from mnistctl.files import human_bytes
-
             out.print(f"{escape(entry.name)}  ({human_bytes(size_of(entry))})")
         if not entries:
             out.print(f"the trash of {escape(str(folder))} is empty")

@@ -74,7 +74,13 @@ def run_job(
         reclaim: the caller knows that whatever last trained the run is gone (Ray retrying a
             trial whose worker died), though the run's record may still claim it.
     """
-    from mnistctl.run.experiment import resume_experiment, run_experiment  # TensorFlow only when training
+    run_dir = runs_dir / job.name
+    found = load_run(run_dir) if is_run_dir(run_dir) else None
+    if found is not None:
+        _check_same_config(job, found)
+        if found.record.status.finished:
+            return found  # nothing to train, nor TensorFlow to import
+    from mnistctl.run.experiment import resume_experiment, run_experiment
 
     common: dict[str, Any] = dict(
         extra_hooks=extra_hooks,
@@ -84,13 +90,8 @@ def run_job(
         data_dir=data_dir,
         record=dict(job.record),
     )
-    state = job_state(job, runs_dir)
-    if state != "new":
-        _check_same_config(job, load_run(runs_dir / job.name))
-    if state == "done":
-        return load_run(runs_dir / job.name)
-    if state == "resume":
-        return resume_experiment(runs_dir / job.name, reclaim=reclaim, **common)
+    if found is not None:
+        return resume_experiment(run_dir, reclaim=reclaim, **common)
     return run_experiment(job.experiment, runs_dir=runs_dir, name=job.name, exact_name=True, **common)
 
 

@@ -11,17 +11,15 @@ can be added again. One runner at a time (``.runner.lock``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mnistctl.config import dump_yaml, is_valid_name, load_config
 from mnistctl.errors import DamagedFileError, MnistctlError
-from mnistctl.files import read_text, to_json, write_atomic
+from mnistctl.files import read_text, taking_turns, to_json, write_atomic
 from mnistctl.many.jobs import Job, OnRay
 from mnistctl.run.directory import RunLock, is_run_dir, load_run
 from mnistctl.status import Status
@@ -44,24 +42,11 @@ class Entry:
     added: float
 
 
-@contextlib.contextmanager
-def _appending(queue_dir: Path) -> Iterator[None]:
-    import fcntl
-
-    queue_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(queue_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def add(runs_dir: Path, config: Path, overrides: tuple[str, ...] = (), name: str | None = None) -> Entry:
     """Check ``config`` with ``overrides`` now, and queue it (its resolved config kept)."""
     exp = load_config(config, list(overrides))
     queue_dir = runs_dir / QUEUE_DIR
-    with _appending(queue_dir):
+    with taking_turns(queue_dir / ".lock"):  # adders at once take turns
         taken = {e.name for e in entries(runs_dir)}
         base = name or f"{time.strftime('%Y%m%dT%H%M%S')}-{exp.name}"
         if not is_valid_name(base):

@@ -7,15 +7,12 @@ own (``.labels.lock``: two taggers at once take turns) and written atomically.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnistctl.errors import DamagedFileError, MnistctlError
-from mnistctl.files import read_json, to_json, write_atomic
+from mnistctl.files import read_json, taking_turns, to_json, write_atomic
 from mnistctl.run.directory import utc_now
 
 LABELS_FILE = "labels.json"
@@ -65,7 +62,7 @@ def change_tags(run_dir: Path, add: list[str], remove: list[str]) -> Labels:
     """Add and remove tags (in that order of the command line: removing wins for a tag given both)."""
     for tag in (*add, *remove):
         check_tag(tag)
-    with _taking_turns(run_dir):
+    with taking_turns(run_dir / LOCK):  # two taggers at once take turns
         labels = read_labels(run_dir)
         tags = [t for t in dict.fromkeys([*labels.tags, *add]) if t not in remove]
         return _write(run_dir, Labels(tuple(tags), labels.notes))
@@ -77,22 +74,9 @@ def add_note(run_dir: Path, text: str) -> Labels:
         raise LabelError("the note is empty")
     if len(text) > MAX_NOTE:
         raise LabelError(f"the note is {len(text):,} characters; at most {MAX_NOTE:,}")
-    with _taking_turns(run_dir):
+    with taking_turns(run_dir / LOCK):  # two taggers at once take turns
         labels = read_labels(run_dir)
         return _write(run_dir, Labels(labels.tags, (*labels.notes, Note(utc_now(), text))))
-
-
-@contextlib.contextmanager
-def _taking_turns(run_dir: Path) -> Iterator[None]:
-    """One change at a time: a second tagger waits its turn (the change takes milliseconds)."""
-    import fcntl
-
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _write(run_dir: Path, labels: Labels) -> Labels:
