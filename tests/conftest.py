@@ -146,3 +146,27 @@ def rewrite_config(run: Path, edit) -> None:
     config.write_text(text := edit(config.read_text()))
     record = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**record, "config_sha256": config_digest(text)}))
+
+
+@pytest.fixture
+def spawn():
+    """``subprocess.Popen`` for a test, in a process group of its own that is killed at the end
+    of the test, passed or failed: a training, a page or a sweep driver never outlives its test."""
+    import os
+    import signal
+    import subprocess
+
+    started: list[subprocess.Popen] = []
+
+    def start(command, **options) -> subprocess.Popen:
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **options}
+        process = subprocess.Popen(command, start_new_session=True, **options)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            process.communicate(timeout=30)

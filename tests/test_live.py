@@ -133,11 +133,11 @@ def test_watch_of_a_path_that_is_not_there_is_one_line(tmp_path):
     )
 
 
-def test_train_live_serves_the_run_while_it_trains_and_after_until_ctrl_c(mnist_cache, tmp_path):
+def test_train_live_serves_the_run_while_it_trains_and_after_until_ctrl_c(mnist_cache, tmp_path, spawn):
     port = free_port()
     command = [sys.executable, "-m", "mnistctl", "train", str(CONFIGS / "tiny.yaml"), "--live", "--port",
                str(port), "--runs-dir", str(tmp_path), "--quiet", "--set", "train.steps=400"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn(command)
     url = f"http://127.0.0.1:{port}"
     wait_for(url + "/api/runs", process)
     seen = []
@@ -161,12 +161,14 @@ def test_train_live_serves_the_run_while_it_trains_and_after_until_ctrl_c(mnist_
         urllib.request.urlopen(url + "/api/runs", timeout=2)
 
 
-def test_the_page_of_a_killed_training_goes_with_it_and_a_port_held_by_a_page_says_so(mnist_cache, tmp_path):
+def test_the_page_of_a_killed_training_goes_with_it_and_a_port_held_by_a_page_says_so(
+    mnist_cache, tmp_path, spawn
+):
     port = free_port()
     runs = tmp_path / "runs"
     command = [sys.executable, "-m", "mnistctl", "train", str(CONFIGS / "tiny.yaml"), "--live", "--port",
                str(port), "--runs-dir", str(runs), "--quiet", "--set", "train.steps=100000"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn(command)
     url = f"http://127.0.0.1:{port}"
     wait_for(url + "/api/runs", process)
     second = subprocess.run(

@@ -34,7 +34,7 @@ def wait_for_rows(run_dir, rows, process, timeout=120):
 
 
 def test_a_queue_picks_up_what_is_added_while_it_runs_and_resumes_after_an_interruption(
-    mnist_cache, tmp_path
+    mnist_cache, tmp_path, spawn
 ):
     runs = tmp_path / "runs"
     assert invoke("queue", "add", TINY, *SLOW, "--name", "first", "--runs-dir", runs).exit_code == 0
@@ -43,7 +43,7 @@ def test_a_queue_picks_up_what_is_added_while_it_runs_and_resumes_after_an_inter
         bad.exit_code == 2 and "train.steps" in bad.output and len(entries(runs)) == 1
     )  # checked when added
     command = [sys.executable, "-m", "mnistctl", "queue", "run", "--runs-dir", str(runs), "-q"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn(command, cwd=ROOT)
     wait_for_rows(runs / "first", 2, process)
     for name, settings in (("second", ["--set", "train.steps=40"]), ("third", SLOW)):  # added while it runs
         assert invoke("queue", "add", TINY, *settings, "--name", name, "--runs-dir", runs).exit_code == 0

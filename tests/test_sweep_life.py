@@ -38,12 +38,14 @@ def wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: flo
     raise AssertionError(f"{path} made no progress")
 
 
-def test_a_sweep_directory_is_owned_stopped_by_sigterm_and_continued_from_any_state(mnist_cache, tmp_path):
+def test_a_sweep_directory_is_owned_stopped_by_sigterm_and_continued_from_any_state(
+    mnist_cache, tmp_path, spawn
+):
     runs = tmp_path / "runs"
     grid = ["--grid", "schedule.lr0=0.002,0.004"]
-    process = subprocess.Popen(
+    process = spawn(
         sweep_command(TINY, *grid, *SLOW, "--runs-dir", str(runs), "--max-concurrent", "1", "--name", "life"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
     )  # fmt: skip
     sweep_dir = runs / "life"
     wait_for_rows(sweep_dir / "trial-00000", 2, process)
@@ -198,11 +200,11 @@ def test_a_failed_trial_is_one_line_and_the_sweep_says_it_failed(mnist_cache, tm
     assert "Traceback" in (sweep_dir / "ray.log").read_text()  # the whole story, kept
 
 
-def test_an_interrupted_reproduction_on_ray_says_so_and_continues(mnist_cache, tmp_path):
+def test_an_interrupted_reproduction_on_ray_says_so_and_continues(mnist_cache, tmp_path, spawn):
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     command = [sys.executable, "-m", "mnistctl", "reproduce", TINY, "--seeds", "2", "--max-concurrent", "2",
                "--runs-dir", str(runs), "--docs", str(docs), *SLOW, "--set", "train.steps=500"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn(command, cwd=ROOT)
     deadline = time.monotonic() + 180
     while not any(len(read_metrics(m)) >= 2 for m in runs.glob("*/metrics.csv")):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -245,11 +247,11 @@ def test_two_sweeps_made_at_the_same_moment_with_one_name_the_second_is_refused(
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s"]  # and no staging left
 
 
-def test_a_double_ctrl_c_leaves_the_trials_interrupted_with_the_way_to_continue(mnist_cache, tmp_path):
+def test_a_double_ctrl_c_leaves_the_trials_interrupted_with_the_way_to_continue(mnist_cache, tmp_path, spawn):
     runs = tmp_path / "runs"
-    process = subprocess.Popen(
+    process = spawn(
         sweep_command(TINY, "--grid", "train.seed=0,1", *SLOW, "--runs-dir", str(runs), "--name", "twice"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
     )  # fmt: skip
     sweep_dir = runs / "twice"
     wait_for_rows(sweep_dir / "trial-00000", 2, process)
