@@ -267,19 +267,40 @@ def _job_progress(quiet: bool) -> Any:
     return Progress()
 
 
-def trial_error(trial: Any) -> str:
+def trial_error(trial: Any, wait_s: float = 3.0) -> str:
     """A failed trial's reason in one line: mnistctl's own message when the trial raised one,
-    else the exception's last line (the whole traceback is in ray.log and Tune's error file)."""
-    try:
-        error = trial.get_pickled_error()
-    except Exception:  # an error that did not pickle, or storage gone: the text, then
-        error = None
+    else the exception's last line (the whole traceback is in ray.log and Tune's error file).
+    Tune may not have stored the error yet when it tells the callbacks: it is waited for."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            error = trial.get_pickled_error()
+        except Exception:  # an error that did not pickle, or storage gone: the text, then
+            error = None
+        error = error if error is not None else _error_file(trial)
+        text = "" if error is not None else (trial.get_error() or "").strip()
+        if error is not None or text or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     cause = getattr(error, "cause", error)  # a RayTaskError wraps what the trial raised
     if cause is not None:
-        text = str(cause).strip().splitlines()
-        return (text[-1] if text else type(cause).__name__)[:300]
-    text = (trial.get_error() or "").strip().splitlines()
-    return text[-1][:300] if text else "see ray.log"
+        lines = str(cause).strip().splitlines()
+        return (lines[-1] if lines else type(cause).__name__)[:300]
+    return text.splitlines()[-1][:300] if text else "see ray.log"
+
+
+def _error_file(trial: Any) -> Any:
+    """The trial's pickled error read from its directory (Tune's own reader may look for it by
+    a name it has not recorded, as after a search started again in place)."""
+    from ray import cloudpickle
+
+    for folder in (getattr(trial, "local_path", None), getattr(trial, "path", None)):
+        if folder and (Path(folder) / "error.pkl").is_file():
+            try:
+                return cloudpickle.loads((Path(folder) / "error.pkl").read_bytes())
+            except Exception:
+                return None
+    return None
 
 
 def _search_algorithm(sweep: Sweep, concurrent: int) -> Any:
