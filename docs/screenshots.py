@@ -1,7 +1,11 @@
 """The live page's pictures in docs/: `mnistctl watch PATH` opened in headless Chromium.
 
-    python docs/screenshots.py RUN_DIR --out docs/live_conv_dropout.png   # a run (training or not)
-    python docs/screenshots.py SWEEP_DIR --out docs/live_sweep.png        # a sweep or a folder of runs
+    python docs/screenshots.py RUN_DIR --out docs/live_1920.png                  # a run (training or not)
+    python docs/screenshots.py RUN_DIR --out docs/live_720.png --size 1280x720   # a smaller screen
+    python docs/screenshots.py FOLDER --out docs/live_folder.png                 # a sweep or a folder of runs
+    python docs/screenshots.py runs/lesson-quick --out docs/live_lesson.png      # a lesson
+    python docs/screenshots.py RUN_DIR --out docs/live_weights.png --keys 8      # the talk's keys first
+    python docs/screenshots.py --url http://127.0.0.1:8502 --out shot.png        # a page already served
 
 Needs Debian's chromium and Playwright (what `make check` installs for the browser tests). The
 page is served on 127.0.0.1 by a `watch` process of its own, and closed with the picture.
@@ -40,20 +44,45 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60) -> N
     sys.exit(f"{url} did not answer within {timeout:.0f} s")
 
 
+def shoot(url: str, out: Path, width: int, height: int, keys: str = "", hover: str | None = None) -> None:
+    """A screenshot of the page at ``url`` once it has drawn twice (every panel has its data)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("Chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(url + "/")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 2", timeout=60000)
+        for key in keys:
+            page.keyboard.press("Space" if key == " " else key)
+        if hover:  # a folder view: the mouse over the named run's line
+            x, y = page.evaluate(f"window.pointOf({hover!r})")
+            page.mouse.move(x, y)
+        time.sleep(0.5)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
+        browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("path", type=Path, help="a run directory, a sweep directory or a folder of runs")
+    parser.add_argument("path", type=Path, nargs="?", help="a run directory, a lesson, a sweep or a folder of runs")
+    parser.add_argument("--url", help="a page already served (then no PATH)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=1000)
-    parser.add_argument("--full-page", action="store_true", help="the whole page, not only the window")
+    parser.add_argument("--size", default="1920x1080", help="the window, WIDTHxHEIGHT (default 1920x1080)")
+    parser.add_argument("--keys", default="", help="keys to press first, e.g. 7 (accuracy and loss alone)")
+    parser.add_argument("--hover", metavar="RUN", help="a folder view: hover over this run's line")
     args = parser.parse_args()
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("Chromium is not installed (apt-get install chromium)")
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.url:
+        shoot(args.url.rstrip("/"), args.out, width, height, args.keys, args.hover)
+        print(f"wrote {args.out}")
+        return
+    if args.path is None:
+        parser.error("give a PATH to watch, or --url")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -62,18 +91,7 @@ def main() -> None:
     )
     try:
         wait_until_up(url, process)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            page.goto(url + "/")
-            if (args.path / "run.json").is_file():  # one run: its six panels
-                page.wait_for_function("document.querySelectorAll('canvas').length === 6", timeout=30000)
-            else:  # a folder: every run's curve and the table of runs
-                page.wait_for_selector("tr.run", timeout=30000)
-            time.sleep(1.5)  # one more poll, so every panel has its latest data
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out), full_page=args.full_page)
-            browser.close()
+        shoot(url, args.out, width, height, args.keys, args.hover)
     finally:
         process.terminate()
         process.wait(timeout=10)

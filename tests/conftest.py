@@ -121,6 +121,7 @@ PLUMBING_MODULES = {
     "test_manage",
     "test_queue",
     "test_provenance",
+    "test_lesson",
 }
 
 

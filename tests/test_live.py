@@ -153,6 +153,12 @@ def test_train_live_serves_the_run_while_it_trains_and_after_until_ctrl_c(mnist_
     assert seen[-1] == ("completed", 400)  # the last evaluation and "completed" arrived
     time.sleep(1)
     assert process.poll() is None and get(url + "/api/runs")[0] == 200  # still serving, finished
+    with headless_chromium() as browser:  # and the page itself shows the end
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(url + "/")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+        status, figures = page.locator("#status").text_content(), page.locator("#figures").text_content()
+    assert status.startswith("completed, test accuracy ") and figures.startswith("step 400 of 400 · ")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
@@ -197,26 +203,139 @@ def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
             "document.querySelector('#status').textContent.startsWith('completed')", timeout=20000
         )
         page.wait_for_function("document.querySelectorAll('canvas').length === 6")
-        titles = page.locator("section h2").all_text_contents()
+        titles = page.evaluate(
+            "[...document.querySelectorAll('section h2')].map(h => h.firstChild.textContent)"
+        )
+        test_title = page.locator("section[data-key='4'] h2").text_content()
         inked = page.evaluate(
             "[...document.querySelectorAll('canvas')].map(c => c.getContext('2d')"
             ".getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0))"
         )
-        note = page.locator(".note").text_content()
+        figures = page.locator("#figures").text_content()
         page.goto(f"{url}/")
         page.wait_for_selector("tr.run")
         rows = page.locator("tr.run").count()
-    assert [t.split(":")[0] for t in titles] == [
-        "accuracy",
-        "loss",
+    # The talk's visualiser's order: digits on the left, curves in the middle, weights on the right.
+    assert titles == [
         "training digits",
-        "test digits",
+        "accuracy",
         "weights",
+        "test digits",
+        "cross-entropy loss",
         "biases",
     ]
+    assert test_title.startswith("test digits: ") and "of 500 wrong at step 60, shown first" in test_title
     assert inked == [True] * 6  # every panel drew something
-    assert note.startswith("step 60: ") and "of 500 test digits misrecognised" in note
+    assert figures.startswith("step 60 of 60 · learning rate ") and "images/s" in figures
     assert rows == 2
+
+
+VISIBLE = "[...document.querySelectorAll('section')].filter(s => !s.hidden).map(s => s.dataset.key).join('')"
+
+
+@pytest.mark.parametrize("width,height", [(1920, 1080), (1366, 768), (1280, 720)])
+def test_the_run_fills_a_classroom_screen_without_scrolling(watching, trained_run, width, height):
+    url, _ = watching
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(f"{url}/#run={trained_run.name}")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+        size = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        boxes = [page.locator(f"section[data-key='{k}']").bounding_box() for k in "123456"]
+        cell = int(page.locator("section[data-key='4'] canvas").get_attribute("data-cell"))
+        font = page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
+    assert size[0] <= width and size[1] <= height  # nothing to scroll
+    assert all(b["x"] + b["width"] <= width and b["y"] + b["height"] <= height for b in boxes)
+    assert len({round(b["y"]) for b in boxes}) == 2 and len({round(b["x"]) for b in boxes}) == 3  # 2 x 3
+    assert all(b["height"] > height / 3 for b in boxes)  # the panels share the window's height
+    assert cell >= (24 if width == 1920 else 18)  # each test digit's size in pixels
+    assert font >= (19 if width == 1920 else 14)  # text grows with the window
+
+
+def test_the_talks_keys_and_a_click_on_a_title_change_the_layout(watching, trained_run):
+    url, _ = watching
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url) if "/api/" in r.url else None)
+        page.goto(f"{url}/#run={trained_run.name}")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+        seen = {}
+        for key in ["2", "5", "7", "8", "9", "0", "1", "Escape"]:
+            page.keyboard.press(key)
+            seen[key] = page.evaluate(VISIBLE)
+        alone = page.locator("section[data-key='2']").bounding_box()
+        page.locator("section[data-key='5'] h2").click()
+        seen["click"] = page.evaluate(VISIBLE)
+        page.locator("section[data-key='5'] h2").click()
+        seen["click again"] = page.evaluate(VISIBLE)
+        page.keyboard.press("Space")
+        paused = page.locator("#paused").is_visible()
+        asked = len(requests)
+        page.wait_for_timeout(5600)  # a finished run is asked about every 5 s
+        asked_while_paused = len(requests) - asked
+        page.keyboard.press("Space")
+        page.wait_for_timeout(500)
+        resumed = not page.locator("#paused").is_visible() and len(requests) > asked
+    assert seen == {"2": "2", "5": "5", "7": "25", "8": "36", "9": "14", "0": "123456", "1": "1",
+                    "Escape": "123456", "click": "5", "click again": "123456"}  # fmt: skip
+    assert alone is not None
+    assert paused and asked_while_paused == 0 and resumed
+
+
+def test_a_single_evaluation_is_drawn_as_a_point(trained_run, tmp_path, spawn):
+    run = tmp_path / "runs" / trained_run.name
+    shutil.copytree(trained_run, run)
+    lines = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")  # the first evaluation only
+    port = free_port()
+    process = spawn([sys.executable, "-m", "mnistctl", "watch", str(run), "--port", str(port)])
+    wait_for(f"http://127.0.0.1:{port}/api/runs", process)
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+        # Pixels of the test curve's red (#d62728) in the accuracy panel: the one point's dot.
+        red = page.evaluate(
+            "(() => { const c = document.querySelector(\"section[data-key='2'] canvas\");"
+            "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            "for (let i = 0; i < d.length; i += 4) if (d[i] > 190 && d[i + 1] < 70 && d[i + 2] < 70) n++;"
+            "return n; })()"
+        )
+        ticks = page.evaluate("document.body.innerText")
+    assert red > 10, red
+    assert "step 20 of 60" in ticks
+
+
+def test_a_folder_names_a_line_on_hover_and_groups_a_sweeps_trials(trained_run, tmp_path, spawn):
+    folder = tmp_path / "runs"
+    shutil.copytree(OLD_RUN, folder / "old")
+    for trial in ("trial-00000", "trial-00001"):
+        shutil.copytree(trained_run, folder / "sweep-x" / trial)
+    port = free_port()
+    process = spawn([sys.executable, "-m", "mnistctl", "watch", str(folder), "--port", str(port)])
+    wait_for(f"http://127.0.0.1:{port}/api/runs", process)
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+        group = page.locator("tr.group").all_text_contents()
+        names = page.locator("tr.run").evaluate_all("rows => rows.map(r => r.dataset.name)")
+        legend = page.locator(".runs-legend span[data-name]").all_text_contents()
+        x, y = page.evaluate("window.pointOf('old')")
+        page.mouse.move(x, y)
+        page.wait_for_selector("#tip:not([hidden])")
+        tip = page.locator("#tip").text_content()
+        hot = page.locator("tr.run.hot").evaluate_all("rows => rows.map(r => r.dataset.name)")
+        page.mouse.move(2, 2)
+        page.locator("tr.run[data-name='sweep-x/trial-00001']").hover()
+        legend_hot = page.locator(".runs-legend span.hot").all_text_contents()
+    assert group == ["sweep-x/ — 2 runs, best " + group[0].split("best ")[1]] and "(trial-0000" in group[0]
+    assert names == ["old", "sweep-x/trial-00000", "sweep-x/trial-00001"] or names[0] == "old"
+    assert sorted(names) == ["old", "sweep-x/trial-00000", "sweep-x/trial-00001"]
+    assert sorted(legend) == sorted(names)  # a colour for every run
+    assert tip.startswith("old: ") and " at step " in tip and hot == ["old"]
+    assert legend_hot == ["sweep-x/trial-00001"]  # a row lights its line's key (and the line)
 
 
 def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(trained_run, tmp_path, monkeypatch):

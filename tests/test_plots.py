@@ -114,6 +114,75 @@ def test_compare_fits_every_run_and_names_every_difference(trained_run, tmp_path
     assert {"layers[1]", "lr0", "batch_size", "seed"} <= set(header)
 
 
+def test_the_compare_table_of_five_runs_differing_in_many_keys_fits_the_figure(trained_run, tmp_path):
+    """Five runs set apart by sixteen keys: the table wraps into pieces, each inside the
+    figure's width, every key in one piece, no two headers alike, the results in the last."""
+    import yaml
+
+    from mnistctl.report import plots
+    from mnistctl.run.directory import load_run
+
+    from .conftest import rewrite_config
+
+    keys = [("train", "steps"), ("train", "batch_size"), ("train", "eval_every"), ("train", "seed"),
+            ("train", "checkpoint_every"), ("train", "eval_batch_size"), ("schedule", "lr0"),
+            ("schedule", "lr_min"), ("schedule", "decay_steps"), ("data", "train_size"),
+            ("data", "test_size")]  # fmt: skip
+    runs = []
+    for k in range(5):
+        run = tmp_path / f"20261207T0000{k:02d}Z-a-rather-long-run-name-{k}"
+        shutil.copytree(trained_run, run)
+
+        def edit(text: str, k: int = k) -> str:
+            config = yaml.safe_load(text)
+            for section, key in keys:
+                config[section][key] = config[section][key] + k if k else config[section][key]
+            layers = config["model"]["layers"]
+            layers[0]["filters"] += k
+            layers[0]["kernel"] += k % 2
+            layers[1]["units"] += 3 * k
+            layers[1]["dropout"] = 0.1 * (k + 1)
+            config["optimizer"] = {"name": "adam"} if k % 2 else {"name": "sgd"}
+            return yaml.safe_dump(config)
+
+        rewrite_config(run, edit)
+        runs.append(load_run(run))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = plots.compare_figure(runs)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width = figure.get_figwidth() * figure.dpi
+    tables = [ax.tables[0] for ax in figure.subfigs[1].axes]
+    headers = []
+    for table in tables:
+        box = table.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width, (box, width)  # inside the figure: nothing cut
+        columns = max(c for _, c in table.get_celld()) + 1
+        headers.append([table[0, c].get_text().get_text() for c in range(columns)])
+    assert len(tables) >= 2  # wrapped
+    assert all(h[:2] == ["#", "run"] for h in headers) and headers[-1][-2:] == ["best", "final test"]
+    named = [h for piece in headers for h in piece[2:] if h not in ("best", "final test")]
+    assert len(named) == len(set(named)) >= 16  # every differing key once, no two headers alike
+    assert {"steps", "lr0", "train_size", "layers[0]", "layers[1]"} <= set(named)
+    assert {"name", "optimizer.name"} & set(named)  # adam or sgd
+
+
+def test_every_picture_names_its_run_and_checkpoint(trained_run, tmp_path):
+    from mnistctl.report import plots
+    from mnistctl.run.directory import load_run
+
+    title = plots.dashboard(load_run(trained_run))._suptitle.get_text()
+    record = load_run(trained_run).record
+    assert title.startswith(trained_run.name) and f"best checkpoint: step {record.best_step}" in title
+    result = invoke("eval", trained_run, "--gallery", tmp_path / "g.svg", "--confusion", tmp_path / "c.svg")
+    assert result.exit_code == 0, result.output
+    for picture in ("g.svg", "c.svg"):
+        text = (tmp_path / picture).read_text()
+        assert trained_run.name in text and "checkpoint" in text and f"step {record.best_step}" in text
+
+
 def test_bad_output_format_is_one_line(trained_run, tmp_path):
     result = invoke("plot", trained_run, "--out", tmp_path / "x.jpg")
     assert result.exit_code == 2
@@ -239,8 +308,9 @@ def test_one_label_convention_on_the_dashboard_the_gallery_and_the_live_page():
 
     assert digit_label(7, 7) == "7" and digit_label(7, 1) == "7→1"  # true→predicted
     page = resources.files("mnistctl").joinpath("static/live.html").read_text()
-    assert "`${panel.labels[k]}→${panel.predicted[k]}`" in page  # the page writes it the same way
-    assert "(${panel.labels[k]})" not in page
+    # The page writes it the same way (name() is the class's name: a digit, or a Fashion item).
+    assert "`${name(panel.labels[k])}→${name(panel.predicted[k])}`" in page
+    assert "(${panel.labels[k]})" not in page and "(${name(panel.labels[k])})" not in page
 
 
 def test_a_fashion_gallery_says_items_and_names_the_classes_and_its_run():

@@ -159,12 +159,13 @@ def eval_(
 
         from mnistctl.report import plots
 
+        source = f"{report.run}, checkpoint {report.checkpoint} (step {report.step:,})"
         if gallery is not None:
             figure = plots.gallery(report.images, report.labels, report.predictions, report.confidence,
-                                   report.classes, f"{report.run} at step {report.step}")  # fmt: skip
+                                   report.classes, source)  # fmt: skip
             err.print(f"gallery: {plots.save(figure, gallery)}")
         if confusion is not None:
-            figure = plots.confusion_figure(np.array(report.confusion), report.classes)
+            figure = plots.confusion_figure(np.array(report.confusion), report.classes, source)
             err.print(f"confusion matrix: {plots.save(figure, confusion)}")
     if as_json:
         click.echo(to_json((ensemble or report).as_dict(), indent=2))

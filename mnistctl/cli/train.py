@@ -91,14 +91,7 @@ def train(
         with RunLock(resume):  # trained by another process: "in use by pid ..."
             check_resume(resume, overrides=overrides, config=config, force=force)
     if live:
-        from mnistctl.cli.serving import whose_page
-        from mnistctl.errors import MnistctlError
-        from mnistctl.serving.listen import bind
-
-        try:
-            bind("127.0.0.1", port).close()  # a taken port is one line now, not after the data loads
-        except MnistctlError as error:
-            raise MnistctlError(f"{error}{whose_page('127.0.0.1', port)}") from None
+        check_port(port)
     with loading_tensorflow():
         from mnistctl.run.experiment import resume_experiment, run_experiment
 
@@ -126,6 +119,19 @@ def train(
         sys.exit(stop.exit_code)
     if page:
         page.keep_serving(run.record.status)
+
+
+def check_port(port: int) -> None:
+    """A live page's port taken is one line now, not after the data loads; naming the page of
+    mnistctl's that holds it, if one does."""
+    from mnistctl.cli.serving import whose_page
+    from mnistctl.errors import MnistctlError
+    from mnistctl.serving.listen import bind
+
+    try:
+        bind("127.0.0.1", port).close()
+    except MnistctlError as error:
+        raise MnistctlError(f"{error}{whose_page('127.0.0.1', port)}") from None
 
 
 def _rerun_of(config: Path | None) -> Path | None:

@@ -171,7 +171,12 @@ class LivePage(Hook):
         self.process: subprocess.Popen | None = None
 
     def begin(self, ctx: TrainContext) -> None:
-        command = [sys.executable, "-m", "mnistctl", "watch", str(ctx.run_dir), "--port", str(self.port),
+        if self.process is None and ctx.run_dir is not None:
+            self.start(ctx.run_dir)
+
+    def start(self, path: Path) -> None:
+        """Serve the page of ``path``: a run, or a folder (a lesson's, started before its runs)."""
+        command = [sys.executable, "-m", "mnistctl", "watch", str(path), "--port", str(self.port),
                    "--quiet", "--exit-with", str(os.getpid())]  # fmt: skip
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         self.console.print(f"live page: http://127.0.0.1:{self.port}/")

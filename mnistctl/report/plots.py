@@ -48,8 +48,10 @@ def dashboard(run: Run) -> Figure:
     # every text again on each save (0.3 s of the 1 s a plot may take).
     fig = Figure(figsize=DASHBOARD_SIZE)
     axes = fig.subplots(2, 3, gridspec_kw=DASHBOARD_MARGINS)
-    fig.suptitle(f"{run.name}  ({run.status}, {exp.description or exp.name})", fontsize=13)
-    _accuracy_panel(axes[0, 0], rows, run.best(rows), exp.selection_metric)
+    best = run.best(rows)
+    kept = f"; best checkpoint: step {int(best['step']):,}" if best is not None else ""
+    fig.suptitle(f"{run.name}  ({run.status}, {exp.description or exp.name}{kept})", fontsize=13)
+    _accuracy_panel(axes[0, 0], rows, best, exp.selection_metric)
     _loss_panel(axes[0, 1], rows)
     second = "activations" if "activations" in distributions else "biases"
     _percentile_panel(axes[1, 0], distributions.get("weights"), "weights")
@@ -206,15 +208,18 @@ def _digit_grid(
 def compare_figure(runs: list[Run], train: bool = False) -> Figure:
     """Test accuracy and loss of several runs, overlaid (``train``: their training curves too,
     dashed). Each run is numbered in the legend, and a table under the plots names every config
-    key that differs between them, with each run's best and final accuracy."""
+    key that differs between them, with each run's best and final accuracy: wrapped into more
+    tables, one under the other, when the keys are too many for one row of the figure."""
     from mnistctl.report.compare import summarize_layers
 
     columns, rows = compare(runs)
     differing = [c for c in columns[columns.index("parameters") + 1 :] if c not in ("name", "description")]
     differing = summarize_layers(differing, rows, runs)
-    table_rows = len(runs) + 1
-    fig = Figure(figsize=(15, 5.5 + 0.28 * table_rows), layout="constrained")
-    plots, below = fig.subfigures(2, 1, height_ratios=[5.5, 0.28 * table_rows + 0.4])
+    tables = _differences_tables(runs, rows, differing)
+    height = sum(0.26 * (len(runs) + 1) + 0.25 for _ in tables)
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, 5.8 + height), layout="constrained")
+    plots, below = fig.subfigures(2, 1, height_ratios=[5.8, height])
+    fig.suptitle(f"{len(runs)} runs compared: the curves, and what sets them apart", fontsize=13)
     acc, loss = plots.subplots(1, 2)
     colours = colormaps["tab10" if len(runs) <= 10 else "tab20"].colors
     late: list[float] = []  # each run's accuracies after its first tenth: what the axis must show
@@ -245,8 +250,17 @@ def compare_figure(runs: list[Run], train: bool = False) -> Figure:
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
     acc.legend(fontsize=8, loc="lower right")
-    _differences_table(below, runs, rows, differing, colours)
+    for ax, (header, body) in zip(below.subplots(len(tables), 1, squeeze=False)[:, 0], tables, strict=True):
+        _draw_table(ax, header, body, colours)
     return fig
+
+
+FIGURE_WIDTH_IN = 15
+TABLE_FONT_PT = 8
+# What one character of the table's font takes, with a cell's padding spread over its text: a
+# table of more characters a line than fit the figure's width is wrapped into another.
+CHAR_IN = TABLE_FONT_PT * 0.62 / 72
+CELL_PAD_CHARS = 2
 
 
 def _short(value: object) -> str:
@@ -254,25 +268,50 @@ def _short(value: object) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def _differences_table(fig: Figure, runs: list[Run], rows: list[dict], keys: list[str], colours) -> None:
-    """Every differing config key, one row per run, coloured as its curves."""
+def _differences_tables(runs: list[Run], rows: list[dict], keys: list[str]) -> list[tuple[list, list]]:
+    """The table of differing keys as (header, body) pieces, each as wide as the figure at
+    most: every piece starts with the runs' numbers and names, the last ends with the results.
+    Headers are the shortest unambiguous key paths (never two alike)."""
     from mnistctl.many.trials import short_keys
     from mnistctl.report.compare import cell
 
-    ax = fig.subplots()
-    ax.set_axis_off()
     labels = short_keys([k for k in keys if "." in k])
-    header = ["#", "run", *(labels.get(k, k) for k in keys), "best", "final test"]
-    body = [
-        [f"#{k + 1}", run.name, *(_short(cell(row.get(key), key)) for key in keys),
-         cell(row.get("best_test_accuracy"), "accuracy"), cell(row.get("final_test_accuracy"), "accuracy")]
-        for k, (run, row) in enumerate(zip(runs, rows, strict=True))
-    ]  # fmt: skip
+    lead = [["#", *(f"#{k + 1}" for k in range(len(runs)))], ["run", *(run.name for run in runs)]]
+    tail = [
+        ["best", *(cell(row.get("best_test_accuracy"), "accuracy") for row in rows)],
+        ["final test", *(cell(row.get("final_test_accuracy"), "accuracy") for row in rows)],
+    ]
+    middle = [[labels.get(k, k), *(_short(cell(row.get(k), k)) for row in rows)] for k in keys]
+
+    def chars(column: list[str]) -> int:
+        return max(len(str(v)) for v in column) + CELL_PAD_CHARS
+
+    budget = FIGURE_WIDTH_IN / CHAR_IN - sum(map(chars, lead))
+    pieces: list[list[list[str]]] = [[]]
+    for column in middle:
+        used = sum(map(chars, pieces[-1]))
+        if pieces[-1] and used + chars(column) > budget:
+            pieces.append([])
+        pieces[-1].append(column)
+    if sum(map(chars, pieces[-1] + tail)) > budget:
+        pieces.append([])
+    pieces[-1] += tail
+    tables = []
+    for piece in pieces:
+        columns = lead + piece
+        body = [list(r) for r in zip(*(c[1:] for c in columns), strict=True)]
+        tables.append(([c[0] for c in columns], body))
+    return tables
+
+
+def _draw_table(ax: Axes, header: list[str], body: list[list[str]], colours) -> None:
+    """One piece of the differences table, each run's number coloured as its curves."""
+    ax.set_axis_off()
     table = ax.table(cellText=body, colLabels=header, loc="upper center", cellLoc="left")
     table.auto_set_font_size(False)
-    table.set_fontsize(8)
+    table.set_fontsize(TABLE_FONT_PT)
     table.auto_set_column_width(list(range(len(header))))
-    for k in range(len(runs)):
+    for k in range(len(body)):
         table[k + 1, 0].set_facecolor(colours[k % len(colours)])
         table[k + 1, 0].get_text().set_color("white")
 
@@ -313,8 +352,9 @@ def gallery(
     return fig
 
 
-def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
-    """The confusion matrix as a heat map, counts in the cells."""
+def confusion_figure(confusion: np.ndarray, classes: list[str], source: str = "") -> Figure:
+    """The confusion matrix as a heat map, counts in the cells; ``source`` names the run and
+    checkpoint it was measured on."""
     fig = Figure(figsize=(8, 7), layout="constrained")
     ax = fig.subplots()
     shown = np.log1p(confusion)
@@ -325,7 +365,8 @@ def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Figure:
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes[0]) > 1 else 0)
     ax.set_yticks(range(len(classes)), classes)
     accuracy = np.trace(confusion) / max(confusion.sum(), 1)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (accuracy {accuracy:.4f})")
+    of = f"{source}\n" if source else ""
+    ax.set(xlabel="predicted", ylabel="true", title=f"{of}confusion matrix (accuracy {accuracy:.4f})")
     return fig
 
 

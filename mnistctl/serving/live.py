@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnistctl.dataset import Dataset, load_experiment_data
 from mnistctl.errors import MnistctlError
+from mnistctl.many.lesson import is_lesson, lesson_summary
 from mnistctl.report.compare import differing_settings
 from mnistctl.run.directory import (
     DISTRIBUTIONS_FILE,
@@ -132,6 +133,7 @@ def run_state(
         "status": str(run.status),
         "total": run.record.steps_total,
         "selection_metric": run.experiment().selection_metric,
+        "best_step": run.record.best_step,  # the selected evaluation, as run.json keeps it
         "from_row": known_rows,
         "rows": [{k: _finite(v) for k, v in r.items()} for r in rows],
         "bands": bands,
@@ -226,7 +228,14 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
             "settings": columns,
             "runs": summaries,
             "damaged": [str(e) for e in damaged],  # runs whose run.json cannot be read: said, not hidden
+            "lesson": not watched.single and is_lesson(watched.path),
         }
+
+    @app.get("/api/lesson")
+    def lesson() -> dict[str, Any]:
+        if watched.single or not is_lesson(watched.path):
+            raise LiveError(f"{watched.path}: not a lesson (mnistctl lesson makes one)")
+        return lesson_summary(watched.path)
 
     @app.get("/api/runs/{name:path}")
     def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:
