@@ -69,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("path", type=Path, nargs="?", help="a run directory, a lesson, a sweep or a folder of runs")
+    parser.add_argument("path", type=Path, nargs="?", help="a run, a lesson, a sweep or a folder of runs")
     parser.add_argument("--url", help="a page already served (then no PATH)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--size", default="1920x1080", help="the window, WIDTHxHEIGHT (default 1920x1080)")

@@ -165,3 +165,27 @@ def test_the_lesson_on_the_page_in_a_real_browser(taught, spawn):
     assert score.startswith("the talk: 0.9825 · this run: ") and "quick: 10 steps (the talk: 10,000)" in score
     assert not scrolls
     assert json.loads((runs / "lesson-quick" / "lesson.json").read_text())["current"] == 8
+
+
+def test_pause_waits_before_the_next_step_and_the_page_says_so(mnist_cache, tmp_path, monkeypatch):
+    """--pause: after a step, lesson.json says what the lesson waits for (the page shows it);
+    a Ctrl-C while it waits ends the lesson there, the next step not begun."""
+    import signal
+
+    seen = {}
+
+    def ctrl_c_while_waiting(stop) -> bool:
+        seen.update(json.loads((tmp_path / "lesson-quick" / "lesson.json").read_text()))
+        stop.signum = signal.SIGINT
+        return False
+
+    monkeypatch.setattr(lesson_cli, "_wait_for_enter", ctrl_c_while_waiting)
+    result = lesson(tmp_path, "--from", "7", "--pause")
+    assert result.exit_code == 130, result.output
+    assert (
+        seen["waiting"] == "paused before step 8: press Enter in the terminal" and seen["waiting_step"] == 8
+    )
+    assert "next: step 8, batch normalisation on every layer" in result.output
+    assert "lesson interrupted; continue with: mnistctl lesson --quick" in result.output
+    assert load_run(tmp_path / "lesson-quick" / NAMES[6]).record.status == "completed"
+    assert not (tmp_path / "lesson-quick" / NAMES[7]).exists()

@@ -71,7 +71,9 @@ def test_a_folder_lists_every_runs_curve_and_its_best(trained_run):
     summary = run_summary(load_run(trained_run))
     assert summary["metric"] == "test_accuracy" and [p[0] for p in summary["curve"]] == [20, 40, 60]
     best = max(summary["curve"], key=lambda p: p[1])
-    assert summary["best"] == {"step": best[0], "value": best[1]}
+    record = load_run(trained_run).record
+    assert summary["best"] == {"step": best[0], "value": best[1], "test": best[1], "by": "test"}
+    assert summary["best"]["step"] == record.best_step and best[1] == record.best_test_accuracy  # as compare
 
 
 def test_a_folder_shows_what_sets_its_runs_apart(trained_run, tmp_path):
@@ -312,6 +314,8 @@ def test_a_folder_names_a_line_on_hover_and_groups_a_sweeps_trials(trained_run, 
     shutil.copytree(OLD_RUN, folder / "old")
     for trial in ("trial-00000", "trial-00001"):
         shutil.copytree(trained_run, folder / "sweep-x" / trial)
+    noted = CliRunner().invoke(main, ["note", str(folder / "old"), "the baseline from last week"])
+    assert noted.exit_code == 0, noted.output
     port = free_port()
     process = spawn([sys.executable, "-m", "mnistctl", "watch", str(folder), "--port", str(port)])
     wait_for(f"http://127.0.0.1:{port}/api/runs", process)
@@ -330,12 +334,16 @@ def test_a_folder_names_a_line_on_hover_and_groups_a_sweeps_trials(trained_run, 
         page.mouse.move(2, 2)
         page.locator("tr.run[data-name='sweep-x/trial-00001']").hover()
         legend_hot = page.locator(".runs-legend span.hot").all_text_contents()
+        headers = page.locator("tr:first-child th").all_text_contents()
+        note = page.locator("tr.run[data-name='old'] td").nth(headers.index("notes")).text_content()
     assert group == ["sweep-x/ — 2 runs, best " + group[0].split("best ")[1]] and "(trial-0000" in group[0]
     assert names == ["old", "sweep-x/trial-00000", "sweep-x/trial-00001"] or names[0] == "old"
     assert sorted(names) == ["old", "sweep-x/trial-00000", "sweep-x/trial-00001"]
     assert sorted(legend) == sorted(names)  # a colour for every run
     assert tip.startswith("old: ") and " at step " in tip and hot == ["old"]
     assert legend_hot == ["sweep-x/trial-00001"]  # a row lights its line's key (and the line)
+    assert headers[4:7] == ["best test", "at step", "chosen by"]  # best as compare has it
+    assert note == "the baseline from last week"
 
 
 def test_watch_redraws_off_the_training_thread_and_folds_redraws_together(trained_run, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from mnistctl.train.events import Hook, TrainContext
 @click.option(
     "--quick",
     is_flag=True,
-    help="Fewer steps a model (1,000-2,000, not the talk's 10,000): the lesson within an hour on 2 cores.",
+    help="Fewer steps a model (2,000-3,000, not the talk's 10,000): the lesson within an hour on 2 cores.",
 )
 @click.option("--pause", is_flag=True, help="Wait for Enter before each step after the first.")
 @click.option("--from", "start", metavar="STEP", help="Begin at this step: its number (1-8) or config name.")
@@ -71,7 +71,7 @@ def lesson(
     )
     out.print(f"[bold]The walk-through in {len(planned)} steps[/], each a run in {escape(str(folder))}/")
     if quick:
-        out.print("quick: each model trains 1,000-2,000 steps, not the talk's 10,000; its figures come lower")
+        out.print("quick: each model trains 2,000-3,000 steps, not the talk's 10,000; its figures come lower")
     page = LivePage(port, err) if live else None
     if page:
         page.start(folder)

@@ -108,6 +108,8 @@ def run_in_turn(
     failed: its directory keeps it for the next call). Returns the runs trained or found."""
     runs = []
     for job in jobs:
+        if runs and should_stop():  # asked to stop between two jobs: the next does not start
+            break
         state = job_state(job, runs_dir)
         if state != "done":
             log(f"{job.name}: " + ("resuming" if state == "resume" else "training"))

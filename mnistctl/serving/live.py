@@ -100,6 +100,7 @@ def run_summary(run: Run, tail: MetricsTail | None = None) -> dict[str, Any]:
     except MnistctlError as err:
         return {"name": run.name, "status": "damaged", "error": str(err), "curve": []}
     best = run.best(rows)
+    labels = read_labels(run.path)
     return {
         "name": run.name,
         "status": str(run.status),
@@ -107,8 +108,18 @@ def run_summary(run: Run, tail: MetricsTail | None = None) -> dict[str, Any]:
         "total": run.record.steps_total,
         "metric": metric,
         "curve": [[int(r["step"]), _finite(r[metric])] for r in rows],
-        "best": {"step": int(best["step"]), "value": _finite(best[metric])} if best else None,
-        "tags": list(read_labels(run.path).tags),
+        # The one meaning of best (as compare's): the selected evaluation, its test accuracy
+        # beside the value that chose it (``value``, on the curve drawn), and which split chose.
+        "best": {
+            "step": int(best["step"]),
+            "value": _finite(best[metric]),
+            "test": _finite(best["test_accuracy"]),
+            "by": metric.removesuffix("_accuracy"),
+        }
+        if best
+        else None,
+        "tags": list(labels.tags),
+        "notes": [{"at": n.at, "text": n.text} for n in labels.notes[-3:]],  # the latest few
     }
 
 
