@@ -38,7 +38,9 @@ def test_every_trainable_variable_has_a_role_declared_by_its_layer(monkeypatch):
     def no_role(shape, init):  # a new layer type's builder that forgets to declare a role
         return tf_model.tf.Variable(tf_model.tf.zeros(shape), name="kernel")
 
-    monkeypatch.setattr(tf_model, "_weight", no_role)
+    from mnistctl.model import layers
+
+    monkeypatch.setattr(layers, "_weight", no_role)
     with pytest.raises(TypeError, match=r"without a role .*'layer0_conv/kernel'"):
         tf_model.build_graph(load_config(CONFIGS / "tiny.yaml"))
 
