@@ -1,4 +1,5 @@
-"""Commands that read: ``validate`` a config, ``eval`` a checkpoint, ``compare`` and ``plot`` runs."""
+"""Commands that read: ``validate`` a config, ``eval`` a checkpoint, ``compare`` and ``plot`` runs,
+``code``: a config as a standalone script."""
 
 from __future__ import annotations
 
@@ -371,3 +372,37 @@ def plot(run_dirs: tuple[Path, ...], out_file: Path | None, overlay: bool, with_
     else:
         written = plots.save(plots.dashboard(runs[0]), out_file or runs[0].path / "dashboard.png")
     out.print(f"wrote {written}")
+
+
+@main.command()
+@click.argument("source", metavar="CONFIG|RUN_DIR", type=click.Path(path_type=Path))
+@set_option
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False), help="Write it here.")
+def code(source: Path, overrides: tuple[str, ...], out_file: Path | None) -> None:
+    """Write CONFIG (or the config RUN_DIR was trained with) as a standalone tf.compat.v1
+    script in the talk's style: placeholders, one line per layer, the loss, the optimizer,
+    the learning rate, a Session and the training loop. It needs only TensorFlow and numpy."""
+    from mnistctl.config import load_config
+    from mnistctl.run.directory import is_run_dir, load_run
+
+    if is_run_dir(source):
+        if overrides:
+            raise click.UsageError("--set cannot be used with a run directory (it was trained as it was)")
+        exp = load_run(source).experiment()
+    else:
+        exp = load_config(source, overrides)  # checked before TensorFlow is imported
+    with loading_tensorflow():
+        from mnistctl.model.script import not_written, write_script
+
+    named = " ".join([str(source), *(f"--set {o}" for o in overrides)])
+    script = write_script(exp, named)
+    if out_file is None:
+        click.echo(script, nl=False)
+        return
+    from mnistctl.files import write_atomic
+
+    write_atomic(out_file, script)
+    lines = script.count("\n")
+    err.print(f"wrote {escape(str(out_file))} ({lines} lines); run it: python {escape(str(out_file))}")
+    for missing in not_written(exp):
+        err.print(f"[yellow]not in the script:[/] {escape(missing)}")

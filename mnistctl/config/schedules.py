@@ -23,6 +23,70 @@ PYTHON_OPS = SimpleNamespace(
 )
 
 
+class Expr:
+    """A piece of a script's expression, built by the arithmetic a schedule's definition does
+    on it: ``0.0001 + 0.003 * tf.exp(-step / 2000.0)``. ``order`` is how tightly it binds
+    (a name or a call 4, a power 3, unary minus 2.5, * and / 2, + and - 1, a comparison 0),
+    so parentheses appear only where they are needed."""
+
+    def __init__(self, text: str, order: float = 4) -> None:
+        self.text, self.order = text, order
+
+    @staticmethod
+    def of(value: Any) -> Expr:
+        return (
+            value
+            if isinstance(value, Expr)
+            else Expr(repr(float(value)) if isinstance(value, float) else repr(value))
+        )
+
+    def _join(self, other: Any, op: str, order: float, swap: bool = False) -> Expr:
+        left, right = (Expr.of(other), self) if swap else (self, Expr.of(other))
+        lhs = left.text if left.order >= order else f"({left.text})"
+        tight = right.order > order or (right.order == order and op in "+*")
+        return Expr(f"{lhs} {op} {right.text if tight else f'({right.text})'}", order)
+
+    def __add__(self, o: Any) -> Expr:
+        return self._join(o, "+", 1)
+
+    def __radd__(self, o: Any) -> Expr:
+        return self._join(o, "+", 1, swap=True)
+
+    def __sub__(self, o: Any) -> Expr:
+        return self._join(o, "-", 1)
+
+    def __rsub__(self, o: Any) -> Expr:
+        return self._join(o, "-", 1, swap=True)
+
+    def __mul__(self, o: Any) -> Expr:
+        return self._join(o, "*", 2)
+
+    def __rmul__(self, o: Any) -> Expr:
+        return self._join(o, "*", 2, swap=True)
+
+    def __truediv__(self, o: Any) -> Expr:
+        return self._join(o, "/", 2)
+
+    def __rtruediv__(self, o: Any) -> Expr:
+        return self._join(o, "/", 2, swap=True)
+
+    def __neg__(self) -> Expr:
+        return Expr("-" + (self.text if self.order > 2.5 else f"({self.text})"), 2.5)
+
+    def __lt__(self, o: Any) -> Expr:
+        return self._join(o, "<", 0)
+
+
+def _call(function: str) -> Any:
+    return lambda *args: Expr(f"{function}({', '.join(Expr.of(a).text for a in args)})")
+
+
+# The operations as a script writes them, over a float64 step tensor.
+CODE_OPS = SimpleNamespace(
+    exp=_call("tf.exp"), cos=_call("tf.cos"), minimum=_call("tf.minimum"), where=_call("tf.where")
+)
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Base of the schedule configs; `name` in YAML picks the subclass."""
@@ -37,6 +101,11 @@ class ScheduleConfig:
 
     def __call__(self, step: int) -> float:
         return float(self.rate(float(step), PYTHON_OPS))
+
+    def code(self, step: str = "step") -> str:
+        """The rate as a script's TensorFlow expression of a float64 ``step`` (``mnistctl
+        code``): the same definition, run over symbols instead of numbers."""
+        return Expr.of(self.rate(Expr(step), CODE_OPS)).text
 
 
 @SCHEDULES.register("constant")

@@ -23,6 +23,8 @@ v1 = tf.compat.v1
 tf_errors = tf.errors
 
 OPTIMIZER_BUILDERS: Registry[Callable[..., v1.train.Optimizer]] = Registry("optimizer")
+# Each optimizer as a script writes it (``mnistctl code``), beside its builder.
+OPTIMIZER_CODE: Registry[Callable[..., str]] = Registry("optimizer")
 # A schedule's one definition (mnistctl.config.schedules) over TensorFlow's operations: the rate as a
 # graph op of the global step, so a training step needs no rate fed from Python.
 TF_OPS = SimpleNamespace(exp=tf.exp, cos=tf.cos, minimum=tf.minimum, where=tf.where)
@@ -73,9 +75,19 @@ def build_sgd(cfg: SgdConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:
     return v1.train.GradientDescentOptimizer(learning_rate)
 
 
+@OPTIMIZER_CODE.register("sgd")
+def sgd_code(cfg: SgdConfig, learning_rate: str) -> str:
+    return f"v1.train.GradientDescentOptimizer({learning_rate})"
+
+
 @OPTIMIZER_BUILDERS.register("adam")
 def build_adam(cfg: AdamConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:
     return v1.train.AdamOptimizer(learning_rate, cfg.beta1, cfg.beta2, cfg.epsilon)
+
+
+@OPTIMIZER_CODE.register("adam")
+def adam_code(cfg: AdamConfig, learning_rate: str) -> str:
+    return f"v1.train.AdamOptimizer({learning_rate}, {cfg.beta1!r}, {cfg.beta2!r}, {cfg.epsilon!r})"
 
 
 def build_optimizer(cfg: OptimizerConfig, learning_rate: tf.Tensor) -> v1.train.Optimizer:

@@ -9,6 +9,7 @@ percentiles and the dashboard show them apart).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,16 +20,26 @@ from mnistctl.registry import Registry
 v1 = tf.compat.v1
 
 ACTIVATIONS: Registry[Callable[[tf.Tensor], tf.Tensor]] = Registry("activation")
-ACTIVATIONS.register("relu")(tf.nn.relu)
-ACTIVATIONS.register("sigmoid")(tf.nn.sigmoid)
-ACTIVATIONS.register("tanh")(tf.nn.tanh)
-ACTIVATIONS.register("elu")(tf.nn.elu)
-ACTIVATIONS.register("linear")(tf.identity)
+ACTIVATION_CODE: dict[str, str] = {}  # the same as a script writes it: "tf.nn.relu({})"
+
+
+def _activation(name: str, function: Callable[[tf.Tensor], tf.Tensor], code: str) -> None:
+    ACTIVATIONS.register(name)(function)
+    ACTIVATION_CODE[name] = code
+
+
+_activation("relu", tf.nn.relu, "tf.nn.relu({})")
+_activation("sigmoid", tf.nn.sigmoid, "tf.nn.sigmoid({})")
+_activation("tanh", tf.nn.tanh, "tf.nn.tanh({})")
+_activation("elu", tf.nn.elu, "tf.nn.elu({})")
+_activation("linear", tf.identity, "{}")
 # The output layer's softmax is applied inside the loss, from the logits, for stability.
-ACTIVATIONS.register("softmax")(tf.identity)
+_activation("softmax", tf.identity, "{}")
 
 
 LAYER_BUILDERS: Registry[Callable[..., tf.Tensor]] = Registry("layer type")
+# Each layer type's lines of a standalone script (``mnistctl code``), written beside its builder.
+LAYER_CODE: Registry[Callable[..., list[str]]] = Registry("layer type")
 BATCH_NORM_EPSILON = 1.001e-5  # the smallest the fused kernel accepts
 
 
@@ -141,6 +152,17 @@ def build_dense(x: tf.Tensor, layer: DenseLayer, ctx: LayerContext) -> tf.Tensor
     return _bias_norm_activate(x, layer, ctx)
 
 
+@LAYER_CODE.register("dense")
+def dense_code(layer: DenseLayer, c: CodeContext) -> list[str]:
+    x, lines = c.x, []
+    if len(c.shape) > 1:  # images in, a vector out: each image's pixels in one row
+        lines.append(f"YY = tf.reshape({x}, [-1, {' * '.join(map(str, c.shape))}])")
+        x = "YY"
+    size = math.prod(c.shape)
+    lines.append(f"W{c.n} = tf.Variable({_weight_code([size, layer.units], c.init)})")
+    return lines + _bias_norm_activate_code(f"tf.matmul({x}, W{c.n})", layer, c, layer.units)
+
+
 @LAYER_BUILDERS.register("conv")
 def build_conv(x: tf.Tensor, layer: ConvLayer, ctx: LayerContext) -> tf.Tensor:
     kernel = _weight([layer.kernel, layer.kernel, x.shape[-1], layer.filters], ctx.init)
@@ -148,6 +170,56 @@ def build_conv(x: tf.Tensor, layer: ConvLayer, ctx: LayerContext) -> tf.Tensor:
     return _bias_norm_activate(x, layer, ctx)
 
 
+@LAYER_CODE.register("conv")
+def conv_code(layer: ConvLayer, c: CodeContext) -> list[str]:
+    shape = [layer.kernel, layer.kernel, c.shape[-1], layer.filters]
+    lines = [f"W{c.n} = tf.Variable({_weight_code(shape, c.init)})"]
+    product = f'tf.nn.conv2d({c.x}, W{c.n}, strides={layer.stride}, padding="{layer.padding.upper()}")'
+    return lines + _bias_norm_activate_code(product, layer, c, layer.filters)
+
+
 @LAYER_BUILDERS.register("maxpool")
 def build_maxpool(x: tf.Tensor, layer: MaxPoolLayer, ctx: LayerContext) -> tf.Tensor:
     return tf.nn.max_pool2d(x, layer.size, layer.step, layer.padding.upper())
+
+
+@LAYER_CODE.register("maxpool")
+def maxpool_code(layer: MaxPoolLayer, c: CodeContext) -> list[str]:
+    return [f'{c.out} = tf.nn.max_pool2d({c.x}, {layer.size}, {layer.step}, "{layer.padding.upper()}")']
+
+
+# -- the same layers as lines of a script ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeContext:
+    """Where a layer's lines go in a script: its number (its variables are ``W3``, ``B3``), the
+    name of its input and that input's shape, and whether it is the output layer."""
+
+    n: int
+    x: str
+    shape: tuple[int, ...]
+    init: InitConfig
+    last: bool = False
+
+    @property
+    def out(self) -> str:
+        """The name of the layer's output: ``Y3``, or the output layer's ``Ylogits``."""
+        return "Ylogits" if self.last else f"Y{self.n}"
+
+
+def _weight_code(shape: list[int], init: InitConfig) -> str:
+    if init.weights == "zeros":
+        return f"tf.zeros({shape})"
+    return f"v1.truncated_normal({shape}, stddev={init.stddev!r})"
+
+
+def _bias_norm_activate_code(product: str, layer: LayerConfig, c: CodeContext, channels: int) -> list[str]:
+    """As ``_bias_norm_activate``: the bias (batch norm's offset), the activation, dropout."""
+    bias = _bias_value(layer, c.init)
+    lines = [f"B{c.n} = tf.Variable(tf.fill([{channels}], {bias!r}))"]
+    value = f"batchnorm({product}, B{c.n})" if layer.batch_norm else f"{product} + B{c.n}"
+    lines.append(f"{c.out} = {ACTIVATION_CODE[layer.activation].format(value)}")
+    if layer.dropout > 0:
+        lines.append(f"{c.out} = dropout({c.out}, {layer.dropout!r})")
+    return lines
