@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mnistctl.config.datasets import IMPORT_RECORD, data_root, unknown_dataset
 from mnistctl.errors import MnistctlError
-from mnistctl.files import write_atomic
+from mnistctl.files import read_json, write_atomic
 
 if TYPE_CHECKING:
     pass
@@ -166,15 +167,28 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
 
 
 def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASET_SPECS:
-        raise DataError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASET_SPECS)}")
-    return DATASET_SPECS[name]
+    """A dataset's files, digests and classes: built in, or as ``mnistctl data import`` wrote
+    them down beside the files it made (whose only source is then the cache)."""
+    if name in DATASET_SPECS:
+        return DATASET_SPECS[name]
+    if (why := unknown_dataset(name)) is not None:
+        raise DataError(why)
+    record = read_json(cache_root() / name / IMPORT_RECORD, what="dataset description")
+    try:
+        files = {
+            role: IdxFile(str(f["name"]), str(f["sha256"]), int(f["count"]))
+            for role, f in record["files"].items()
+        }
+        classes = tuple(str(c) for c in record["classes"])
+        spec = DatasetSpec(name, str(record["title"]), files, classes=classes)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(f"{cache_root() / name / IMPORT_RECORD}: not a dataset description ({err})") from None
+    if set(files) != set(ROLES):
+        raise DataError(f"{cache_root() / name / IMPORT_RECORD}: expected the files {', '.join(ROLES)}")
+    return spec
 
 
-def cache_root() -> Path:
-    """``$MNISTCTL_DATA_DIR``, or ``~/.cache/mnistctl``."""
-    env = os.environ.get("MNISTCTL_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mnistctl"
+cache_root = data_root  # one folder per dataset
 
 
 # -- IDX format ---------------------------------------------------------------------------

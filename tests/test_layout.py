@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mnistctl"
 # Lowest first; a module not named here is a shared piece (layer 0).
 LAYERS = (
     ("config",),
-    ("data", "dataset", "model"),
+    ("data", "dataset", "model", "imported"),
     ("train",),
     ("run",),
     ("many",),

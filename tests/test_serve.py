@@ -25,7 +25,7 @@ from PIL import Image
 
 from mnistctl.cli import main
 from mnistctl.dataset import load_dataset
-from mnistctl.serving.images import ImageError, preprocess
+from mnistctl.pictures import ImageError, preprocess
 
 from .conftest import CONFIGS, free_port, headless_chromium, rewrite_config, wait_for
 
@@ -486,7 +486,7 @@ def big_picture(digit: np.ndarray, side: int = 4096, format: str = "PNG") -> byt
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
 def test_a_large_picture_is_decoded_small_and_reads_as_the_small_one_does(test_digits, format):
-    from mnistctl.serving.images import WORKING_SIDE, load_image
+    from mnistctl.pictures import WORKING_SIDE, load_image
 
     images, _ = test_digits
     data = big_picture(images[0], format=format)
@@ -712,8 +712,8 @@ def test_predict_answers_every_readable_picture_and_names_each_bad_one(trained_r
     assert [r["file"] for r in report] == [str(good), str(bad), str(other)]
     assert "error" not in report[0] and "error" not in report[2]
     assert report[1]["error"].startswith(f"{bad}: not an image Pillow can read")
+    from mnistctl.pictures import read_image_file
     from mnistctl.serving.export import Predictor
-    from mnistctl.serving.images import read_image_file
 
     exact = Predictor(trained_run).predict(np.stack([read_image_file(good), read_image_file(other)]))[0]
     assert report[0]["probabilities"] == [float(p) for p in exact]  # as computed, not rounded

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from mnistctl.cli.app import data_dir_option, dataset_choice, logger, main, out
@@ -68,3 +69,35 @@ def info(dataset: str, as_json: bool) -> None:
         out.print(table)
         if any(f["status"] != "verified" for f in report["files"]):
             out.print(f"run [bold]mnistctl data download --dataset {report['dataset']}[/] to fetch it")
+
+
+@data.command("import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The dataset's name: then `data.dataset: NAME` trains on it.")
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="The share of each class's pictures kept for testing.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Of the split.")
+@click.option("--force", is_flag=True, help="Replace a dataset of that name made before.")
+def import_(folder: Path, name: str, test_fraction: float, seed: int, force: bool) -> None:
+    """Make a dataset of your own pictures: FOLDER holds one subfolder of PNG or JPEG pictures
+    per class (at most ten), each prepared as `predict` prepares one and split into training
+    and test images; then train on it with --set data.dataset=NAME."""
+    from mnistctl.imported import import_folder
+
+    made = import_folder(folder, name, test_fraction=test_fraction, seed=seed, force=force)
+    for skipped in made.skipped[:10]:
+        out.print(f"[yellow]skipped[/] {escape(skipped)}")
+    if len(made.skipped) > 10:
+        out.print(f"[yellow]skipped[/] {len(made.skipped) - 10} more pictures")
+    counts = ", ".join(f"{escape(c)}: {n}" for c, n in made.per_class.items())
+    out.print(
+        f"{escape(name)}: {made.train + made.test} pictures, {len(made.classes)} classes ({counts}); "
+        f"{made.train} to train, {made.test} to test, {len(made.skipped)} skipped; "
+        f"in {escape(str(made.path))}/"
+    )
+    out.print(f"train on it: mnistctl train CONFIG --set data.dataset={escape(name)}")

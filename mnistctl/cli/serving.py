@@ -70,8 +70,8 @@ def predict(source: Path, images: tuple[Path, ...], as_json: bool) -> None:
     """
     import numpy as np
 
+    from mnistctl.pictures import ImageError, read_image_file
     from mnistctl.run.checkpoints import check_model_source
-    from mnistctl.serving.images import ImageError, read_image_file
     from mnistctl.serving.info import check_info
 
     inputs: dict[Path, np.ndarray] = {}

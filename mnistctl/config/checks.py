@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from mnistctl.config.datasets import unknown_dataset
 from mnistctl.config.parsing import Invalid, shown, sub
 from mnistctl.config.schema import IMAGE_SHAPE, NUM_CLASSES, DenseLayer, Experiment, ModelConfig, Shape
 
@@ -90,6 +91,8 @@ def check_experiment(exp: Experiment) -> None:
         if getattr(layer, "activation", None) == "softmax":
             raise Invalid(f"model.layers[{i}].activation", "softmax belongs to the output layer only")
     infer_shapes(exp.model)
+    if (why := unknown_dataset(exp.data.dataset)) is not None:
+        raise Invalid("data.dataset", why)
     train_images = exp.data.train_size or 60000
     if exp.data.validation is not None:
         if exp.data.validation >= train_images:

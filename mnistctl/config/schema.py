@@ -9,10 +9,10 @@ line, so a new layer type is this one class plus its graph builder in :mod:`mnis
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Optional
 
+from mnistctl.config.datasets import BUILTIN
 from mnistctl.config.parsing import Invalid
 from mnistctl.config.schedules import Exponential, ScheduleConfig
 from mnistctl.registry import Registry
@@ -280,8 +280,7 @@ class AugmentConfig:
     zoom: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
 
 
-DatasetName = Literal["mnist", "fashion"]
-DATASETS: tuple[str, ...] = typing.get_args(DatasetName)  # data.DATASET_SPECS says where each comes from
+DATASETS: tuple[str, ...] = BUILTIN  # data.DATASET_SPECS says where each comes from
 
 
 @dataclass(frozen=True)
@@ -289,7 +288,8 @@ class DataConfig:
     """Which images to train, select and test on.
 
     Attributes:
-        dataset: ``mnist`` (handwritten digits) or ``fashion`` (Fashion-MNIST).
+        dataset: ``mnist`` (handwritten digits), ``fashion`` (Fashion-MNIST), or the name of
+            a dataset made from your own pictures by ``mnistctl data import``.
         train_size: use only the first N training images (null: all 60,000).
         test_size: use only the first N test images (null: all 10,000).
         validation: hold out the last N training images; the best checkpoint is then chosen
@@ -297,7 +297,7 @@ class DataConfig:
         augment: random rotation, shift and zoom of training images (null: none).
     """
 
-    dataset: DatasetName = "mnist"
+    dataset: str = "mnist"
     train_size: Optional[int] = field(default=None, metadata={"ge": 1, "le": 60000})
     test_size: Optional[int] = field(default=None, metadata={"ge": 1, "le": 10000})
     validation: Optional[int] = field(default=None, metadata={"ge": 1, "le": 30000})

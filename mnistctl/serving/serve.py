@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mnistctl.serving.images import ImageError, preprocess
+from mnistctl.pictures import ImageError, preprocess
 from mnistctl.serving.request_batching import Batcher
 
 MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
