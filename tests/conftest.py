@@ -86,6 +86,22 @@ def headless_chromium():
             browser.close()
 
 
+@contextlib.contextmanager
+def live_page(spawn, path: Path, width: int = 1280, height: int = 720):
+    """The live page of ``path`` (`mnistctl watch`, started with ``spawn``) in headless
+    Chromium, once it has drawn its first answer."""
+    import sys
+
+    port = free_port()
+    process = spawn([sys.executable, "-m", "mnistctl", "watch", str(path), "--port", str(port)])
+    wait_for(f"http://127.0.0.1:{port}/api/runs", process)
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=30000)
+        yield page
+
+
 def free_port() -> int:
     """A port nothing listens on now, on loopback."""
     with socket.socket() as s:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from mnistctl.config.shipped import PUBLISHED
 from mnistctl.many.lesson import STEPS, lesson_summary, plan
 from mnistctl.run.directory import load_run
 
-from .conftest import free_port, headless_chromium, wait_for
+from .conftest import live_page
 
 # Each step made small: a few hundred digits, ten steps, an evaluation every five.
 SMALL = ("data.train_size=500", "data.test_size=200", "train.steps=10", "train.eval_every=5",
@@ -141,16 +140,7 @@ def test_the_page_reads_the_lesson_from_its_files(taught):
 
 def test_the_lesson_on_the_page_in_a_real_browser(taught, spawn):
     runs, *_ = taught
-    port = free_port()
-    process = spawn(
-        [sys.executable, "-m", "mnistctl", "watch", str(runs / "lesson-quick"), "--port", str(port)]
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for(url + "/api/runs", process)
-    with headless_chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(url + "/")
-        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=30000)
+    with live_page(spawn, runs / "lesson-quick") as page:
         chips = page.locator(".chip").all_text_contents()
         heading = page.locator("#lesson-what").text_content()
         page.locator(".chip").nth(2).click()

@@ -23,7 +23,7 @@ from mnistctl.dataset import load_experiment_data
 from mnistctl.run.directory import load_run
 from mnistctl.serving.live import create_live_app, run_state, run_summary
 
-from .conftest import CONFIGS, free_port, headless_chromium, wait_for
+from .conftest import CONFIGS, free_port, headless_chromium, live_page, wait_for
 from .test_runs import OLD_RUN
 
 
@@ -290,13 +290,7 @@ def test_a_single_evaluation_is_drawn_as_a_point(trained_run, tmp_path, spawn):
     shutil.copytree(trained_run, run)
     lines = (run / "metrics.csv").read_text().splitlines()
     (run / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")  # the first evaluation only
-    port = free_port()
-    process = spawn([sys.executable, "-m", "mnistctl", "watch", str(run), "--port", str(port)])
-    wait_for(f"http://127.0.0.1:{port}/api/runs", process)
-    with headless_chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+    with live_page(spawn, run) as page:
         # Pixels of the test curve's red (#d62728) in the accuracy panel: the one point's dot.
         red = page.evaluate(
             "(() => { const c = document.querySelector(\"section[data-key='2'] canvas\");"
@@ -316,13 +310,7 @@ def test_a_folder_names_a_line_on_hover_and_groups_a_sweeps_trials(trained_run, 
         shutil.copytree(trained_run, folder / "sweep-x" / trial)
     noted = CliRunner().invoke(main, ["note", str(folder / "old"), "the baseline from last week"])
     assert noted.exit_code == 0, noted.output
-    port = free_port()
-    process = spawn([sys.executable, "-m", "mnistctl", "watch", str(folder), "--port", str(port)])
-    wait_for(f"http://127.0.0.1:{port}/api/runs", process)
-    with headless_chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 1", timeout=20000)
+    with live_page(spawn, folder) as page:
         group = page.locator("tr.group").all_text_contents()
         names = page.locator("tr.run").evaluate_all("rows => rows.map(r => r.dataset.name)")
         legend = page.locator(".runs-legend span[data-name]").all_text_contents()
