@@ -370,3 +370,56 @@ def test_train_redraw_draws_the_dashboard_with_the_latest_digits(mnist_cache, tm
     assert result.exit_code == 0, result.output
     (run,) = tmp_path.iterdir()
     assert (run / "dashboard.png").stat().st_size > 10_000
+
+
+def test_the_kernels_view_gets_the_first_layers_weights_and_feature_maps_as_trained(trained_run):
+    """What the page receives for its kernels view equals the graph's: the first layer's
+    kernels in the last checkpoint, and that layer's output for the first test image."""
+    import tensorflow as tf
+
+    from mnistctl.run.writers import unpack
+    from mnistctl.serving.live import kernel_state
+
+    run = load_run(trained_run)
+    data = load_experiment_data(run.experiment())
+    state = kernel_state(run, -1, data)
+    assert [e["step"] for e in state["entries"]] == [20, 40, 60] and state["layer"].startswith("conv 3x3x4")
+    assert [e["step"] for e in kernel_state(run, 40, data)["entries"]] == [60]  # only what is new
+    last = state["entries"][-1]
+    checkpoint = tf.train.load_checkpoint(str(trained_run / "checkpoints" / "latest" / "model-60"))
+    kernels, biases = (
+        checkpoint.get_tensor("layer0_conv/weights"),
+        checkpoint.get_tensor("layer0_conv/biases"),
+    )
+    sent = unpack(last["kernels"])
+    spread = (kernels.max(axis=(0, 1, 2)) - kernels.min(axis=(0, 1, 2))) / 255
+    assert sent.shape == (3, 3, 1, 4) and (np.abs(sent - kernels) <= spread / 2 + 1e-7).all()
+    # The convolution written out: stride 2, "same" padding (28 -> 14: one row and column of
+    # zeros after the image, as TensorFlow pads), then the bias and the ReLU.
+    image = np.pad(data.test_images[0].astype(np.float64) / 255.0, ((0, 1), (0, 1)))
+    patches = np.stack([image[a : a + 28 : 2, b : b + 28 : 2] for a in range(3) for b in range(3)], axis=-1)
+    maps = np.maximum(patches @ kernels.reshape(9, 4) + biases, 0.0)
+    got = unpack(last["maps"])
+    assert got.shape == (14, 14, 4)
+    assert np.abs(got - maps).max() <= (maps.max() - maps.min()) / 255 + 1e-4
+
+
+def test_k_shows_inside_the_network_and_again_the_six_panels(trained_run, tmp_path, spawn):
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    with live_page(spawn, run) as page:
+        page.keyboard.press("k")
+        page.wait_for_function(
+            "document.querySelector(\"section[data-key='k'] h2\").textContent.includes('evaluation 3 of 3')"
+        )
+        inside = page.evaluate(VISIBLE)
+        title = page.locator("section[data-key='k'] h2").text_content()
+        inked = page.evaluate(
+            "(() => { const c = document.querySelector(\"section[data-key='k'] canvas\");"
+            "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "return d.some((v, i) => i % 4 === 3 && v > 0); })()"
+        )
+        page.keyboard.press("k")
+        back = page.evaluate(VISIBLE)
+    assert inside == "k" and back == "123456" and inked
+    assert title == "inside the network: conv 3x3x4 stride 2 same relu, step 60 (evaluation 3 of 3)"

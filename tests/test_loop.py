@@ -60,7 +60,9 @@ class FakeSession:
             hidden = [np.zeros((n, 4))] * len(fetches["hidden"])
             weights, biases = [np.ones((3, 2))], [np.zeros(2)]
             predictions = np.zeros(n, np.int32)
-            return {"weights": weights, "biases": biases, "predictions": predictions, "hidden": hidden}
+            first = np.arange(n, dtype=np.float32)[:, None] * np.ones(4)  # image k's output: k
+            return {"weights": weights, "biases": biases, "predictions": predictions, "hidden": hidden,
+                    "first": first}  # fmt: skip
         # an evaluation batch: [loss_sum, correct, predictions(, probabilities)]. The test set
         # (with probabilities) comes first at each evaluation, then the validation set.
         n = len(feed[g.images])
@@ -263,10 +265,11 @@ def test_one_evaluation_measures_once_and_every_hook_gets_the_same_event():
             seen.append(event)
 
     fit(context(session, steps=10), tiny_data(), [Reader(), Reader(), Reader()])
-    assert session.measured == [["biases", "hidden", "predictions", "weights"]] * 2  # steps 5 and 10
+    assert session.measured == [["biases", "first", "hidden", "predictions", "weights"]] * 2  # steps 5, 10
     assert len(seen) == 6 and seen[0] is seen[1] is seen[2] and seen[3] is seen[4] is seen[5]
     event = seen[-1]
     assert event.record.step == 10 and event.weights[0][0] == "layer0/weights"
     assert event.batch_predictions.shape == event.batch.shape == (4,)  # the batch's, not the extra images'
     assert event.hidden == ()  # tiny has no batch norm: its activations are not carried
+    assert (event.probe == 4).all()  # the first layer's output for the first test image, fed last
     assert event.test_probabilities.shape == (TEST_IMAGES, 10)

@@ -7,6 +7,7 @@ proves it never computes anything itself.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,12 +18,14 @@ from mnistctl.run.writers import (
     CsvWriter,
     DistributionWriter,
     EvaluationLog,
+    KernelLog,
     PredictionWriter,
     forget_after,
     read_distributions,
     read_evaluations,
     read_metrics,
     read_predictions,
+    unpack,
 )
 from mnistctl.status import Status
 from mnistctl.train.events import EvalEvent, EvalRecord
@@ -118,6 +121,24 @@ def test_the_evaluation_log_keeps_each_events_mistakes_and_last_batch(tmp_path):
     assert [e["step"] for e in entries] == [10, 20]
     assert entries[-1]["wrong"] == [[0, 7], [1, 7]] and entries[-1]["test_count"] == 10
     assert entries[-1]["batch"] == [3, 1, 4] and entries[-1]["batch_predicted"] == [3, 1, 9]
+
+
+def test_the_kernel_log_keeps_the_first_layers_weights_and_feature_maps_to_a_255th(tmp_path):
+    rng = np.random.default_rng(0)
+    kernels, maps = rng.normal(size=(5, 5, 1, 6)), np.abs(rng.normal(size=(28, 28, 6)))
+    conv = [replace(event(10, 0.5, True), weights=(("layer0/weights", kernels),), probe=maps)]
+    path = tmp_path / "kernels.jsonl"
+    feed(KernelLog(path), conv, context())
+    (entry,) = read_evaluations(path)
+    for sent, original in ((unpack(entry["kernels"]), kernels), (unpack(entry["maps"]), maps)):
+        span = original.reshape(-1, 6).max(axis=0) - original.reshape(-1, 6).min(axis=0)
+        assert sent.shape == original.shape and (np.abs(sent - original) <= span / 510 + 1e-12).all()
+    # A dense first layer: its first MAX_UNITS units, each 784 weights (a 28x28 picture).
+    dense = [replace(event(20, 0.5, True), weights=(("layer0/weights", rng.normal(size=(784, 200))),),
+                     probe=rng.normal(size=200))]  # fmt: skip
+    feed(KernelLog(path), dense, context())
+    entry = read_evaluations(path)[-1]
+    assert entry["kernels"]["shape"] == [784, 16] and entry["maps"]["shape"] == [16]
 
 
 def test_the_prediction_writer_keeps_the_best_and_the_last_event(tmp_path):

@@ -48,6 +48,7 @@ TENSORBOARD_DIR = "tensorboard"
 DISTRIBUTIONS_FILE = "distributions.csv"
 PREDICTIONS_FILE = "predictions.npz"
 EVALUATIONS_FILE = "evaluations.jsonl"  # per evaluation: misrecognised digits, last batch
+KERNELS_FILE = "kernels.jsonl"  # per evaluation: the first layer's weights and feature maps
 LOCK_FILE = ".lock"  # held (flock) by the process that trains the run; says which one
 
 # A running process rewrites run.json at least this often; older means it died.

@@ -29,6 +29,7 @@ from mnistctl.run.directory import (
     CONFIG_FILE,
     DISTRIBUTIONS_FILE,
     EVALUATIONS_FILE,
+    KERNELS_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     TENSORBOARD_DIR,
@@ -47,6 +48,7 @@ from mnistctl.run.writers import (
     CsvWriter,
     DistributionWriter,
     EvaluationLog,
+    KernelLog,
     PredictionWriter,
     forget_after,
     read_metrics,
@@ -70,6 +72,7 @@ def default_hooks(run: Run, experiment: Experiment, graph: Graph) -> list[Hook]:
         DistributionWriter(run.path / DISTRIBUTIONS_FILE),
         PredictionWriter(run.path / PREDICTIONS_FILE),
         EvaluationLog(run.path / EVALUATIONS_FILE),
+        KernelLog(run.path / KERNELS_FILE),
         CheckpointHook(Checkpoints(run.path, graph), experiment.train.checkpoint_every),
     ]
 

@@ -27,6 +27,7 @@ from mnistctl.many.lesson import is_lesson, lesson_summary
 from mnistctl.report.compare import differing_settings
 from mnistctl.run.directory import (
     DISTRIBUTIONS_FILE,
+    KERNELS_FILE,
     MAX_DEPTH,
     METRICS_FILE,
     Run,
@@ -37,7 +38,7 @@ from mnistctl.run.directory import (
 )
 from mnistctl.run.labels import read_labels
 from mnistctl.run.tail import MetricsTail
-from mnistctl.run.writers import latest_predictions, read_distributions, read_metrics
+from mnistctl.run.writers import latest_predictions, read_distributions, read_evaluations, read_metrics
 
 DIGITS_SHOWN = 100  # digits in each of the two digit panels, as in the walk-through
 
@@ -156,6 +157,21 @@ def run_state(
     return state
 
 
+def kernel_state(run: Run, after: int, data: Dataset) -> dict[str, Any]:
+    """The kernels view: the first layer's weights and its feature maps of the first test image
+    at each evaluation after step ``after`` (as KernelLog packed them), and that image."""
+    entries = [e for e in read_evaluations(run.path / KERNELS_FILE) if e["step"] > after]
+    layer = run.experiment().model.layers[0]
+    return {
+        "name": run.name,
+        "layer": layer.describe(),
+        "kind": layer.tag,
+        "digit": _panel(data.test_images[:1], data.test_labels[:1], data.test_labels[:1]),
+        "classes": list(data.classes),
+        "entries": entries,
+    }
+
+
 def _latest_digits(run: Run, data: Dataset) -> dict[str, Any] | None:
     """The two digit panels from the latest evaluation the run wrote down."""
     latest = latest_predictions(run.path, data.test_labels)
@@ -248,9 +264,7 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
             raise LiveError(f"{watched.path}: not a lesson (mnistctl lesson makes one)")
         return lesson_summary(watched.path)
 
-    @app.get("/api/runs/{name:path}")
-    def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:
-        run = watched.run(name)
+    def data_of(run: Run) -> Dataset:
         exp = run.experiment()
         key = (exp.data.dataset, exp.data.train_size, exp.data.test_size, exp.data.validation)
         if key not in datasets:
@@ -258,6 +272,16 @@ def create_live_app(path: Path, data_dir: Path | None = None) -> FastAPI:
             while len(datasets) > MAX_DATASETS:
                 datasets.popitem(last=False)
         datasets.move_to_end(key)
-        return run_state(run, max(rows, 0), step, datasets[key], tail_of(run))
+        return datasets[key]
+
+    @app.get("/api/kernels/{name:path}")
+    def kernels(name: str, after: int = -1) -> dict[str, Any]:
+        run = watched.run(name)
+        return kernel_state(run, after, data_of(run))
+
+    @app.get("/api/runs/{name:path}")
+    def state(name: str, rows: int = 0, step: int = -1) -> dict[str, Any]:
+        run = watched.run(name)
+        return run_state(run, max(rows, 0), step, data_of(run), tail_of(run))
 
     return app

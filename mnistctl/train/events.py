@@ -87,6 +87,9 @@ class EvalEvent:
     # The hidden layers' outputs on the first HIDDEN_IMAGES test images, for models with batch
     # norm (whose activations the walk-through shows); () for the others.
     hidden: tuple[np.ndarray, ...] = ()
+    # The first layer's output for the first test image (its feature maps, for a convolution):
+    # the live page's kernels view shows it beside the first layer's weights.
+    probe: np.ndarray | None = None
 
 
 HIDDEN_IMAGES = 1000  # test images whose hidden activations an event carries

@@ -242,11 +242,13 @@ def _measure(
     g, batch = ctx.graph, ctx.last_batch
     wants_hidden = bool(g.hidden) and any(layer.normalised for layer in ctx.experiment.model.layers)
     shown = data.test_images[:HIDDEN_IMAGES] if wants_hidden else data.test_images[:0]
+    first = g.hidden[0] if g.hidden else g.logits  # the first layer's output (of the probe, last)
     fetched = ctx.session.run(
         {"weights": list(g.weights), "biases": list(g.biases), "predictions": g.predictions,
-         "hidden": list(g.hidden) if wants_hidden else []},
-        {g.images: np.concatenate([data.train_images[batch], shown])},
+         "hidden": list(g.hidden) if wants_hidden else [], "first": first},
+        {g.images: np.concatenate([data.train_images[batch], shown, data.test_images[:1]])},
     )  # fmt: skip
+    hidden = slice(len(batch), len(batch) + len(shown))
     return EvalEvent(
         record=record,
         improved=improved,
@@ -256,7 +258,8 @@ def _measure(
         batch_predictions=np.asarray(fetched["predictions"])[: len(batch)],
         weights=tuple(zip(_names(g.weights), fetched["weights"], strict=True)),
         biases=tuple(zip(_names(g.biases), fetched["biases"], strict=True)),
-        hidden=tuple(np.asarray(h)[len(batch) :] for h in fetched["hidden"]),
+        hidden=tuple(np.asarray(h)[hidden] for h in fetched["hidden"]),
+        probe=np.asarray(fetched["first"])[-1] if len(data.test_images) else None,
     )
 
 
