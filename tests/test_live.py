@@ -204,13 +204,13 @@ def test_the_page_draws_the_six_panels_in_a_real_browser(watching, trained_run):
         page.wait_for_function(
             "document.querySelector('#status').textContent.startsWith('completed')", timeout=20000
         )
-        page.wait_for_function("document.querySelectorAll('canvas').length === 6")
+        page.wait_for_function("document.querySelectorAll('section:not([hidden]) canvas').length === 6")
         titles = page.evaluate(
-            "[...document.querySelectorAll('section h2')].map(h => h.firstChild.textContent)"
+            "[...document.querySelectorAll('section:not([hidden]) h2')].map(h => h.firstChild.textContent)"
         )
         test_title = page.locator("section[data-key='4'] h2").text_content()
         inked = page.evaluate(
-            "[...document.querySelectorAll('canvas')].map(c => c.getContext('2d')"
+            "[...document.querySelectorAll('section:not([hidden]) canvas')].map(c => c.getContext('2d')"
             ".getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0))"
         )
         figures = page.locator("#figures").text_content()
