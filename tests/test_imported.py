@@ -59,6 +59,9 @@ def test_a_folder_of_pictures_trains_evaluates_and_serves(pictures, tmp_path, sp
     record = json.loads((tmp_path / "data" / "mine" / "dataset.json").read_text())
     assert record["classes"] == ["0", "1", "2"] and record["files"]["test_labels"]["count"] == 9
 
+    (info,) = json.loads(invoke("data", "info", "--dataset", "imported", "--json").output)
+    assert info["dataset"] == "mine" and {f["status"] for f in info["files"]} == {"verified"}
+
     from mnistctl.dataset import load_dataset
 
     data = load_dataset("mine")  # verified against dataset.json's digests, like MNIST

@@ -15,7 +15,7 @@ from mnistctl.files import to_json
 
 @main.group()
 def data() -> None:
-    """Get and inspect the datasets (MNIST, Fashion-MNIST)."""
+    """Get and inspect the datasets (MNIST, Fashion-MNIST), or make one of your pictures."""
 
 
 _dataset_option = click.option("--dataset", type=dataset_choice("all"), default="mnist", show_default=True)
@@ -38,13 +38,20 @@ def download(dataset: str, data_dir: Path | None) -> None:
 
 
 @data.command()
-@_dataset_option
+@click.option(
+    "--dataset",
+    default="mnist",
+    show_default=True,
+    help="mnist, fashion, all (both), imported (every one `data import` made) or an imported one's name.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(dataset: str, as_json: bool) -> None:
     """Where the cached dataset is, its counts and checksums."""
+    from mnistctl.config.datasets import imported_datasets
     from mnistctl.dataset import dataset_info
 
-    reports = [dataset_info(name) for name in _datasets(dataset)]
+    names = imported_datasets() if dataset == "imported" else _datasets(dataset)
+    reports = [dataset_info(name) for name in names]  # an unknown name: one line listing the known
     if as_json:
         click.echo(to_json(reports, indent=2))
         return
