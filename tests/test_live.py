@@ -324,6 +324,7 @@ def test_a_folder_names_a_line_on_hover_and_groups_a_sweeps_trials(trained_run, 
         legend_hot = page.locator(".runs-legend span.hot").all_text_contents()
         headers = page.locator("tr:first-child th").all_text_contents()
         note = page.locator("tr.run[data-name='old'] td").nth(headers.index("notes")).text_content()
+        chosen = page.locator("tr.run[data-name='old'] td").nth(headers.index("chosen by")).text_content()
     assert group == ["sweep-x/ — 2 runs, best " + group[0].split("best ")[1]] and "(trial-0000" in group[0]
     assert names == ["old", "sweep-x/trial-00000", "sweep-x/trial-00001"] or names[0] == "old"
     assert sorted(names) == ["old", "sweep-x/trial-00000", "sweep-x/trial-00001"]
@@ -331,6 +332,8 @@ def test_a_folder_names_a_line_on_hover_and_groups_a_sweeps_trials(trained_run, 
     assert tip.startswith("old: ") and " at step " in tip and hot == ["old"]
     assert legend_hot == ["sweep-x/trial-00001"]  # a row lights its line's key (and the line)
     assert headers[4:7] == ["best test", "at step", "chosen by"]  # best as compare has it
+    # The old run's best was chosen by validation: the cell says by what value (why the row is where it is).
+    assert chosen.startswith("validation 0.") and len(chosen) == len("validation 0.1234")
     assert note == "the baseline from last week"
 
 
