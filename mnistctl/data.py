@@ -247,7 +247,7 @@ def verify_raw(raw: bytes, expected: IdxFile) -> None:
 # -- sources ------------------------------------------------------------------------------
 
 
-def _write_gz_atomic(path: Path, raw: bytes) -> None:
+def write_gz_atomic(path: Path, raw: bytes) -> None:
     """Cache one file gzipped (mtime 0, so the bytes are reproducible), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, gzip.compress(raw, compresslevel=6, mtime=0))
@@ -429,7 +429,7 @@ def ensure_dataset(
         if not source.is_cache:
             log(f"{spec.title}: verified files from {source.label}; caching in {cache}")
             for role, data in raw.items():
-                _write_gz_atomic(cache / (spec.files[role].name + ".gz"), data)
+                write_gz_atomic(cache / (spec.files[role].name + ".gz"), data)
         return cache
     names = ", ".join(f.name + ".gz" for f in spec.files.values())
     tried = "; ".join(failures)

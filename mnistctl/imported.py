@@ -11,6 +11,7 @@ every load; ``data.dataset: NAME`` then trains on them, and everything else foll
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ import numpy as np
 
 from mnistctl.config import NAME_RULE, NUM_CLASSES, is_valid_name
 from mnistctl.config.datasets import BUILTIN, IMPORT_RECORD, data_root
-from mnistctl.data import DATASET_SPECS, ROLES, encode_idx
+from mnistctl.data import DATASET_SPECS, ROLES, encode_idx, write_gz_atomic
 from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json, write_atomic
 from mnistctl.pictures import ImageError, read_image_file
@@ -144,9 +145,6 @@ def _write(target: Path, arrays: dict, classes: list[str], folder: Path, fractio
            skipped: list[str]) -> None:  # fmt: skip
     """The four IDX files and dataset.json, made in a folder beside ``target`` and then put in
     its place: a dataset appears whole or not at all."""
-    import gzip
-    import hashlib
-
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     staging.chmod(0o755)  # as any other folder of the data directory (mkdtemp makes it private)
@@ -154,7 +152,7 @@ def _write(target: Path, arrays: dict, classes: list[str], folder: Path, fractio
         files = {}
         for role in ROLES:
             raw = encode_idx(arrays[role])
-            write_atomic(staging / (FILE_NAMES[role] + ".gz"), gzip.compress(raw, mtime=0))
+            write_gz_atomic(staging / (FILE_NAMES[role] + ".gz"), raw)  # as the cache keeps MNIST
             files[role] = {"name": FILE_NAMES[role], "sha256": hashlib.sha256(raw).hexdigest(),
                            "count": len(arrays[role])}  # fmt: skip
         record = {

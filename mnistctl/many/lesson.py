@@ -87,9 +87,10 @@ def plan(quick: bool = False, overrides: Sequence[str] = ()) -> list[PlannedStep
     shipped = shipped_configs()
     planned = []
     for n, step in enumerate(STEPS, start=1):
-        full_steps = load_config(shipped[step.config]).train.steps
+        full = load_config(shipped[step.config])
+        full_steps = full.train.steps
         short = [f"train.steps={min(step.quick_steps, full_steps)}"] if quick else []
-        exp = load_config(shipped[step.config], [*short, *overrides])
+        exp = load_config(shipped[step.config], [*short, *overrides]) if short or overrides else full
         planned.append(PlannedStep(n, step, Job(f"{n}-{step.config}", exp), exp.train.steps, full_steps))
     return planned
 

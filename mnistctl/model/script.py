@@ -219,7 +219,7 @@ def _training_lines(exp: Experiment, uses_batchnorm: bool) -> list[str]:
         "",
         "",
         "def test_accuracy(session):",
-        f'    """Accuracy and loss on the {len_text(exp)} test images, {train.eval_batch_size} at a time."""',
+        f'    """Accuracy and loss on the {_tests(exp)} test images, {train.eval_batch_size} at a time."""',
         "    right = total_loss = 0.0",
         f"    for start in range(0, len(test_images), {train.eval_batch_size}):",
         f"        end = start + {train.eval_batch_size}",
@@ -243,5 +243,5 @@ def _training_lines(exp: Experiment, uses_batchnorm: bool) -> list[str]:
     return lines
 
 
-def len_text(exp: Experiment) -> str:
+def _tests(exp: Experiment) -> str:
     return f"{exp.data.test_size:,}" if exp.data.test_size else "10,000"
