@@ -138,6 +138,7 @@ PLUMBING_MODULES = {
     "test_queue",
     "test_provenance",
     "test_lesson",
+    "test_inside",
 }
 
 

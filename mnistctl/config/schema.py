@@ -55,6 +55,11 @@ class LayerConfig:
         """One line for tables: ``conv 5x5x4 stride 1 same relu +batchnorm``."""
         raise NotImplementedError
 
+    def scope(self, index: int) -> str:
+        """The name scope of this layer as layer ``index`` of a graph (``layer0_conv``): its
+        variables' names start with it."""
+        return f"layer{index}_{self.tag}"
+
     @property
     def normalised(self) -> bool:
         """Whether the layer has batch norm (layers without the option never do)."""

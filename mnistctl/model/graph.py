@@ -138,7 +138,7 @@ def build_logits(
         ctx = LayerContext(
             exp.model.init, training, global_step, exp.model.batch_norm_decay, exp.train.seed, i
         )
-        with tf.name_scope(f"layer{i}_{layer.tag}"):
+        with tf.name_scope(layer.scope(i)):
             x = LAYER_BUILDERS.get(layer.tag)(x, layer, ctx)
         hidden.append(x)
     return x, tuple(hidden[:-1])

@@ -3,7 +3,8 @@
 The exported graph is an inference graph built from the run's config: input ``images``
 float32 ``[N, 28, 28, 1]`` in [0, 1]; outputs ``probabilities`` ``[N, 10]`` and ``classes``
 ``[N]``; dropout off and batch norm on its moving averages. Its variables come from the run's
-best checkpoint.
+best checkpoint. A second signature, ``activations``, answers every layer's output for the
+same input (:mod:`mnistctl.serving.inside`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mnistctl.config import IMAGE_SHAPE, NUM_CLASSES, Experiment
 from mnistctl.files import to_json
 from mnistctl.many.ensemble import Member, describe_members
 from mnistctl.model import build_logits, checkpoint_names
+from mnistctl.model.layers import BATCH_NORM_EPSILON
 from mnistctl.run.checkpoints import (
     ExportError,
     check_export_target,
@@ -32,6 +34,8 @@ from mnistctl.run.checkpoints import (
 )
 from mnistctl.run.directory import Run, load_run
 from mnistctl.serving.info import INFO_FILE, read_info
+from mnistctl.serving.inside import PARAMETERS, describe_layers, pack_float32
+from mnistctl.serving.inside import SIGNATURE as INSIDE
 
 v1 = tf.compat.v1
 SIGNATURE = "serving_default"
@@ -46,6 +50,40 @@ class InferenceGraph:
     probabilities: tf.Tensor
     classes: tf.Tensor
     averaged: bool  # restore the weights' moving averages (model.ema_decay) instead of the weights
+    inside: Inside | None = None  # what the activations signature answers
+
+
+@dataclass(frozen=True)
+class Inside:
+    """Each layer of one model: its description (:func:`describe_layers`), its output and its
+    parameters' values, in the graph's order."""
+
+    layers: list[dict[str, Any]]
+    outputs: list[tf.Tensor]
+    parameters: list[dict[str, tf.Tensor]]
+
+    def described(self) -> list[dict[str, Any]]:
+        """The layers as mnistctl.json keeps them: each parameter by its tensor's name."""
+        return [
+            layer | {"parameters": {name: t.name for name, t in values.items()}}
+            for layer, values in zip(self.layers, self.parameters, strict=True)
+        ]
+
+
+def _inside(exp: Experiment, outputs: Sequence[tf.Tensor], scope: str = "") -> Inside:
+    """Each layer's output and, read from its variables (``<variable>_value``), its parameters."""
+    variables = {v.op.name: v for v in v1.global_variables()}
+    layers, parameters = describe_layers(exp), []
+    for layer in layers:
+        found = {}
+        for name in PARAMETERS:
+            variable = variables.get(f"{scope}{layer['name']}/{name}")
+            if variable is not None:
+                found[name] = tf.identity(variable, name=f"{variable.op.name}_value")
+        parameters.append(found)
+        if layer.get("batch_norm"):
+            layer["epsilon"] = BATCH_NORM_EPSILON
+    return Inside(layers, list(outputs), parameters)
 
 
 def build_inference_graph(exp: Experiment) -> InferenceGraph:
@@ -54,10 +92,11 @@ def build_inference_graph(exp: Experiment) -> InferenceGraph:
     with graph.as_default():
         images = v1.placeholder(tf.float32, [None, *IMAGE_SHAPE], name="images")
         global_step = v1.train.get_or_create_global_step()
-        logits, _ = build_logits(images, exp, tf.constant(False), global_step)
+        logits, hidden = build_logits(images, exp, tf.constant(False), global_step)
         probabilities = tf.nn.softmax(logits, name="probabilities")
         classes = tf.argmax(logits, axis=1, name="classes")
-    return InferenceGraph(graph, images, probabilities, classes, exp.model.ema_decay is not None)
+        inside = _inside(exp, [*hidden, logits])
+    return InferenceGraph(graph, images, probabilities, classes, exp.model.ema_decay is not None, inside)
 
 
 def _restore(session: v1.Session, g: InferenceGraph, prefix: str) -> None:
@@ -93,12 +132,14 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
     with graph.as_default():
         images = v1.placeholder(tf.float32, [None, *IMAGE_SHAPE], name="images")
         global_step = v1.train.get_or_create_global_step()  # read by dropout seeds only; off here
-        restores, outputs = [], []
+        restores, outputs, inside = [], [], None
         for i, member in enumerate(members):
             exp = member.experiment
             with tf.name_scope(f"member{i}"):
-                logits, _ = build_logits(images, exp, tf.constant(False), global_step)
+                logits, hidden = build_logits(images, exp, tf.constant(False), global_step)
                 outputs.append(tf.nn.softmax(logits))
+            if i == 0:  # the activations signature shows the first member's layers
+                inside = _inside(exp, [*hidden, logits], scope="member0/")
             scoped = [v for v in v1.global_variables() if v.op.name.startswith(f"member{i}/")]
             names = checkpoint_names(scoped, exp.model.ema_decay is not None)
             names = {name.removeprefix(f"member{i}/"): v for name, v in names.items()}
@@ -106,7 +147,7 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
         probabilities = tf.identity(tf.add_n(outputs) / len(outputs), name="probabilities")
         classes = tf.argmax(probabilities, axis=1, name="classes")
         initialize = v1.variables_initializer([global_step])
-    g = InferenceGraph(graph, images, probabilities, classes, averaged=False)
+    g = InferenceGraph(graph, images, probabilities, classes, averaged=False, inside=inside)
     first = members[0].experiment
     info = {
         "run": None,
@@ -116,6 +157,7 @@ def export_ensemble(members: Sequence[Member], out: Path, *, overwrite: bool = F
         "classes": _class_names(first),
         "input": INPUT,
         "members": describe_members(members),
+        "inside_of": f"the first of the {len(members)} members, {members[0].run.name}",
     }
     with v1.Session(graph=graph) as session:
         session.run(initialize)
@@ -131,10 +173,18 @@ def _write(session: v1.Session, g: InferenceGraph, out: Path, info: dict[str, An
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         builder = v1.saved_model.Builder(str(staging / "model"))
-        signature = v1.saved_model.predict_signature_def(
-            inputs={"images": g.images}, outputs={"probabilities": g.probabilities, "classes": g.classes}
-        )
-        builder.add_meta_graph_and_variables(session, [TAG], signature_def_map={SIGNATURE: signature})
+        signatures = {
+            SIGNATURE: v1.saved_model.predict_signature_def(
+                inputs={"images": g.images}, outputs={"probabilities": g.probabilities, "classes": g.classes}
+            )
+        }
+        if g.inside is not None:
+            layers = {layer["name"]: t for layer, t in zip(g.inside.layers, g.inside.outputs, strict=True)}
+            signatures[INSIDE] = v1.saved_model.predict_signature_def(
+                inputs={"images": g.images}, outputs={**layers, "probabilities": g.probabilities}
+            )
+            info = info | {"layers": g.inside.described()}
+        builder.add_meta_graph_and_variables(session, [TAG], signature_def_map=signatures)
         builder.save()
         (staging / "model" / INFO_FILE).write_text(to_json(info, indent=2) + "\n")
         if out.exists():
@@ -181,13 +231,17 @@ class Predictor:
 
     def __init__(self, source: Path) -> None:
         self.source = source
+        self.inside: Inside | None = None  # the layers, when the model can show them
+        self.inside_missing = ""  # why it cannot
         saved_model = saved_model_path(source)
         if saved_model is not None:
             self._load_saved_model(saved_model)
         else:
             self._load_run(source)
+        self.info["signatures"] = [SIGNATURE] + ([INSIDE] if self.inside is not None else [])
         self._lock = threading.Lock()  # guards only the counters below
         self.requests = 0
+        self._parameters: list[dict[str, Any]] | None = None
 
     def _load_saved_model(self, path: Path) -> None:
         graph = tf.Graph()
@@ -202,6 +256,28 @@ class Predictor:
         self.info = read_info(path)
         self.info["source"] = "saved_model"
         self.info["version"] = int(path.name) if path.name.isdigit() else 1
+        layers = self.info.pop("layers", None)
+        if INSIDE not in meta.signature_def or not isinstance(layers, list):
+            self.inside_missing = (
+                f"{path}: this export has no {INSIDE!r} signature (exported by an older mnistctl): "
+                "export the run again to see inside the network"
+            )
+            return
+        outputs = meta.signature_def[INSIDE].outputs
+        try:
+            self.inside = Inside(
+                [{k: v for k, v in layer.items() if k != "parameters"} for layer in layers],
+                [graph.get_tensor_by_name(outputs[layer["name"]].name) for layer in layers],
+                [
+                    {k: graph.get_tensor_by_name(n) for k, n in layer["parameters"].items()}
+                    for layer in layers
+                ],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.inside_missing = (
+                f"{path / INFO_FILE}: its layers do not match the SavedModel's {INSIDE!r} signature: "
+                "export the run again to see inside the network"
+            )
 
     def _load_run(self, target: Path) -> None:
         run_dir, prefix = resolve(target)
@@ -211,7 +287,7 @@ class Predictor:
         self.session = _serving_session(g.graph)
         _restore(self.session, g, prefix)
         g.graph.finalize()
-        self.images, self.probabilities = g.images, g.probabilities
+        self.images, self.probabilities, self.inside = g.images, g.probabilities, g.inside
         self.info = describe(run, exp, prefix) | {"source": "checkpoint"}
 
     @property
@@ -237,6 +313,38 @@ class Predictor:
         with self._lock:
             self.requests += 1
         return self.session.run(self.probabilities, {self.images: images})
+
+    def parameters(self) -> list[dict[str, Any]]:
+        """Each layer's description with its parameters (``pack_float32``), read once.
+
+        Raises:
+            ExportError: the model cannot show its layers (``inside_missing`` says why).
+        """
+        if self.inside is None:
+            raise ExportError(self.inside_missing)
+        if self._parameters is None:
+            values = self.session.run(self.inside.parameters)
+            self._parameters = [
+                layer | {"parameters": {name: pack_float32(v) for name, v in found.items()}}
+                for layer, found in zip(self.inside.layers, values, strict=True)
+            ]
+        return self._parameters
+
+    def activations(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(probabilities ``[N, 10]``, each layer's output ``[N, ...]``) for float images in [0, 1].
+
+        Raises:
+            ExportError: the model cannot show its layers (``inside_missing`` says why).
+        """
+        if self.inside is None:
+            raise ExportError(self.inside_missing)
+        images = np.asarray(images, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)
+        with self._lock:
+            self.requests += 1
+        probabilities, layers = self.session.run(
+            [self.probabilities, self.inside.outputs], {self.images: images}
+        )
+        return probabilities, layers
 
     def close(self) -> None:
         self.session.close()

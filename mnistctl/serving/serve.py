@@ -26,6 +26,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnistctl.pictures import ImageError, preprocess
+from mnistctl.serving.inside import SIGNATURE as INSIDE
+from mnistctl.serving.inside import pack_float32
 from mnistctl.serving.request_batching import Batcher
 
 MAX_JSON_BYTES = 8 << 20  # ~ 100 instances of 784 numbers written out in full
@@ -54,6 +56,21 @@ SIGNATURE_DEF = {
     },
     "method_name": "tensorflow/serving/predict",
 }
+
+
+def _inside_signature(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The activations signature as TF Serving's metadata answer spells it."""
+    outputs = {
+        layer["name"]: {**_tensor("DT_FLOAT", -1, *layer["shape"]), "name": f"{layer['name']}:0"}
+        for layer in layers
+    }
+    return {
+        "inputs": SIGNATURE_DEF["inputs"],
+        "outputs": outputs | {"probabilities": SIGNATURE_DEF["outputs"]["probabilities"]},
+        "method_name": "tensorflow/serving/predict",
+    }
+
+
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
 
 
@@ -178,13 +195,19 @@ def create_app(
         status = {"error_code": "OK", "error_message": ""}
         return {"model_version_status": [{"version": served_version, "state": "AVAILABLE", "status": status}]}
 
+    inside = getattr(predictor, "inside", None)  # the layers, when the model can show them
+    signatures = ("serving_default", INSIDE) if inside is not None else ("serving_default",)
+
     @app.get("/v1/models/mnist/metadata")
     @app.get("/v1/models/mnist/versions/{version}/metadata")
     async def model_metadata(version: str | None = None) -> dict[str, Any]:
         _check_version(version)
+        signatures = {"serving_default": SIGNATURE_DEF}
+        if inside is not None:
+            signatures[INSIDE] = _inside_signature(inside.layers)
         return {
             "model_spec": {"name": MODEL_NAME, "signature_name": "", "version": served_version},
-            "metadata": {"signature_def": {"signature_def": {"serving_default": SIGNATURE_DEF}}},
+            "metadata": {"signature_def": {"signature_def": signatures}},
         }
 
     @app.post("/v1/models/mnist:predict")
@@ -194,7 +217,9 @@ def create_app(
         # Any content type: `curl -d @x.json` says form data and `requests.post(data=...)` says
         # nothing, and TF Serving reads both; a body that is not JSON is refused as such.
         body = await _read_body(request, MAX_JSON_BYTES, None, body_timeout_s)
-        images, columnar = parse_instances(body)
+        images, columnar, signature = parse_instances(body, signatures)
+        if signature == INSIDE:
+            return await _activations_tf_serving(images, columnar)
         probabilities = await predict(images)
         # A JSONResponse of plain floats and ints: FastAPI's encoder would walk it again. TF
         # Serving answers in the request's format: rows ("predictions") for "instances", one
@@ -217,23 +242,60 @@ def create_app(
             }
         )
 
+    async def _activations(images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        if inside is None:
+            raise BadRequest(predictor.inside_missing, 404)
+        answer = await run_in_threadpool(predictor.activations, images)
+        counts["requests"] += 1
+        return answer
+
+    async def _activations_tf_serving(images: np.ndarray, columnar: bool) -> JSONResponse:
+        probabilities, layers = await _activations(images)
+        outputs = {layer["name"]: values for layer, values in zip(inside.layers, layers, strict=True)}
+        outputs["probabilities"] = probabilities
+        if columnar:
+            return JSONResponse({"outputs": {name: values.tolist() for name, values in outputs.items()}})
+        rows = [{name: values[i].tolist() for name, values in outputs.items()} for i in range(len(images))]
+        return JSONResponse({"predictions": rows})
+
     def _check_version(version: str | None) -> None:
         if version is not None and version != served_version:
             raise BadRequest(
                 f"model mnist has no version {version!r}; it serves version {served_version}", 404
             )
 
-    @app.post("/predict")
-    async def predict_image(request: Request) -> JSONResponse:
+    async def read_image(request: Request) -> np.ndarray:
         body = await _read_body(request, MAX_IMAGE_BYTES, IMAGE_TYPES, body_timeout_s)
         try:
             async with decoding:
-                image = await run_in_threadpool(preprocess, body, "upload")
+                return await run_in_threadpool(preprocess, body, "upload")
         except ImageError as err:
             raise BadRequest(str(err)) from None
+
+    @app.post("/predict")
+    async def predict_image(request: Request) -> JSONResponse:
+        image = await read_image(request)
         probabilities = await predict(image[None])
         (result,) = predictor.labelled(probabilities)
         return JSONResponse({**result, "image": np.round(image, 3).tolist()})
+
+    # Inside the network, for the drawing page: the layers' parameters once, then each drawing's
+    # activations (exact float32, so the page's weighted sums add up to the layer's values).
+    @app.get("/inside")
+    async def inside_parameters() -> JSONResponse:
+        if inside is None:
+            raise BadRequest(predictor.inside_missing, 404)
+        layers = await run_in_threadpool(predictor.parameters)
+        return JSONResponse({"layers": layers, "of": predictor.info.get("inside_of")})
+
+    @app.post("/activations")
+    async def activations_image(request: Request) -> JSONResponse:
+        image = await read_image(request)
+        probabilities, layers = await _activations(image[None])
+        (result,) = predictor.labelled(probabilities)
+        return JSONResponse(
+            {**result, "image": pack_float32(image), "layers": [pack_float32(values[0]) for values in layers]}
+        )
 
     return app
 
@@ -267,10 +329,13 @@ def _no_constants(name: str) -> float:
     raise ValueError(f"{name} is not a number mnistctl accepts")
 
 
-def parse_instances(body: bytes) -> tuple[np.ndarray, bool]:
+def parse_instances(
+    body: bytes, signatures: tuple[str, ...] = ("serving_default",)
+) -> tuple[np.ndarray, bool, str]:
     """TF Serving's row format ``{"instances": [...]}`` (or columnar ``{"inputs": ...}``) ->
-    float32 images [N, 28, 28, 1] in [0, 1], and whether the request was columnar; BadRequest
-    naming the first problem."""
+    float32 images [N, 28, 28, 1] in [0, 1], whether the request was columnar, and the
+    ``signature_name`` asked for (one of ``signatures``; the first when none is named);
+    BadRequest naming the first problem."""
     try:
         payload = json.loads(body, parse_constant=_no_constants)
     except RecursionError:
@@ -279,6 +344,9 @@ def parse_instances(body: bytes) -> tuple[np.ndarray, bool]:
         raise BadRequest(f"malformed JSON: {err}") from None
     if not isinstance(payload, dict) or not ({"instances", "inputs"} & set(payload)):
         raise BadRequest('expected a JSON object with "instances" (a list of images) or "inputs"')
+    signature = payload.get("signature_name") or signatures[0]
+    if signature not in signatures:
+        raise BadRequest(f"model mnist has no signature {signature!r}; it has {', '.join(signatures)}")
     if "instances" in payload:
         instances = payload["instances"]
         if not isinstance(instances, list):
@@ -312,4 +380,4 @@ def parse_instances(body: bytes) -> tuple[np.ndarray, bool]:
         if low < 0 or high > 1:
             raise BadRequest(f"{where}[{i}]: pixel values must be in [0, 1], got {low:g}..{high:g}")
         images[i] = array.reshape(28, 28, 1)
-    return images, where == "inputs"
+    return images, where == "inputs", signature
