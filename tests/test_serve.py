@@ -549,7 +549,9 @@ def test_drawing_page_in_a_real_browser(server):
     with headless_chromium() as browser:
         page = browser.new_page(viewport={"width": 375, "height": 740})
         sent = []
-        page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/predict") else None)
+        page.on(
+            "request", lambda r: sent.append(r.url) if r.url.endswith(("/predict", "/activations")) else None
+        )
         page.goto(url + "/")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
         box = page.locator("#pad").bounding_box()
@@ -565,6 +567,7 @@ def test_drawing_page_in_a_real_browser(server):
         page.mouse.up()
         page.wait_for_function("document.querySelector('#digit').textContent.length > 0", timeout=20000)
         shown = page.locator("#digit").text_content()
+        assert sent and all(url.endswith("/activations") for url in sent)  # the layers come with it
         assert page.locator("#bars").bounding_box() == bars_before  # no layout jump
         widths = page.evaluate("[...document.querySelectorAll('.fill')].map(f => f.style.width)")
 
