@@ -27,16 +27,21 @@ SOURCE = ROOT / "tests" / "data" / "run-before-redesign"
 def make(folder: Path, runs: int, old: bool) -> None:
     from mnistctl.run.directory import config_digest
 
-    if folder.exists() and len(list(folder.iterdir())) == runs:
+    made = sorted(folder.glob("run-*")) if folder.exists() else []
+    if len(made) == runs and "seed: 1," in (folder / "run-00001" / "config.yaml").read_text():
         return
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for i in range(runs):
         run = folder / f"run-{i:05d}"
         shutil.copytree(SOURCE, run)
+        # Each copy its own config (its seed), as a sweep's trials have: nothing parsed once
+        # serves two runs.
+        config = (run / "config.yaml").read_text().replace("seed: 0,", f"seed: {i},")
+        (run / "config.yaml").write_text(config)
         if not old:
             record = json.loads((run / "run.json").read_text())
-            record["config_sha256"] = config_digest((run / "config.yaml").read_text())
+            record["config_sha256"] = config_digest(config)
             (run / "run.json").write_text(json.dumps(record))
 
 

@@ -58,7 +58,7 @@ def ray_startup() -> float:
 
 
 def records(sweep_dir: Path) -> list[dict]:
-    from mnistctl.run.directory import find_runs
+    from mnistctl.run.listing import find_runs
 
     return [run.record for run in find_runs([sweep_dir])]
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "sweeps" / "bench")
     args = parser.parse_args()
     from mnistctl.machine import summary as machine_summary
-    from mnistctl.run.directory import find_runs
+    from mnistctl.run.listing import find_runs
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     runs = args.runs_dir / stamp

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnistctl.cli import main
-from mnistctl.run.directory import find_runs
+from mnistctl.run.listing import find_runs
 
 from .test_runs import OLD_RUN
 

@@ -125,7 +125,8 @@ def remove(paths: tuple[Path, ...], filters: tuple[str, ...], dry_run: bool) -> 
     """Move runs to the trash (.trash/ beside them): nothing is deleted until mnistctl gc, and
     mnistctl restore brings a run back as it was. A run that is training is refused."""
     from mnistctl.errors import MnistctlError
-    from mnistctl.run.directory import find_runs, is_run_dir
+    from mnistctl.run.directory import is_run_dir
+    from mnistctl.run.listing import find_runs
     from mnistctl.run.trash import trash
 
     if not paths:

@@ -11,6 +11,7 @@ Problems raise :class:`Invalid` with the dotted key path and a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
@@ -64,8 +65,7 @@ def parse(value: Any, cls: type, path: str = "") -> Any:
             raise Invalid(sub(path, tag_key), registry.unknown_message(tag))
         cls = registry.get(tag)
         value = {k: v for k, v in value.items() if k != tag_key}
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     kwargs = {}
     for key, item in value.items():
         if key not in fields:
@@ -73,6 +73,13 @@ def parse(value: Any, cls: type, path: str = "") -> Any:
             raise Invalid(sub(path, str(key)), f"unknown key; expected one of: {known}")
         kwargs[key] = check_value(item, hints[key], sub(path, key), fields[key].metadata)
     return cls(**kwargs)
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """A config class's resolved type hints and fields, worked out once per class (resolving
+    the hints is most of the time of parsing a config otherwise)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def check_value(value: Any, hint: Any, path: str, bounds: typing.Mapping) -> Any:

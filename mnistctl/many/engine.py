@@ -33,7 +33,8 @@ from mnistctl.many.sweep import (
 from mnistctl.many.sweep_dir import check_unchanged, make_sweep_dir, owning, set_aside, why_restart
 from mnistctl.many.trial import TrialPlan, train_trial, trial_dir_name
 from mnistctl.many.trials import short_keys, short_value, write_trials
-from mnistctl.run.directory import find_runs, is_run_dir, load_run
+from mnistctl.run.directory import is_run_dir, load_run
+from mnistctl.run.listing import find_runs
 from mnistctl.status import Status
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from mnistctl.config import Experiment
 from mnistctl.errors import MnistctlError
 from mnistctl.run.checkpoints import CheckpointError, resolve
-from mnistctl.run.directory import Run, find_runs, is_run_dir, load_run
+from mnistctl.run.directory import Run, is_run_dir, load_run
+from mnistctl.run.listing import find_runs
 
 # What decides the images a member is tested on: members must agree on these.
 TEST_SET_KEYS = ("data.dataset", "data.test_size")

@@ -11,7 +11,8 @@ from typing import Any
 from mnistctl.config import flatten, to_dict
 from mnistctl.files import write_csv
 from mnistctl.many.sweep import TRIALS_FILE, read_sweep_dir
-from mnistctl.run.directory import METRICS_FILE, find_runs
+from mnistctl.run.directory import METRICS_FILE
+from mnistctl.run.listing import find_runs
 from mnistctl.run.writers import read_metrics
 from mnistctl.train.events import best_row
 

@@ -9,7 +9,10 @@ import fnmatch
 import functools
 import json
 import math
+import multiprocessing as mp
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from mnistctl.config import Experiment, flatten, to_dict
@@ -38,6 +41,57 @@ RESULT_COLUMNS = (
 )
 FORMATS = ("table", "csv", "json", "markdown")
 TEXT_FORMATS = FORMATS[1:]  # what render() writes; the table is the CLI's
+
+
+def facts(run: Run) -> dict[str, Any]:
+    """What a listing shows of a run, worked out once: its result row (``summarize``), its
+    resolved config as flat keys, its description and its layers described. A run listed
+    through a folder's index (mnistctl.run.listing) brings them from there when none of its
+    files changed; otherwise they are read now, and ``save_index`` keeps them."""
+    if run.derived is None:
+        try:
+            row = summarize(run)
+        except MnistctlError as err:  # one damaged run: shown as such, the others as usual
+            row = {"run": run.name, "status": "damaged", "error": str(err)}
+        run.derived = {
+            "row": row,
+            "config": _config_items(run),
+            "description": _description(run),
+            "layers": _layers(run),
+        }
+    return run.derived
+
+
+PARALLEL_FROM = 400  # runs to read before a second process is worth its start
+
+
+def read_facts(runs: list[Run]) -> None:
+    """``facts`` for every run, the ones to read from their files shared among the machine's
+    cores when there are many (a folder listed for the first time: about a millisecond a run,
+    most of it parsing config.yaml)."""
+    fresh = [run for run in runs if run.derived is None]
+    workers = min(os.cpu_count() or 1, 8)
+    if len(fresh) < PARALLEL_FROM or workers < 2 or "fork" not in mp.get_all_start_methods():
+        for run in fresh:
+            facts(run)
+        return
+    global _forked
+    _forked = fresh  # the workers are forked with it: each run is named by its place alone
+    chunk = -(-len(fresh) // (workers * 4))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            found = pool.map(_facts_at, range(len(fresh)), chunksize=chunk)
+            for run, derived in zip(fresh, found, strict=True):
+                run.derived = derived
+    finally:
+        _forked = []
+
+
+_forked: list[Run] = []
+
+
+def _facts_at(i: int) -> dict[str, Any]:
+    return facts(_forked[i])
 
 
 def _config_items(run: Run) -> dict[str, Any]:
@@ -111,14 +165,12 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
     Returns:
         (columns, rows): the result columns followed by the differing config keys.
     """
-    configs = [_config_items(r) for r in runs]
+    read_facts(runs)
+    configs = [facts(r)["config"] for r in runs]
     differing = _differing_keys(configs)
     rows = []
     for run, config in zip(runs, configs, strict=True):
-        try:
-            row = summarize(run)
-        except MnistctlError as err:  # one damaged run: shown as such, the others as usual
-            row = {"run": run.name, "status": "damaged", "error": str(err)}
+        row = {**facts(run)["row"], "run": run.name}
         row.update({k: config.get(k) for k in differing})
         rows.append(row)
     shown = [
@@ -138,13 +190,21 @@ def compare(runs: list[Run], sort: str | None = None, reverse: bool = False) -> 
 
 def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     keys = sorted({k for c in configs for k in c}, key=_key_order)
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    return [k for k in keys if _distinct([c.get(k) for c in configs]) > 1]
+
+
+def _distinct(values: list[Any]) -> int:
+    """How many different values (a key's values have one type: the schema's)."""
+    try:
+        return len(set(values))
+    except TypeError:  # lists and mappings
+        return len({json.dumps(v, sort_keys=True) for v in values})
 
 
 def differing_settings(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
     """What sets the runs apart: the config keys whose values differ (the run's name aside;
     layers summarised per layer, as ``summarize_layers`` does), and each run's values."""
-    configs = [_config_items(r) for r in runs]
+    configs = [facts(r)["config"] for r in runs]
     differing = [k for k in _differing_keys(configs) if k != "name"]
     rows = [{k: c.get(k) for k in differing} for c in configs]
     columns = summarize_layers(differing, rows, runs)
@@ -179,9 +239,9 @@ def summarize_layers(columns: list[str], rows: list[dict], runs: list[Run]) -> l
     if not differing:
         return columns
     if -1 in differing:  # the number of layers differs: every index any run has
-        depth = max((len(_layers(run)) for run in runs), default=0)
+        depth = max((len(facts(run)["layers"]) for run in runs), default=0)
         differing = list(range(depth))
-    described = [_layers(run) for run in runs]
+    described = [facts(run)["layers"] for run in runs]
     for i in differing:
         texts = [layers[i] if i < len(layers) else "-" for layers in described]
         for row, text in zip(rows, _what_differs(texts), strict=True):
@@ -215,7 +275,7 @@ def filter_rows(rows: list[dict], filters: list[str], runs: list[Run]) -> tuple[
     Raises:
         MnistctlError: a filter that is not KEY=PATTERN, or a key no run has.
     """
-    configs = [{**_config_items(run), "description": _description(run)} for run in runs]
+    configs = [{**facts(run)["config"], "description": facts(run)["description"]} for run in runs]
     kept_rows, kept_runs = [], []
     tests = []
     for expression in filters:

@@ -25,7 +25,6 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -162,6 +161,10 @@ class Run:
     record: RunRecord
     _experiment: Experiment | None = field(default=None, repr=False, compare=False)
     label: str = field(default="", compare=False)  # its path inside a folder listed recursively
+    # What a listing derived from the run's files (mnistctl.report.compare.facts), and the
+    # folder index it was listed through (mnistctl.run.listing), which keeps it between calls.
+    derived: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    index: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -382,48 +385,3 @@ def load_run(path: Path) -> Run:
 
 def is_run_dir(path: Path) -> bool:
     return (path / META_FILE).is_file() and (path / CONFIG_FILE).is_file()
-
-
-MAX_DEPTH = 4  # folders inside folders a recursive listing looks into (runs/<sweep>/trial-*)
-
-
-def find_runs(paths: list[Path], damaged: list[RunError] | None = None, recursive: bool = False) -> list[Run]:
-    """Runs named directly, or every run inside a runs directory, oldest first.
-
-    Args:
-        damaged: where to put the errors of runs inside a runs directory whose run.json cannot
-            be read, skipping them (default: the first one is raised).
-        recursive: also the runs in folders inside it (a sweep's trials, grouped under the
-            sweep: ``sweep/trial-00000``); hidden folders and Ray Tune's state are skipped.
-    """
-    runs = []
-    for path in paths:
-        if is_run_dir(path):
-            runs.append(load_run(path))
-        elif path.is_dir():
-            for inside in _run_dirs(path, MAX_DEPTH if recursive else 0):
-                try:
-                    run = load_run(inside)
-                except RunError as err:
-                    if damaged is None:
-                        raise
-                    damaged.append(err)
-                    continue
-                if inside.parent != path:
-                    run.label = inside.relative_to(path).as_posix()
-                runs.append(run)
-        else:
-            raise RunError(f"{path}: no such run or runs directory")
-    return runs
-
-
-def _run_dirs(folder: Path, depth: int) -> Iterator[Path]:
-    try:
-        entries = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return
-    for entry in entries:
-        if is_run_dir(entry):
-            yield entry
-        elif depth > 0 and entry.name != "tune" and not entry.name.startswith("tune."):
-            yield from _run_dirs(entry, depth - 1)

@@ -19,7 +19,8 @@ from pathlib import Path
 from mnistctl.errors import MnistctlError
 from mnistctl.files import read_json, to_json, write_atomic
 from mnistctl.run.checkpoints import LATEST, complete_steps
-from mnistctl.run.directory import CHECKPOINT_DIR, LOCK_FILE, Run, find_runs
+from mnistctl.run.directory import CHECKPOINT_DIR, LOCK_FILE, Run
+from mnistctl.run.listing import find_runs
 
 TRASH_DIR = ".trash"
 ORIGIN_FILE = ".origin.json"  # in a trashed run: where it was, and when it was trashed

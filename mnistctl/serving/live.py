@@ -28,15 +28,14 @@ from mnistctl.report.compare import differing_settings
 from mnistctl.run.directory import (
     DISTRIBUTIONS_FILE,
     KERNELS_FILE,
-    MAX_DEPTH,
     METRICS_FILE,
     Run,
     RunError,
-    find_runs,
     is_run_dir,
     load_run,
 )
 from mnistctl.run.labels import read_labels
+from mnistctl.run.listing import MAX_DEPTH, find_runs
 from mnistctl.run.tail import MetricsTail
 from mnistctl.run.writers import latest_predictions, read_distributions, read_evaluations, read_metrics
 
