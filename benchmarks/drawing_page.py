@@ -19,8 +19,6 @@ import http.client
 import io
 import itertools
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -113,6 +111,8 @@ def main() -> None:
     parser.add_argument("--page-answers", type=int, default=100)
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
+    from mnistctl.machine import summary
+
     port = free_port()
     command = [sys.executable, "-m", "mnistctl", "serve", str(args.source), "--port", str(port), "-q"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=ROOT)
@@ -120,7 +120,7 @@ def main() -> None:
         wait_until_up(f"http://127.0.0.1:{port}", server, timeout=120, probe="/metadata")
         result = {
             "source": str(args.source),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "machine": summary(),
             "http_ms": time_http(port, args.requests),
             "page_ms": time_page(port, args.page_answers) if args.page_answers else None,
         }
