@@ -179,6 +179,9 @@ def test_asha_stops_the_worse_trials_early_and_every_trial_is_a_run(mnist_cache,
     assert run.record.sweep == "asha" and run.record.node and run.record.trial.endswith(rows[0]["trial"][-5:])
     compared = json.loads(CliRunner().invoke(main, ["compare", str(sweep_dir), "--format", "json"]).output)
     assert [c["run"] for c in compared] == [r["trial"] for r in rows]  # ranked by the sweep's metric
+    # one meaning of "best": the sweep's table and compare name the same evaluation of each trial
+    assert [float(r["best_test_accuracy"]) for r in rows] == [c["best_test_accuracy"] for c in compared]
+    assert [int(r["best_step"]) for r in rows] == [c["best_step"] for c in compared]
     assert CliRunner().invoke(main, ["plot", str(sweep_dir)]).exit_code == 0
     assert (sweep_dir / "sweep.png").stat().st_size > 10_000
 

@@ -372,8 +372,8 @@ def _sweep_table(plan, outcome) -> None:
     metric = plan.spec.metric
     rows = outcome.trials
     title = f"{len(rows)} trials in {outcome.wall_s:.0f} s, best first by {metric} ({outcome.sweep_dir})"
-    columns = ["trial", *plan.space, "status", "steps", metric, "final_test_accuracy"]
-    labels = short_keys(list(plan.space))
+    columns = ["trial", *plan.space, "status", "steps", metric, "best_test_accuracy", "best_step"]
+    labels = short_keys(list(plan.space)) | {"best_test_accuracy": "best", "best_step": "at step"}
     headers = [labels.get(c, c) for c in columns]
     cells = [[_short(row.get(c), c) for c in columns] for row in rows[:20]]
     if out.is_terminal:
@@ -388,6 +388,7 @@ def _sweep_table(plan, outcome) -> None:
         out.print(title)
         for line in [headers, *cells]:
             out.print("  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip())
+    out.print(f"best: the test accuracy at each trial's best evaluation by {metric}, as compare shows it")
     if len(rows) > 20:
         out.print(f"(the first 20 of {len(rows)}; all of them in {outcome.sweep_dir / 'trials.csv'})")
     if outcome.best:

@@ -77,7 +77,13 @@ def _tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
-            trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id), **tune_config
+            trial_dirname_creator=lambda trial: trial_dir_name(trial.trial_id),
+            # A worker stays up from one trial to the next (TensorFlow imported and the data
+            # read once: a second's trial costs a second, not fifteen), unless a scheduler
+            # stops trials early: Tune's reuse of a stopped trial's worker fails here ("Could
+            # not re-use actor") and the sweep then waits for ever (Ray 2.60).
+            reuse_actors=tune_config.get("scheduler") is None,
+            **tune_config,
         ),
         run_config=tune.RunConfig(
             name=tune_path.name,

@@ -1,5 +1,6 @@
 """A sweep directory's trials: one row per trial (its parameters, status, steps, the sweep's
-metric, final test accuracy, wall time, node and run directory), read from the run
+metric at the trial's best evaluation by it, the test accuracy there - compare's "best" - and
+its step, the final test accuracy, wall time, node and run directory), read from the run
 directories alone, as ``trials.csv`` and as the tables of ``sweep``, ``compare`` and ``plot``."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def trial_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             status=str(run.status),
             steps=int(metrics[-1]["step"]) if metrics else record.steps_done,
             **{metric: best[metric] if best else None},
+            # compare's "best": the test accuracy of the evaluation the metric chose
+            best_test_accuracy=best["test_accuracy"] if best else None,
             best_step=int(best["step"]) if best else None,
             final_test_accuracy=metrics[-1]["test_accuracy"] if metrics else None,
             wall_s=round(record.wall_s, 1) if record.wall_s is not None else None,
