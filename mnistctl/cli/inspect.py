@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -317,14 +319,14 @@ def _compare(
         if len(chosen) == 1 and "selected_by" in names:
             names.remove("selected_by")
             note = f"best: the best evaluation by {chosen.pop()} accuracy; "
-    cells = [[cell(row.get(c), c) for c in names] for row in rows]
+    texts = [_column_texts(rows, c, cell) for c in names]  # column by column
     labels = short_keys([c for c in names if "." in c])  # config keys: lr0, layers[0].filters
     headers = [HEADERS.get(c) or labels.get(c, c) for c in names]
     headers = [h if headers.count(h) == 1 else c for h, c in zip(headers, names, strict=True)]  # name, name
-    widths = [max(len(h), *(len(r[i]) for r in cells)) + 3 for i, h in enumerate(headers)]
+    widths = [max(len(h), *map(len, texts[i])) + 3 for i, h in enumerate(headers)]
     # When the terminal is narrow, what differs between the runs stays and what they share goes
     # first; columns asked for by name are all shown (the terminal wraps the lines instead).
-    differs = [i for i in range(1, len(names)) if len({line[i] for line in cells}) > 1]
+    differs = [i for i in range(1, len(names)) if len(set(texts[i])) > 1]
     priority = [0, *differs, *(i for i in range(1, len(names)) if i not in differs)]
     if columns:
         keep, left_out = priority, []
@@ -332,8 +334,9 @@ def _compare(
         fitted, _ = fit_columns(priority, [widths[i] for i in priority], out.width - 1)
         keep, left_out = fitted, [names[i] for i in priority if i not in fitted]
     shown = sorted(keep)  # in the table's own order
-    _print_table([headers[i] for i in shown], [[line[i] for i in shown] for line in cells],
-                 [_numeric(rows, names[i]) for i in shown])  # fmt: skip
+    _print_table(
+        [headers[i] for i in shown], [texts[i] for i in shown], [_numeric(rows, names[i]) for i in shown]
+    )
     if left_out:
         note += (
             f"{len(left_out)} columns left out to fit the terminal: {', '.join(left_out)} "
@@ -343,18 +346,34 @@ def _compare(
         err.print(f"[dim]{escape(note.rstrip('; '))}[/]", soft_wrap=True)
 
 
-def _print_table(headers: list[str], lines: list[list[str]], right: list[bool]) -> None:
+def _column_texts(rows: list[dict], column: str, cell: Callable[[Any, str], str]) -> list[str]:
+    """A column's cells as text, each distinct value formatted once."""
+    done: dict[Any, str] = {}
+    texts = []
+    for row in rows:
+        value = row.get(column)
+        try:
+            text = done[value]
+        except KeyError:
+            text = done[value] = cell(value, column)
+        except TypeError:  # a list: unhashable
+            text = cell(value, column)
+        texts.append(text)
+    return texts
+
+
+def _print_table(headers: list[str], columns: list[list[str]], right: list[bool]) -> None:
     """Columns two spaces apart, the header in bold, numbers aligned right; written as plain
     text, so ten thousand rows print in a blink (a rich Table takes seconds), and never cut:
     a line wider than the terminal wraps."""
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
-
-    def joined(cells: list[str]) -> str:
-        padded = (c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True))
-        return "  ".join(padded).rstrip()
-
-    out.print(f"[bold]{escape(joined(headers))}[/]", soft_wrap=True, highlight=False)
-    out.file.write("".join(joined(line) + "\n" for line in lines))
+    widths = [max(len(h), *map(len, texts)) for h, texts in zip(headers, columns, strict=True)]
+    aligned = [
+        [t.rjust(w) if r else t.ljust(w) for t in texts]
+        for texts, w, r in zip(columns, widths, right, strict=True)
+    ]
+    head = "  ".join(h.rjust(w) if r else h.ljust(w) for h, w, r in zip(headers, widths, right, strict=True))
+    out.print(f"[bold]{escape(head.rstrip())}[/]", soft_wrap=True, highlight=False)
+    out.file.write("".join("  ".join(line).rstrip() + "\n" for line in zip(*aligned, strict=True)))
     out.file.flush()
 
 
