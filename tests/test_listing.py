@@ -105,13 +105,13 @@ def test_a_run_claimed_by_a_training_is_always_read_afresh(runs):
 
 
 @pytest.mark.parametrize(
-    "damage", [b"\x00\xff garbage", b'{"format": 2, "keysets": [], "runs": {"a": 7}}', b"[]"]
+    "damage", [b"\x00\xff garbage", b'{"format": 3, "keysets": [], "runs": {"a": 7}}', b"[]"]
 )
 def test_a_damaged_index_is_ignored_and_rebuilt(runs, damage):
     first = compare(runs)
     (runs / INDEX_FILE).write_bytes(damage)
     assert compare(runs) == first
-    assert json.loads((runs / INDEX_FILE).read_text())["format"] == 2
+    assert json.loads((runs / INDEX_FILE).read_text())["format"] == 3
 
 
 def test_a_folder_that_cannot_be_written_is_listed_without_an_index(runs, monkeypatch):
