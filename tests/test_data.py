@@ -126,6 +126,25 @@ def test_a_corrupt_uncompressed_copy_is_caught_too(spec, tmp_path):
     assert copy.read_bytes() == gzip.decompress((cache / "train-images-idx3-ubyte.gz").read_bytes())
 
 
+def test_a_process_keeps_what_it_verified_until_a_file_changes(spec, tmp_path):
+    """A sweep's worker loads the data trial after trial: read and verified once, while the
+    files are unchanged; a file changed since is read and verified again."""
+    cache = tmp_path / "cache"
+    mine = write_files(tmp_path / "mine", gz=True)
+    load_dataset("fake", data_dir=mine, cache_dir=cache)  # makes the uncompressed copies
+    first = load_dataset("fake", data_dir=mine, cache_dir=cache)
+    assert load_dataset("fake", data_dir=mine, cache_dir=cache) is first
+    assert not first.train_images.flags.writeable  # shared: nobody may change it in place
+    copy = cache / "train-images-idx3-ubyte"
+    raw = bytearray(copy.read_bytes())
+    raw[500] ^= 0xFF
+    copy.write_bytes(bytes(raw))
+    said = []
+    again = load_dataset("fake", data_dir=mine, cache_dir=cache, log=said.append)
+    assert again is not first and np.array_equal(again.train_images, TRAIN_X)
+    assert any(line.endswith("fetching again") for line in said)
+
+
 def test_truncated_gzip_is_never_used(spec, tmp_path):
     mine = write_files(tmp_path / "mine", gz=True)
     target = mine / "t10k-images-idx3-ubyte.gz"

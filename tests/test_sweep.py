@@ -153,6 +153,18 @@ def trials_csv(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def test_the_workers_of_a_sweep_stay_up_from_trial_to_trial(mnist_cache, tmp_path):
+    """Six trials two at a time: trained by two worker processes, not six (TensorFlow is
+    imported and the data read once per worker), each trial an ordinary complete run."""
+    small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
+    run_sweep_process(TINY, "--grid", "train.seed=0,1,2,3,4,5", *small, "--runs-dir", str(tmp_path),
+                      "--max-concurrent", "2", "-q")  # fmt: skip
+    runs = [load_run(p) for p in sorted((tmp_path / "tiny-grid").glob("trial-*"))]
+    assert len(runs) == 6 and {r.record.status for r in runs} == {Status.COMPLETED}
+    assert len({r.record.pid for r in runs}) <= 2
+    assert sorted(r.experiment().train.seed for r in runs) == [0, 1, 2, 3, 4, 5]
+
+
 def test_asha_stops_the_worse_trials_early_and_every_trial_is_a_run(mnist_cache, tmp_path):
     path = tmp_path / "asha.yaml"
     path.write_text(
