@@ -264,3 +264,15 @@ def test_a_double_ctrl_c_leaves_the_trials_interrupted_with_the_way_to_continue(
     assert "Traceback" not in stderr, stderr
     statuses = {load_run(p).record.status for p in sweep_dir.glob("trial-*")}
     assert statuses and statuses <= {Status.INTERRUPTED, Status.COMPLETED}, statuses  # never "stopped"
+
+
+def test_a_damaged_experiment_state_is_not_a_traceback_on_resume(mnist_cache, tmp_path):
+    small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
+    run_sweep_process(TINY, "--grid", "train.seed=0,1", *small, "--runs-dir", str(tmp_path), "-q")
+    sweep_dir = tmp_path / "tiny-grid"
+    (state,) = (sweep_dir / "tune").glob("experiment_state-*.json")
+    state.write_text('{"trial_data": [garbage')
+    result = run_sweep_process("--resume", str(sweep_dir))
+    assert "Traceback" not in result.stderr and "Tuner.restore" not in result.stderr, result.stderr[-3000:]
+    rows = trials_csv(sweep_dir)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
