@@ -155,7 +155,8 @@ def test_rm_refuses_a_run_being_trained_and_moves_nothing(runs):
 
 def test_rm_by_filter_and_gc_of_what_is_older(runs):
     result = invoke("rm", runs, "--filter", "schedule.lr0=0.004")
-    assert result.exit_code == 0 and sorted(p.name for p in runs.iterdir()) == [".trash", "a", "c"]
+    left = sorted(p.name for p in runs.iterdir() if p.name != ".mnistctl-index.json")  # compare's index
+    assert result.exit_code == 0 and left == [".trash", "a", "c"]
     kept = invoke("gc", runs, "--older-than", "1")  # trashed a moment ago: kept
     assert "nothing to do" in kept.output and len(list((runs / ".trash").iterdir())) == 1
     dry = invoke("gc", runs, "--dry-run")

@@ -126,7 +126,7 @@ def remove(paths: tuple[Path, ...], filters: tuple[str, ...], dry_run: bool) -> 
     mnistctl restore brings a run back as it was. A run that is training is refused."""
     from mnistctl.errors import MnistctlError
     from mnistctl.run.directory import is_run_dir
-    from mnistctl.run.listing import find_runs
+    from mnistctl.run.listing import find_runs, save_index
     from mnistctl.run.trash import trash
 
     if not paths:
@@ -134,8 +134,9 @@ def remove(paths: tuple[Path, ...], filters: tuple[str, ...], dry_run: bool) -> 
     if filters:
         from mnistctl.report.compare import compare, filter_rows
 
-        runs = find_runs(list(paths), damaged=[], recursive=True)
+        runs = find_runs(list(paths), damaged=[], recursive=True, indexed=True)  # as compare lists them
         _, rows = compare(runs) if runs else ([], [])
+        save_index(runs)
         by_name = {run.name: run for run in runs}
         _, runs = (
             filter_rows(rows, list(filters), [by_name[row["run"]] for row in rows]) if rows else ([], [])

@@ -6,10 +6,11 @@ spend seconds on runs that have not changed since the last call. A folder's inde
 each run directory in it, the version (mtime, size, inode) of each file a listing reads and
 what the listing derived from them (``Run.derived``: compare's row, the flat config, ...); a
 run whose files are all unchanged is listed from the index without opening them (its run.json
-is read only if something asks for its record). The index is ``.mnistctl-index.json`` in the folder (hidden: listings skip it), rewritten
-atomically when something changed. It is only a cache: a damaged or foreign one is ignored and
-rebuilt, a folder that cannot be written goes without, and a run that claims to be training is
-always read afresh (its status depends on its process, not only on its files).
+is read only if something asks for its record). The index is ``.mnistctl-index.json`` in the
+folder (hidden: listings skip it), rewritten atomically when something changed. It is only a
+cache: a damaged or foreign one is ignored and rebuilt, a folder that cannot be written goes
+without, and a run that claims to be training is always read afresh (its status depends on
+its process, not only on its files).
 """
 
 from __future__ import annotations
