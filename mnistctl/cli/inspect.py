@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -23,6 +21,7 @@ from mnistctl.cli.app import (
     set_option,
     top_option,
 )
+from mnistctl.cli.views import column_texts, is_numeric, print_columns
 from mnistctl.errors import MnistctlError
 from mnistctl.files import to_json
 from mnistctl.report.compare import FORMATS
@@ -319,7 +318,7 @@ def _compare(
         if len(chosen) == 1 and "selected_by" in names:
             names.remove("selected_by")
             note = f"best: the best evaluation by {chosen.pop()} accuracy; "
-    texts = [_column_texts(rows, c, cell) for c in names]  # column by column
+    texts = [column_texts(rows, c, cell) for c in names]  # column by column
     labels = short_keys([c for c in names if "." in c])  # config keys: lr0, layers[0].filters
     headers = [HEADERS.get(c) or labels.get(c, c) for c in names]
     headers = [h if headers.count(h) == 1 else c for h, c in zip(headers, names, strict=True)]  # name, name
@@ -334,8 +333,8 @@ def _compare(
         fitted, _ = fit_columns(priority, [widths[i] for i in priority], out.width - 1)
         keep, left_out = fitted, [names[i] for i in priority if i not in fitted]
     shown = sorted(keep)  # in the table's own order
-    _print_table(
-        [headers[i] for i in shown], [texts[i] for i in shown], [_numeric(rows, names[i]) for i in shown]
+    print_columns(
+        [headers[i] for i in shown], [texts[i] for i in shown], [is_numeric(rows, names[i]) for i in shown]
     )
     if left_out:
         note += (
@@ -344,42 +343,6 @@ def _compare(
         )
     if note:
         err.print(f"[dim]{escape(note.rstrip('; '))}[/]", soft_wrap=True)
-
-
-def _column_texts(rows: list[dict], column: str, cell: Callable[[Any, str], str]) -> list[str]:
-    """A column's cells as text, each distinct value formatted once."""
-    done: dict[Any, str] = {}
-    texts = []
-    for row in rows:
-        value = row.get(column)
-        try:
-            text = done[value]
-        except KeyError:
-            text = done[value] = cell(value, column)
-        except TypeError:  # a list: unhashable
-            text = cell(value, column)
-        texts.append(text)
-    return texts
-
-
-def _print_table(headers: list[str], columns: list[list[str]], right: list[bool]) -> None:
-    """Columns two spaces apart, the header in bold, numbers aligned right; written as plain
-    text, so ten thousand rows print in a blink (a rich Table takes seconds), and never cut:
-    a line wider than the terminal wraps."""
-    widths = [max(len(h), *map(len, texts)) for h, texts in zip(headers, columns, strict=True)]
-    aligned = [
-        [t.rjust(w) if r else t.ljust(w) for t in texts]
-        for texts, w, r in zip(columns, widths, right, strict=True)
-    ]
-    head = "  ".join(h.rjust(w) if r else h.ljust(w) for h, w, r in zip(headers, widths, right, strict=True))
-    out.print(f"[bold]{escape(head.rstrip())}[/]", soft_wrap=True, highlight=False)
-    out.file.write("".join("  ".join(line).rstrip() + "\n" for line in zip(*aligned, strict=True)))
-    out.file.flush()
-
-
-def _numeric(rows: list[dict], column: str) -> bool:
-    values = [row.get(column) for row in rows if row.get(column) is not None]
-    return bool(values) and all(isinstance(v, (int, float)) for v in values)
 
 
 @main.command()
