@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs"))
-from screenshots import STROKES, free_port, wait_until_up  # noqa: E402
+from screenshots import DRAWING_READY, STROKES, draw, free_port, opened, wait_until_up  # noqa: E402
 
 
 def drawings() -> list[bytes]:
@@ -72,33 +72,19 @@ def time_http(port: int, requests: int) -> dict[str, dict[str, float]]:
 
 
 def time_page(port: int, answers: int) -> dict[str, float] | None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
         print("no Chromium: the page's own time is not measured")
         return None
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1366, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=60000)
+    with opened(f"http://127.0.0.1:{port}", 1366, 900, DRAWING_READY) as page:
         page.evaluate("""() => { window.times = [];
             new MutationObserver(() => window.times.push(Number(document.body.dataset.answerMs)))
               .observe(document.body, {attributes: true, attributeFilter: ["data-answer-ms"]}); }""")
-        box = page.locator("#pad").bounding_box()
-        digits = list(STROKES.values())
+        digits = list(STROKES)
         while page.evaluate("window.times.length") < answers:
-            for stroke in digits[page.evaluate("window.times.length") % len(digits)]:
-                page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
-                page.mouse.down()
-                for x, y in stroke[1:]:
-                    page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
-                page.mouse.up()
+            draw(page, digits[page.evaluate("window.times.length") % len(digits)], steps=8)
             time.sleep(0.3)
             page.click("#clear")
         times = page.evaluate("window.times")
-        browser.close()
     return percentiles(times[:answers])
 
 

@@ -16,13 +16,16 @@ page is served on 127.0.0.1 by a `watch` (or `serve`) process of its own, closed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import sync_playwright
 
@@ -46,16 +49,26 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60, prob
     sys.exit(f"{url} did not answer within {timeout:.0f} s")
 
 
-def shoot(url: str, out: Path, width: int, height: int, keys: str = "", hover: str | None = None) -> None:
-    """A screenshot of the page at ``url`` once it has drawn twice (every panel has its data)."""
+@contextlib.contextmanager
+def opened(url: str, width: int, height: int, ready: str) -> Iterator[Any]:
+    """The page at ``url`` in headless Chromium, once the JavaScript ``ready`` is true."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         sys.exit("Chromium is not installed (apt-get install chromium)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": width, "height": height})
-        page.goto(url + "/")
-        page.wait_for_function("Number(document.body.dataset.drawn || 0) >= 2", timeout=60000)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url + "/")
+            page.wait_for_function(ready, timeout=60000)
+            yield page
+        finally:
+            browser.close()
+
+
+def shoot(url: str, out: Path, width: int, height: int, keys: str = "", hover: str | None = None) -> None:
+    """A screenshot of the page at ``url`` once it has drawn twice (every panel has its data)."""
+    with opened(url, width, height, "Number(document.body.dataset.drawn || 0) >= 2") as page:
         for key in keys:
             page.keyboard.press("Space" if key == " " else key)
         if hover:  # a folder view: the mouse over the named run's line
@@ -64,7 +77,6 @@ def shoot(url: str, out: Path, width: int, height: int, keys: str = "", hover: s
         time.sleep(0.5)
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
-        browser.close()
 
 
 # Pen strokes of a few digits on the 280x280 drawing pad, as someone would draw them.
@@ -78,26 +90,27 @@ STROKES = {
 }  # fmt: skip
 
 
+DRAWING_READY = "document.body.dataset.ready === '1'"  # serve's page has its model's layers
+
+
+def draw(page: Any, digit: str, steps: int = 6) -> None:
+    """Draw ``digit`` on serve's pad with the mouse, stroke by stroke."""
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / 280
+    for stroke in STROKES[digit]:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=steps)
+        page.mouse.up()
+
+
 def shoot_drawing(url: str, out: Path, width: int, height: int, digit: str, click: str | None) -> None:
     """A screenshot of serve's drawing page with ``digit`` drawn and, with ``click`` ("LAYER:MAP",
     counted from 1 as the page shows them), one feature map explained."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        sys.exit("Chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": width, "height": height})
-        page.goto(url + "/")
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=60000)
-        box = page.locator("#pad").bounding_box()
-        scale = box["width"] / 280
-        for stroke in STROKES[digit]:
-            x, y = stroke[0]
-            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-            page.mouse.down()
-            for x, y in stroke[1:]:
-                page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=6)
-            page.mouse.up()
+    with opened(url, width, height, DRAWING_READY) as page:
+        draw(page, digit)
         time.sleep(1.0)  # the last answer in
         if click:
             layer, channel = (int(v) - 1 for v in click.split(":"))
@@ -105,7 +118,6 @@ def shoot_drawing(url: str, out: Path, width: int, height: int, digit: str, clic
         time.sleep(0.5)
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out), full_page=True)
-        browser.close()
 
 
 def main() -> None:

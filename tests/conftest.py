@@ -102,6 +102,31 @@ def live_page(spawn, path: Path, width: int = 1280, height: int = 720):
         yield page
 
 
+@contextlib.contextmanager
+def serving_in_thread(app, **config):
+    """``app`` served by uvicorn on loopback in a thread of this process (``config``: more of
+    ``uvicorn_config``'s options): its URL; stopped at the end, whatever happened."""
+    import threading
+
+    import uvicorn
+
+    from mnistctl.serving.listen import uvicorn_config
+
+    port = free_port()
+    instance = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, **config))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+
+
 def free_port() -> int:
     """A port nothing listens on now, on loopback."""
     with socket.socket() as s:

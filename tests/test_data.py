@@ -110,14 +110,18 @@ def test_corrupt_cache_file_is_caught_and_fetched_again(spec, tmp_path):
     assert dataset_info("fake", cache_dir=cache)["files"][0]["status"] == "verified"
 
 
+def flip_a_pixel(path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[500] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
 def test_a_corrupt_uncompressed_copy_is_caught_too(spec, tmp_path):
     cache = tmp_path / "cache"
     mine = write_files(tmp_path / "mine", gz=True)
     load_dataset("fake", data_dir=mine, cache_dir=cache)  # makes the uncompressed copies
     copy = cache / "train-images-idx3-ubyte"
-    raw = bytearray(copy.read_bytes())
-    raw[500] ^= 0xFF
-    copy.write_bytes(bytes(raw))
+    flip_a_pixel(copy)
     said = []
     loaded = load_dataset("fake", data_dir=mine, cache_dir=cache, log=said.append)
     assert np.array_equal(loaded.train_images, TRAIN_X)
@@ -135,10 +139,7 @@ def test_a_process_keeps_what_it_verified_until_a_file_changes(spec, tmp_path):
     first = load_dataset("fake", data_dir=mine, cache_dir=cache)
     assert load_dataset("fake", data_dir=mine, cache_dir=cache) is first
     assert not first.train_images.flags.writeable  # shared: nobody may change it in place
-    copy = cache / "train-images-idx3-ubyte"
-    raw = bytearray(copy.read_bytes())
-    raw[500] ^= 0xFF
-    copy.write_bytes(bytes(raw))
+    flip_a_pixel(cache / "train-images-idx3-ubyte")
     said = []
     again = load_dataset("fake", data_dir=mine, cache_dir=cache, log=said.append)
     assert again is not first and np.array_equal(again.train_images, TRAIN_X)

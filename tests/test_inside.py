@@ -4,12 +4,9 @@ arithmetic adds up to each layer's value."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +21,7 @@ from mnistctl.cli import main
 from mnistctl.dataset import load_dataset
 from mnistctl.serving.inside import unpack_float32
 
-from .conftest import CONFIGS, free_port, headless_chromium
+from .conftest import CONFIGS, headless_chromium, serving_in_thread
 
 # Every kind of step the page explains: a batch-normalised convolution, a max-pool with
 # "same" padding, a strided "valid" convolution with another activation, dense layers.
@@ -110,27 +107,11 @@ def test_the_exports_activations_signature_agrees_with_the_run_directory(inside_
     assert np.allclose(export.predict(x), p_export, atol=1e-6)
 
 
-@contextlib.contextmanager
 def serving(predictor):
-    """The app around ``predictor`` served on loopback in a thread: its URL."""
-    import uvicorn
-
-    from mnistctl.serving.listen import uvicorn_config
+    """The app around ``predictor``, served on loopback: its URL."""
     from mnistctl.serving.serve import create_app
 
-    port = free_port()
-    instance = uvicorn.Server(uvicorn_config(create_app(predictor), host="127.0.0.1", port=port))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    return serving_in_thread(create_app(predictor))
 
 
 @pytest.fixture(scope="module")

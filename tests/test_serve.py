@@ -27,7 +27,7 @@ from mnistctl.cli import main
 from mnistctl.dataset import load_dataset
 from mnistctl.pictures import ImageError, preprocess
 
-from .conftest import CONFIGS, free_port, headless_chromium, rewrite_config, wait_for
+from .conftest import CONFIGS, free_port, headless_chromium, rewrite_config, serving_in_thread, wait_for
 
 
 def invoke(*args):
@@ -152,25 +152,12 @@ def test_bad_pictures(tmp_path, data, message):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    import uvicorn
-
     from mnistctl.serving.export import Predictor
-    from mnistctl.serving.listen import uvicorn_config
     from mnistctl.serving.serve import create_app
 
     predictor = Predictor(exported)
-    port = free_port()
-    app = create_app(predictor, body_timeout_s=2)
-    instance = uvicorn.Server(uvicorn_config(app, headers_timeout_s=2, host="127.0.0.1", port=port))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", predictor
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(create_app(predictor, body_timeout_s=2), headers_timeout_s=2) as url:
+        yield url, predictor
 
 
 def request(url: str, body: bytes | None = None, content_type: str = "application/json") -> tuple[int, dict]:

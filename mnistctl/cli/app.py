@@ -8,6 +8,8 @@ graphs, so ``--help``, ``validate``, ``compare`` and ``data info`` start fast.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +43,24 @@ class _Group(click.Group):
             where = f" ({error.filename})" if error.filename else ""
             err.print(f"[bold red]error:[/] {escape(str(error.strerror or error) + where)}", soft_wrap=True)
             sys.exit(2)
+
+
+def without_cycle_collector(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``command`` with Python's cycle collector off: a listing of thousands of runs makes
+    millions of small objects and no cycles, which the collector would only walk over and over
+    (a fifth of a warm listing of 10,000 runs)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if collecting:
+                gc.enable()
+
+    return run
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from mnistctl.cli.app import (
     out,
     set_option,
     top_option,
+    without_cycle_collector,
 )
 from mnistctl.cli.views import column_texts, is_numeric, print_columns
 from mnistctl.errors import MnistctlError
@@ -230,6 +230,7 @@ def eval_(
 @click.option(
     "--flat", is_flag=True, help="Only the runs directly in each folder, not those in folders inside it."
 )
+@without_cycle_collector
 def compare(
     paths: tuple[Path, ...],
     fmt: str,
@@ -244,26 +245,6 @@ def compare(
     appear as SWEEP/trial-00000), or a sweep (its trials, best first by the sweep's metric)
     (default: runs/). A folder keeps an index of what was read (.mnistctl-index.json), so
     listing it again reads only the runs that changed."""
-    # Thousands of runs make millions of small objects and no cycles: the cycle collector
-    # would only walk them over and over (a fifth of a warm listing of 10,000 runs).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        _compare(paths, fmt, sort_key, reverse, filters, columns, flat)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _compare(
-    paths: tuple[Path, ...],
-    fmt: str,
-    sort_key: str | None,
-    reverse: bool,
-    filters: tuple[str, ...],
-    columns: str | None,
-    flat: bool,
-) -> None:
     from mnistctl.many.sweep import is_sweep_dir, ranking_column
     from mnistctl.many.trials import short_keys
     from mnistctl.report.compare import (
