@@ -213,3 +213,39 @@ def spawn():
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             process.communicate(timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk("700k")``: a tmpfs of that size, to fill up (needs root and mount; the test
+    is skipped otherwise), unmounted at the end of the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f"disk-{len(mounted)}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file; returns it (remove it to make room)."""
+    import errno
+
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+    return filler

@@ -248,7 +248,8 @@ def test_full_disk_is_one_line_not_a_traceback(mnist_cache, tmp_path, monkeypatc
     monkeypatch.setattr(runs, "write_atomic", full)
     result = invoke("train", TINY, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2
-    assert result.output.strip() == f"error: No space left on device ({tmp_path / 'run.json'})"
+    assert result.output.strip() == f"error: {tmp_path / 'run.json'}: cannot write: No space left on device"
+    assert list((tmp_path / "runs").iterdir()) == []  # the run directory is made whole or not at all
 
 
 @pytest.mark.parametrize("command", [["eval"], ["export", "--out", "{tmp}/model"]])

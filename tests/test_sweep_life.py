@@ -20,7 +20,7 @@ from mnistctl.run.directory import load_run
 from mnistctl.run.writers import read_metrics
 from mnistctl.status import Status
 
-from .conftest import CONFIGS, ROOT, free_port
+from .conftest import CONFIGS, ROOT, fill, free_port
 from .test_sweep import run_sweep_process, sweep_command, trials_csv
 
 TINY = str(CONFIGS / "tiny.yaml")
@@ -276,3 +276,79 @@ def test_a_damaged_experiment_state_is_not_a_traceback_on_resume(mnist_cache, tm
     assert "Traceback" not in result.stderr and "Tuner.restore" not in result.stderr, result.stderr[-3000:]
     rows = trials_csv(sweep_dir)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+
+
+def test_a_full_disk_during_a_sweep_is_one_line_a_trial_and_the_sweep_goes_on_once_there_is_room(
+    mnist_cache, small_disk, spawn
+):
+    """The sweep on an 8 MB tmpfs filled up while its first trial trains (needs root and mount)."""
+    disk = small_disk("8m")
+    process = spawn(
+        sweep_command(TINY, "--grid", "train.seed=0,1", *SLOW, "--max-concurrent", "1",
+                      "--runs-dir", str(disk), "--name", "full"),
+        cwd=ROOT,
+    )  # fmt: skip
+    sweep_dir = disk / "full"
+    wait_for_rows(sweep_dir / "trial-00000", 2, process)
+    filler = fill(disk)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode in (1, 2), stderr[-3000:]  # trials failed, or the sweep's own files could not
+    assert "Traceback" not in stderr and "Logging error" not in stderr, stderr[-3000:]
+    failed = [line for line in stderr.splitlines() if " failed: " in line]
+    assert failed and all(f"{sweep_dir}/trial-0000" in line and "No space left on device" in line
+                          for line in failed), stderr  # fmt: skip
+    assert f"mnistctl sweep --resume {sweep_dir}" in stderr.replace("\n", ""), stderr[-3000:]
+
+    filler.unlink()  # room again: the same sweep goes on where it was cut short
+    run_sweep_process("--resume", str(sweep_dir))
+    rows = trials_csv(sweep_dir)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+    first = load_run(sweep_dir / "trial-00000")
+    assert first.record.resumes  # from its checkpoint, not from the start
+    steps = [int(r["step"]) for r in read_metrics(sweep_dir / "trial-00000" / "metrics.csv")]
+    assert steps == list(range(50, 1201, 50))
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid``, by pid, with its name (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    names = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            names[int(entry.name)] = name
+            children.setdefault(int(rest[1]), []).append(int(entry.name))
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = names[child]
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has ended (its parent has not asked yet)
+
+
+def test_every_ray_process_ends_within_seconds_of_a_driver_killed_with_sigkill(mnist_cache, tmp_path, spawn):
+    """Ray's own processes die with the driver; its raylet's agents used to stay a minute more."""
+    grid = ["--grid", "train.seed=0,1"]
+    process = spawn(
+        sweep_command(TINY, *grid, *SLOW, "--runs-dir", str(tmp_path), "--name", "killed"), cwd=ROOT
+    )
+    wait_for_rows(tmp_path / "killed" / "trial-00000", 2, process)
+    ray = _descendants(process.pid)
+    assert {"raylet", "gcs_server"} <= set(ray.values()) and len(ray) >= 6, ray  # agents, workers too
+    os.kill(process.pid, signal.SIGKILL)  # the driver alone, as the kernel's OOM killer would
+    deadline = time.monotonic() + 15
+    while (alive := {p: n for p, n in ray.items() if _running(p)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"still running 15 s after the driver was killed: {alive}"

@@ -40,8 +40,8 @@ class _Group(click.Group):
             err.print("[yellow]interrupted[/]")
             sys.exit(130)
         except OSError as error:  # a full disk, a read-only directory: say so, in one line
-            where = f" ({error.filename})" if error.filename else ""
-            err.print(f"[bold red]error:[/] {escape(str(error.strerror or error) + where)}", soft_wrap=True)
+            where = f"{error.filename}: " if error.filename else ""
+            err.print(f"[bold red]error:[/] {escape(where + str(error.strerror or error))}", soft_wrap=True)
             sys.exit(2)
 
 

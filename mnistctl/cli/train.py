@@ -346,7 +346,8 @@ def sweep(
     if outcome.failed:
         err.print(
             f"[bold red]error:[/] {len(outcome.failed)} trial(s) failed after their retries: "
-            f"{', '.join(outcome.failed)} (why: above; whole tracebacks in {outcome.sweep_dir / 'ray.log'})"
+            f"{', '.join(outcome.failed)} (why: above; whole tracebacks in {outcome.sweep_dir / 'ray.log'}); "
+            f"once the cause is fixed, try them again with: mnistctl sweep --resume {outcome.sweep_dir}"
         )
     if outcome.interrupted:
         err.print(f"[yellow]interrupted[/]: continue with: mnistctl sweep --resume {outcome.sweep_dir}")

@@ -22,7 +22,7 @@ from typing import Any
 
 from mnistctl.files import to_json, write_atomic
 from mnistctl.many.jobs import Job, OnRay
-from mnistctl.many.ray_session import cluster_cpus, start_ray
+from mnistctl.many.ray_session import cluster_cpus, full_disk_said, start_ray
 from mnistctl.many.sweep import (
     BEST_FILE,
     TUNE_DIR,
@@ -173,17 +173,18 @@ def run_sweep(
             print(f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
                   file=sys.stderr)  # fmt: skip
         started = time.time()
-        with fitting(sweep_dir) as fit:
-            tuner.fit()
-        # Tune's own word on each trial: TERMINATED (finished, or stopped early by the scheduler),
-        # ERROR (failed more often than max_failures), or not ended (the sweep was interrupted).
-        statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
-        interrupted = fit.interrupted or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
-        _mark_ended(sweep_dir, statuses, interrupted)
-        trials = write_trials(sweep_dir)
-        best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
-        if best is not None:
-            write_atomic(sweep_dir / BEST_FILE, to_json(best, indent=2) + "\n")
+        with full_disk_said(sweep_dir, f"continue with: mnistctl sweep --resume {sweep_dir}"):
+            with fitting(sweep_dir) as fit:
+                tuner.fit()
+            # Tune's own word on each trial: TERMINATED (finished, or stopped early by the
+            # scheduler), ERROR (failed more often than max_failures), or not ended (interrupted).
+            statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
+            interrupted = fit.interrupted or any(s not in ("TERMINATED", "ERROR") for s in statuses.values())
+            _mark_ended(sweep_dir, statuses, interrupted)
+            trials = write_trials(sweep_dir)
+            best = trials[0] if trials and trials[0].get(sweep.spec.metric) is not None else None
+            if best is not None:
+                write_atomic(sweep_dir / BEST_FILE, to_json(best, indent=2) + "\n")
         failed = sorted(trial_dir_name(t) for t, status in statuses.items() if status == "ERROR")
         return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started, failed)
 
@@ -236,10 +237,11 @@ def run_on_ray(jobs: Sequence[Job], runs_dir: Path, how: OnRay) -> None:
     if not how.quiet:
         print(f"{len(jobs)} runs, {concurrent} at a time, {how.cpus_per_job} CPU each", file=sys.stderr)
     tune_path.mkdir(parents=True, exist_ok=True)
-    with fitting(tune_path) as fit:  # Ray's lines beside Tune's state, not among the runs
-        tuner.fit()
-    statuses = {t.config["job"]: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
-    _mark_ended(runs_dir, statuses, fit.interrupted, [runs_dir / job.name for job in jobs])
+    with full_disk_said(runs_dir, "run the same command again: finished runs are kept, the others resume"):
+        with fitting(tune_path) as fit:  # Ray's lines beside Tune's state, not among the runs
+            tuner.fit()
+        statuses = {t.config["job"]: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}
+        _mark_ended(runs_dir, statuses, fit.interrupted, [runs_dir / job.name for job in jobs])
     if fit.interrupted:  # Tune took the signal: hand it on to whoever handles it now
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -261,7 +263,11 @@ def _job_progress(quiet: bool) -> Any:
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            log(f"{trial.config['job']}: started")
+            if not trial.num_failures:  # a retry's start was said with its failure
+                log(f"{trial.config['job']}: started")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            log(f"{trial.config['job']}: {retrying(trial)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
@@ -272,6 +278,11 @@ def _job_progress(quiet: bool) -> Any:
             log(f"{trial.config['job']}: failed: {trial_error(trial)}")
 
     return Progress()
+
+
+def retrying(trial: Any) -> str:
+    """A trial's failure that Tune retries (its run resumes from its latest checkpoint)."""
+    return f"failed: {trial_error(trial)}; trying again (retry {trial.num_failures})"
 
 
 def trial_error(trial: Any, wait_s: float = 3.0) -> str:
@@ -379,8 +390,13 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
 
     class Progress(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
+            if trial.num_failures:  # a retry's start was said with its failure
+                return
             values = ", ".join(f"{labels[k]}={short_value(trial.config.get(k))}" for k in space)
             log(f"{trial_dir_name(trial.trial_id)} started: {values}")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            log(f"{trial_dir_name(trial.trial_id)} {retrying(trial)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}

@@ -8,16 +8,21 @@ Nothing here imports Ray until a command trains on it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistctl.many.reaper import start as reaper_for_driver
 from mnistctl.many.sweep import SweepError
+
+_reaper: subprocess.Popen | None = None  # kept for the driver's life: its pipe closes with it
 
 CONNECT_TIMEOUT_S = 5.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -98,8 +103,14 @@ def start_ray(address: str | None) -> None:
             ) from None
         return
     # address="local": a Ray of its own, never a cluster that `ray start` left on this machine
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, **where)  # fmt: skip
+    context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                       log_to_driver=False, logging_level=logging.WARNING, **where)  # fmt: skip
+    session = context.address_info.get("session_dir")
+    if session:  # Ray's processes end with this driver, however it ends (see many/reaper)
+        global _reaper
+        _reaper = _reaper or reaper_for_driver()
+        _reaper.stdin.write(f"{session}\n".encode())
+        _reaper.stdin.flush()
 
 
 def stop_ray() -> None:
@@ -137,6 +148,42 @@ class Fit:
         return self.signal is not None
 
 
+class _LogFile(logging.FileHandler):
+    """ray.log, which a full disk must not turn into tracebacks on the terminal (logging's
+    "--- Logging error ---"): a line that cannot be written is dropped, and the sweep says why
+    through its own errors (the trial's file that could not be written)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the last lines' flush, on a full disk
+            super().close()
+
+
+FULL_BYTES = 1 << 20  # less free than this, and a write that failed is put down to a full disk
+
+
+@contextlib.contextmanager
+def full_disk_said(folder: Path, again: str) -> Iterator[None]:
+    """Around a search and what it writes after: a full disk is one line naming the folder, the
+    file it cut short, and how to go on once there is room. (Tune itself then fails in its own
+    ways: an EOFError reading back a trial's error file it could not write.)"""
+    try:
+        yield
+    except (OSError, EOFError) as err:
+        enospc = isinstance(err, OSError) and err.errno == errno.ENOSPC
+        try:
+            disk = os.statvfs(folder)
+            full = min(disk.f_bavail, disk.f_bfree) * disk.f_frsize < FULL_BYTES
+        except OSError:
+            full = False
+        if not (enospc or full):
+            raise
+        what = f" writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
+        raise SweepError(f"{folder}: the disk is full{what}; free some space, then {again}") from None
+
+
 class _Noticed(logging.Handler):
     """Notices Tune's line on the first Ctrl-C (Tune handles that one itself)."""
 
@@ -158,7 +205,7 @@ def fitting(log_dir: Path) -> Iterator[Fit]:
     fit = Fit(log_dir / RAY_LOG)
     ray_logger = logging.getLogger("ray")
     handlers, propagate = list(ray_logger.handlers), ray_logger.propagate
-    to_file = logging.FileHandler(fit.log, encoding="utf-8")
+    to_file = _LogFile(fit.log, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     noticed = _Noticed(fit)
     for handler in handlers:

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import shutil
 import socket
 import sys
 import time
@@ -310,6 +311,8 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunError(f"{runs_dir}: cannot create the runs directory: {err.strerror}") from None
+    if exact and _half_made(runs_dir / base):  # a create_run cut short (a full disk, kill -9)
+        shutil.rmtree(runs_dir / base)
     for attempt in range(1, 2 if exact else 1000):
         path = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
         try:
@@ -323,6 +326,27 @@ def create_run(runs_dir: Path, exp: Experiment, name: str | None = None, *, exac
         raise RunError(
             f"{runs_dir}: " + (f"{base} exists already" if exact else f"too many runs named {base}")
         )
+    try:
+        return _record_new_run(path, exp)
+    except BaseException as err:  # a run directory is made whole or not at all
+        shutil.rmtree(path, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise RunError(f"{err.filename or path}: cannot write: {err.strerror or err}") from None
+        raise
+
+
+def _half_made(path: Path) -> bool:
+    """A directory that :func:`create_run` began and never finished: no run record, and
+    nothing in it but what create_run writes before the record (and their temporary copies)."""
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    ours = {CONFIG_FILE, PATCH_FILE}
+    return META_FILE not in names and all(n in ours or n.endswith(".tmp") for n in names)
+
+
+def _record_new_run(path: Path, exp: Experiment) -> Run:
     text = dump_yaml(exp)
     write_atomic(path / CONFIG_FILE, text)
     code = code_state()
