@@ -426,3 +426,52 @@ def test_k_shows_inside_the_network_and_again_the_six_panels(trained_run, tmp_pa
         back = page.evaluate(VISIBLE)
     assert inside == "k" and back == "123456" and inked
     assert title == "inside the network: conv 3x3x4 stride 2 same relu, step 60 (evaluation 3 of 3)"
+
+
+# The live page with one more route that computes for a minute: a stand-in for the listing of a
+# folder of thousands of runs, cold, which a signal may find in flight.
+_SLOW_PAGE = """
+import sys, time
+from mnistctl.cli import main
+from mnistctl.serving import live
+
+made = live.create_live_app
+
+def with_a_slow_route(*args, **kwargs):
+    app = made(*args, **kwargs)
+    app.get("/slow")(lambda: time.sleep(60))
+    return app
+
+live.create_live_app = with_a_slow_route
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_one_signal_stops_the_page_within_seconds_while_a_request_computes(tmp_path, spawn, stop):
+    import threading
+
+    shutil.copytree(OLD_RUN, tmp_path / "run")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = spawn([sys.executable, "-c", _SLOW_PAGE, "watch", str(tmp_path / "run"), "--port", str(port)])
+    wait_for(url + "/api/runs", process)
+    answered: list[int] = []
+
+    def ask() -> None:
+        try:
+            answered.append(urllib.request.urlopen(url + "/slow", timeout=90).status)
+        except urllib.error.HTTPError as error:
+            answered.append(error.code)
+        except OSError:
+            answered.append(0)
+
+    threading.Thread(target=ask, daemon=True).start()
+    time.sleep(1)
+    started = time.monotonic()
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=30)  # it used to wait for the request: 60 s
+    assert time.monotonic() - started < 10, stderr
+    assert process.returncode == (130 if stop == signal.SIGINT else -stop), stderr
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr  # a stop asked for, not an error
+    assert answered != [200]  # it was cut short, not answered

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,22 @@ class _Group(click.Group):
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
+            if _still_working():  # a server's request thread, still computing: not waited for
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             sys.exit(130)
         except OSError as error:  # a full disk, a read-only directory: say so, in one line
             where = f"{error.filename}: " if error.filename else ""
             err.print(f"[bold red]error:[/] {escape(where + str(error.strerror or error))}", soft_wrap=True)
             sys.exit(2)
+
+
+def _still_working() -> bool:
+    """Whether a thread that Python would wait for at exit is still running (mnistctl's own
+    threads are daemons: such a thread is a library's, like the one computing a web request)."""
+    main = threading.main_thread()
+    return any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate())
 
 
 def without_cycle_collector(command: Callable[..., Any]) -> Callable[..., Any]:

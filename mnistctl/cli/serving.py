@@ -198,9 +198,7 @@ def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool, 
     """Watch PATH - a run directory, a sweep or a directory of runs - learn, on a local page:
     the walk-through's six panels for a run, every run's curve for a folder. Reads only the
     files, so it works on a run another process (or machine) is training. No TensorFlow."""
-    import uvicorn
-
-    from mnistctl.serving.listen import bind, uvicorn_config
+    from mnistctl.serving.listen import bind, run_server
     from mnistctl.serving.live import create_live_app
 
     app = create_live_app(path, data_dir=data_dir)  # a wrong path is one line, before binding
@@ -212,7 +210,7 @@ def watch(path: Path, host: str, port: int, data_dir: Path | None, quiet: bool, 
         out.print(f"watching {escape(str(path))} on http://{host}:{port}/  (Ctrl-C stops)")
     if parent is not None:
         _exit_with(parent)
-    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+    run_server(app, sock)
 
 
 def whose_page(host: str, port: int) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -61,6 +62,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 HEADERS_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
+STOP_WITHIN_S = 3  # a signal lets the requests in flight finish for this long, then stops them
 
 
 def uvicorn_config(app: FastAPI, headers_timeout_s: float = HEADERS_TIMEOUT_S, **where: Any) -> Any:
@@ -81,6 +83,7 @@ def uvicorn_config(app: FastAPI, headers_timeout_s: float = HEADERS_TIMEOUT_S, *
         access_log=False,
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=5,
+        timeout_graceful_shutdown=STOP_WITHIN_S,
         **where,
     )
 
@@ -159,11 +162,24 @@ def serve(
     log: Callable[[str], None] | None = None,
 ) -> None:
     """Serve on a socket from :func:`bind` until interrupted (``log``: one line per request)."""
-    import uvicorn
-
     app = create_app(predictor, batching=batching, log=log)
     _freeze_garbage()
-    uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+    run_server(app, sock)
+
+
+def run_server(app: FastAPI, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` until a signal. The requests in flight then have
+    ``STOP_WITHIN_S`` to finish before uvicorn cancels them, quietly: a request cut short by a
+    stop asked for is not the server's error. (A request's thread still computing - a listing of
+    10,000 runs - goes on; ``mnistctl.cli.app`` does not wait for it after Ctrl-C.)"""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn_config(app)).run(sockets=[sock])
 
 
 RESTART_GIVE_UP = 3  # workers in a row that die within QUICK_S of their start: stop serving
