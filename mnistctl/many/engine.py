@@ -144,34 +144,16 @@ def run_sweep(
         concurrent = _start(address, cpus, max_concurrent or sweep.spec.max_concurrent)
         if not resume:
             sweep_dir = make_sweep_dir(sweep, runs_dir or Path("runs"))
-            owned.enter_context(owning(sweep_dir))
         assert sweep_dir is not None
-        from ray import tune
+        try:  # Ctrl-C before the search begins: the sweep directory is there, to be continued
+            if not resume:
+                owned.enter_context(owning(sweep_dir))
+            from ray import tune
 
+            tuner = _ready_tuner(sweep, sweep_dir, resume, concurrent, data_dir, quiet)
+        except KeyboardInterrupt:
+            return SweepOutcome(sweep_dir, [], None, interrupted=True, wall_s=0.0)
         tune_path = sweep_dir / TUNE_DIR
-        restart = why_restart(sweep_dir, tune.Tuner.can_restore(str(tune_path))) if resume else None
-        tuner = None
-        if resume and restart is None:
-            try:
-                tuner = _sweep_tuner(sweep, sweep_dir, concurrent, data_dir, quiet, restore=True)
-            except Exception as err:  # a damaged tuner.pkl or experiment state: Ray's own error
-                restart = f"Ray Tune's saved state is damaged ({type(err).__name__})"
-        if restart is not None:
-            if sweep.spec.search == "optuna":
-                raise SweepError(
-                    f"{sweep_dir}: cannot be continued: {restart}, and optuna's suggestions cannot be "
-                    "replayed without it; start the sweep again under another --name"
-                )
-            set_aside(sweep_dir)
-            if not quiet:
-                print(f"{sweep_dir}: {restart}; searching again from the start: finished trials are kept "
-                      "and reported, unfinished ones resume", file=sys.stderr)  # fmt: skip
-        if tuner is None:
-            tuner = _sweep_tuner(sweep, sweep_dir, concurrent, data_dir, quiet, restore=False)
-        if not quiet:
-            what = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
-            print(f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
-                  file=sys.stderr)  # fmt: skip
         started = time.time()
         with full_disk_said(sweep_dir, f"continue with: mnistctl sweep --resume {sweep_dir}"):
             with fitting(sweep_dir) as fit:
@@ -187,6 +169,41 @@ def run_sweep(
                 write_atomic(sweep_dir / BEST_FILE, to_json(best, indent=2) + "\n")
         failed = sorted(trial_dir_name(t) for t, status in statuses.items() if status == "ERROR")
         return SweepOutcome(sweep_dir, trials, best, interrupted, time.time() - started, failed)
+
+
+def _ready_tuner(
+    sweep: Sweep, sweep_dir: Path, resume: bool, concurrent: int, data_dir: Path | None, quiet: bool
+) -> Any:
+    """Tune's Tuner for the sweep: restored from its saved state, or new (a new sweep, or one
+    whose state is missing, damaged or from another path: searched again in place)."""
+    from ray import tune
+
+    tune_path = sweep_dir / TUNE_DIR
+    restart = why_restart(sweep_dir, tune.Tuner.can_restore(str(tune_path))) if resume else None
+    tuner = None
+    if resume and restart is None:
+        try:
+            tuner = _sweep_tuner(sweep, sweep_dir, concurrent, data_dir, quiet, restore=True)
+        except Exception as err:  # a damaged tuner.pkl or experiment state: Ray's own error
+            restart = f"Ray Tune's saved state is damaged ({type(err).__name__})"
+    if restart is not None:
+        if sweep.spec.search == "optuna":
+            raise SweepError(
+                f"{sweep_dir}: cannot be continued: {restart}, and optuna's suggestions cannot be "
+                "replayed without it; start the sweep again under another --name"
+            )
+        set_aside(sweep_dir)
+        if not quiet:
+            print(f"{sweep_dir}: {restart}; searching again from the start: finished trials are kept "
+                  "and reported, unfinished ones resume", file=sys.stderr)  # fmt: skip
+    if tuner is None:
+        tuner = _sweep_tuner(sweep, sweep_dir, concurrent, data_dir, quiet, restore=False)
+    if not quiet:
+        cpus = sweep.spec.resources.cpus_per_trial
+        what = f"{sweep.trials} trials" + (" at most" if sweep.spec.scheduler else "")
+        print(f"sweep {sweep.name}: {what}, {concurrent} at a time, {cpus} CPU each, in {sweep_dir}",
+              file=sys.stderr)  # fmt: skip
+    return tuner
 
 
 def _sweep_tuner(
