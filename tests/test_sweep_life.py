@@ -180,6 +180,21 @@ def test_a_sweep_joins_a_loopback_only_cluster(mnist_cache, tmp_path, loopback_h
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
 
 
+def test_a_driver_the_cluster_refuses_is_one_line_within_seconds(tmp_path, loopback_head):
+    """The cluster asks for a token (as `ray start` makes one); a driver with authentication off
+    is refused: Ray's client retries and says so on stderr, once a second for 20 s, before."""
+    address, env = loopback_head
+    started = time.monotonic()
+    result = subprocess.run(
+        sweep_command(TINY, "--grid", "train.seed=0,1", "--address", address, "--runs-dir", str(tmp_path)),
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**env, "RAY_AUTH_MODE": "disabled"},
+    )  # fmt: skip
+    assert result.returncode == 2 and time.monotonic() - started < 15, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip() and "holding out" not in line]
+    assert line.startswith(f"error: --address {address}: cannot join the cluster (it refuses this driver")
+    assert "RAY_AUTH_MODE is disabled" in line
+
+
 def test_a_failed_trial_is_one_line_and_the_sweep_says_it_failed(mnist_cache, tmp_path):
     small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
     run_sweep_process(TINY, "--grid", "train.seed=0,1", *small, "--runs-dir", str(tmp_path), "-q")

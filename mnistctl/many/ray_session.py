@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mnistctl.many.reaper import start as reaper_for_driver
 from mnistctl.many.sweep import SweepError
@@ -92,15 +94,7 @@ def start_ray(address: str | None) -> None:
         raise SweepError("Ray was imported before mnistctl could keep it on 127.0.0.1; start the sweep first")
     where = {"_node_ip_address": "127.0.0.1"} if loopback else {}
     if address is not None:
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **where)
-        except (ConnectionError, RuntimeError) as err:  # AuthenticationError is a RuntimeError
-            mode = os.environ.get("RAY_AUTH_MODE", "disabled")
-            raise SweepError(
-                f"--address {address}: cannot join the cluster ({str(err).splitlines()[0]}); this "
-                f"driver's RAY_AUTH_MODE is {mode}: it must match the cluster's (token: with its token "
-                "in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
-            ) from None
+        _join(address, where)
         return
     # address="local": a Ray of its own, never a cluster that `ray start` left on this machine
     context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
@@ -111,6 +105,46 @@ def start_ray(address: str | None) -> None:
         _reaper = _reaper or reaper_for_driver()
         _reaper.stdin.write(f"{session}\n".encode())
         _reaper.stdin.flush()
+
+
+def _join(address: str, where: dict[str, str]) -> None:
+    """``ray.init`` at a cluster's address, which :func:`check_address` found answering: Ray's
+    client retries a refused handshake once a second (5 times here, not 20: the head is known to
+    answer), printing a line each time; those lines are kept from the terminal and read for the
+    reason (the driver's own log in the cluster's session has them too)."""
+    import ray
+
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "5")  # a joining driver's retries
+    with tempfile.TemporaryFile() as said, _stderr_into(said):
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **where)
+            return
+        except (ConnectionError, RuntimeError) as err:  # AuthenticationError is a RuntimeError
+            reason = str(err).splitlines()[0]
+        said.seek(0)
+        lines = said.read().decode("utf-8", "replace")
+    mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+    refused = "InvalidAuthToken" in lines or "Unauthenticated" in lines
+    raise SweepError(
+        f"--address {address}: cannot join the cluster ("
+        + ("it refuses this driver: its authentication token is missing or wrong" if refused else reason)
+        + f"); this driver's RAY_AUTH_MODE is {mode}: it must match the cluster's (token: with its "
+        "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    )
+
+
+@contextlib.contextmanager
+def _stderr_into(file: Any) -> Iterator[None]:
+    """File descriptor 2 (where Ray's C++ code writes) into ``file`` for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def stop_ray() -> None:
