@@ -17,7 +17,7 @@ from mnistctl.cli import main
 from mnistctl.errors import DamagedFileError, MnistctlError
 from mnistctl.files import read_json, read_regular
 
-from .conftest import CONFIGS, free_port
+from .conftest import CONFIGS, free_port, serving_in_thread
 from .test_runs import OLD_RUN
 
 TINY = CONFIGS / "tiny.yaml"
@@ -62,7 +62,50 @@ def test_a_runs_deeply_nested_config_does_not_stop_compare(tmp_path):
     (runs / "deep" / "config.yaml").write_text(nested_yaml(400))
     result = invoke("compare", runs, "--format", "csv")
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
-    assert {line.split(",")[0] for line in result.output.splitlines()[1:]} == {"good", "deep"}
+    rows = [line for line in result.output.splitlines() if line.startswith(("good,", "deep,"))]
+    assert {line.split(",")[0] for line in rows} == {"good", "deep"}
+    (said,) = [line for line in result.output.splitlines() if line.startswith("damaged:")]
+    assert str(runs / "deep" / "config.yaml") in said and "nested deeper than 64 levels" in said
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """'Billion laughs': each level a list of nine of the level below (9**9 strings expanded)."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("digest", [False, True], ids=["edited", "with-its-digest"])
+def test_an_alias_bomb_in_a_runs_config_is_refused_by_compare_and_the_live_page(tmp_path, digest):
+    """A run's config.yaml made a YAML bomb (its digest in run.json too, so it would pass for the
+    file training wrote): compare and the live page's listing go on in a second, naming it."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mnistctl.run.directory import config_digest
+    from mnistctl.serving.live import create_live_app
+
+    runs = tmp_path / "runs"
+    shutil.copytree(OLD_RUN, runs / "good")
+    shutil.copytree(OLD_RUN, runs / "bomb")
+    (runs / "bomb" / "config.yaml").write_text(bomb := alias_bomb())
+    if digest:
+        record = json.loads((runs / "bomb" / "run.json").read_text())
+        (runs / "bomb" / "run.json").write_text(json.dumps({**record, "config_sha256": config_digest(bomb)}))
+    started = time.perf_counter()
+    result = invoke("compare", runs, "--format", "csv")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "aliases (*name) are not supported" in result.output
+    listed = {line.split(",")[0] for line in result.output.splitlines()}
+    assert {"good", "bomb"} <= listed, result.output
+    with serving_in_thread(create_live_app(runs)) as url:
+        with urllib.request.urlopen(url + "/api/runs", timeout=30) as answer:
+            assert "good" in {r["name"] for r in json.loads(answer.read())["runs"]}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/api/runs/bomb", timeout=30)
+        assert refused.value.code == 409 and "aliases" in json.loads(refused.value.read())["error"]
+    assert time.perf_counter() - started < 10  # expanded, it would take minutes and gigabytes
 
 
 def test_a_key_path_of_30000_parts_is_refused_at_once():

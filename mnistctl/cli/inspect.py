@@ -251,6 +251,7 @@ def compare(
         HEADERS,
         cell,
         choose_columns,
+        facts,
         filter_rows,
         fit_columns,
         render,
@@ -282,9 +283,10 @@ def compare(
         rows, ordered = filter_rows(rows, list(filters), ordered)
         if not rows:
             raise MnistctlError(f"no runs match --filter {' --filter '.join(filters)}")
-    for row in rows:
-        if row.get("status") == "damaged":
-            err.print(f"[yellow]damaged:[/] {escape(row['error'])}", soft_wrap=True)
+    for row, run in zip(rows, ordered, strict=True):
+        unreadable = row["error"] if row.get("status") == "damaged" else facts(run).get("unreadable")
+        if unreadable:
+            err.print(f"[yellow]damaged:[/] {escape(unreadable)}", soft_wrap=True)
     if fmt in ("table", "markdown"):  # for people: one column per differing layer
         names = summarize_layers(names, rows, ordered)
     if columns:

@@ -53,9 +53,11 @@ def facts(run: Run) -> dict[str, Any]:
             row = summarize(run)
         except MnistctlError as err:  # one damaged run: shown as such, the others as usual
             row = {"run": run.name, "status": "damaged", "error": str(err)}
+        config, unreadable = _config_items(run)
         run.derived = {
             "row": row,
-            "config": _config_items(run),
+            "config": config,
+            "unreadable": unreadable,  # why the config is not shown: said beside the table
             "description": _description(run),
             "layers": _layers(run),
         }
@@ -94,14 +96,14 @@ def _facts_at(i: int) -> dict[str, Any]:
     return facts(_forked[i])
 
 
-def _config_items(run: Run) -> dict[str, Any]:
-    """A run's resolved config as flat keys (without its description); {} when it cannot be
-    read. Parsed once per write of config.yaml, by the run itself (with the alias guard and the
-    schema every config gets)."""
+def _config_items(run: Run) -> tuple[dict[str, Any], str | None]:
+    """A run's resolved config as flat keys (without its description), or {} and why it cannot
+    be read. Parsed once per write of config.yaml, by the run itself (with the alias guard and
+    the schema every config gets)."""
     try:
-        return dict(_flat_config(run.experiment()))
-    except MnistctlError:
-        return {}
+        return dict(_flat_config(run.experiment())), None
+    except MnistctlError as err:
+        return {}, str(err)
 
 
 @functools.lru_cache(maxsize=16384)  # a folder of thousands of runs, each read once per change
