@@ -188,6 +188,9 @@ def test_an_ensemble_needs_two_runs(runs, tmp_path):
     for other in (tmp_path / "alias", spelled):  # the same run, spelled otherwise: still once
         again = invoke("eval", first, other, members(runs)[1])
         assert again.exit_code == 2 and "named twice" in again.output, again.output
+        exported = invoke("export", first, other, members(runs)[1], "--out", tmp_path / "model")
+        assert exported.exit_code == 2 and "named twice" in exported.output, exported.output
+    assert not (tmp_path / "model").exists()
 
 
 def test_validation_needs_a_hold_out(trained_run):
