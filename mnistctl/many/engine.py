@@ -11,6 +11,7 @@ cluster. Nothing here is imported until a command trains on Ray.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 
 from mnistctl.files import to_json, write_atomic
 from mnistctl.many.jobs import Job, OnRay
-from mnistctl.many.ray_session import cluster_cpus, full_disk_said, start_ray
+from mnistctl.many.ray_session import cluster_cpus, full_disk_said, start_ray, stop_for_full_disk
 from mnistctl.many.sweep import (
     BEST_FILE,
     TUNE_DIR,
@@ -284,7 +285,7 @@ def _job_progress(quiet: bool) -> Any:
                 log(f"{trial.config['job']}: started")
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            log(f"{trial.config['job']}: {retrying(trial)}")
+            log(f"{trial.config['job']}: {failed(trial, retried=True)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
@@ -292,14 +293,20 @@ def _job_progress(quiet: bool) -> Any:
                 f"{result.get('test_accuracy', float('nan')):.4f}")  # fmt: skip
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"{trial.config['job']}: failed: {trial_error(trial)}")
+            log(f"{trial.config['job']}: {failed(trial, retried=False)}")
 
     return Progress()
 
 
-def retrying(trial: Any) -> str:
-    """A trial's failure that Tune retries (its run resumes from its latest checkpoint)."""
-    return f"failed: {trial_error(trial)}; trying again (retry {trial.num_failures})"
+def failed(trial: Any, retried: bool) -> str:
+    """A trial's failure in one line, and whether Tune retries it (its run resumes from its
+    latest checkpoint). A full disk stops the search instead: a retry would fail the same way."""
+    reason = trial_error(trial)
+    if os.strerror(errno.ENOSPC) in reason:
+        stop_for_full_disk()
+    elif retried:
+        return f"failed: {reason}; trying again (retry {trial.num_failures})"
+    return f"failed: {reason}"
 
 
 def trial_error(trial: Any, wait_s: float = 3.0) -> str:
@@ -413,7 +420,7 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
             log(f"{trial_dir_name(trial.trial_id)} started: {values}")
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            log(f"{trial_dir_name(trial.trial_id)} {retrying(trial)}")
+            log(f"{trial_dir_name(trial.trial_id)} {failed(trial, retried=True)}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
@@ -423,6 +430,6 @@ def _progress(sweep: Sweep, sweep_dir: Path, quiet: bool) -> Any:
             write_trials(sweep_dir)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            log(f"{trial_dir_name(trial.trial_id)} failed: {trial_error(trial)}")
+            log(f"{trial_dir_name(trial.trial_id)} {failed(trial, retried=False)}")
 
     return Progress()

@@ -176,10 +176,22 @@ class Fit:
 
     log: Path
     signal: signal.Signals | None = None
+    full_disk: bool = False  # a trial found the disk full: the search was stopped for it
 
     @property
     def interrupted(self) -> bool:
         return self.signal is not None
+
+
+_fit: Fit | None = None  # the search under way in this driver
+
+
+def stop_for_full_disk() -> None:
+    """Stop the search under way as Ctrl-C does (its state saved, the trials told), to be said
+    as a full disk when it has stopped: a retry, or the next trial, would fail the same way."""
+    if _fit is not None and not _fit.full_disk:
+        _fit.full_disk = True
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 class _LogFile(logging.FileHandler):
@@ -235,8 +247,10 @@ def fitting(log_dir: Path) -> Iterator[Fit]:
     """Around ``Tuner.fit()``: Ray's log lines go to ``log_dir/ray.log`` only (mnistctl says what
     happened, in its own words); SIGTERM is Ctrl-C (Tune's graceful stop: the state saved, the
     trials told); a second signal stops at once, as Tune's does. ``Fit.signal`` says which came.
+    A search stopped for a full disk ends in ``OSError(ENOSPC)`` (:func:`full_disk_said` says it).
     """
-    fit = Fit(log_dir / RAY_LOG)
+    global _fit
+    fit = _fit = Fit(log_dir / RAY_LOG)
     ray_logger = logging.getLogger("ray")
     handlers, propagate = list(ray_logger.handlers), ray_logger.propagate
     to_file = _LogFile(fit.log, encoding="utf-8")
@@ -259,9 +273,12 @@ def fitting(log_dir: Path) -> Iterator[Fit]:
     previous = signal.signal(signal.SIGINT, second), signal.signal(signal.SIGTERM, term)
     try:
         yield fit
+        if fit.full_disk:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     except KeyboardInterrupt:  # the second signal: Tune stopped without its last save
         fit.signal = fit.signal or signal.SIGINT
     finally:
+        _fit = None
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
         for handler in (to_file, noticed):
