@@ -5,6 +5,10 @@ import os
 # TensorFlow's C++ start-up chatter (oneDNN notices, missing CUDA drivers) is noise for our
 # users; set TF_CPP_MIN_LOG_LEVEL yourself to see it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# `import tensorflow` also imports Keras 3 whole, for Keras' own optimizers' sake (about 1.5 s
+# of a 6 s import on a 2-core EPYC), unless told to look for the legacy tf_keras instead, which
+# is not installed: then nothing is imported. mnistctl builds its graphs with tf.compat.v1 alone.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def _import_quietly():

@@ -150,7 +150,8 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
 # Modules whose tests build graphs or train without the data fixtures.
 TENSORFLOW_MODULES = {"test_model", "test_loop", "test_experiment", "test_resume", "test_stopping"}
 # Modules whose tests train only to have a run to serve, watch or sweep: what they check is the
-# plumbing around a run (HTTP, the live page, Ray), not its numbers, so one pass is enough.
+# plumbing around a run (HTTP, the live page, Ray), not its numbers, so one pass is enough (a
+# test elsewhere says the same with @pytest.mark.plumbing).
 PLUMBING_MODULES = {
     "test_serve",
     "test_live",
@@ -174,7 +175,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         uses_data = {"mnist_cache", "fashion_cache"} & set(item.fixturenames)
-        if (uses_data or module in TENSORFLOW_MODULES) and module not in PLUMBING_MODULES:
+        plumbing = module in PLUMBING_MODULES or item.get_closest_marker("plumbing")
+        if (uses_data or module in TENSORFLOW_MODULES) and not plumbing:
             item.add_marker(pytest.mark.tensorflow)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.plumbing
 def test_benchmark_worker_runs_a_variant(mnist_cache):
     """The benchmark's measuring process works (the full benchmark is a script, not a test)."""
     import json

@@ -329,6 +329,7 @@ def run_in_a_terminal(args: list[str], timeout: float = 120) -> bytes:
     return output
 
 
+@pytest.mark.plumbing
 def test_commands_that_load_tensorflow_say_so_on_a_terminal_only(trained_run):
     shown = run_in_a_terminal(["eval", str(trained_run)])
     assert shown.startswith("loading TensorFlow…\r\x1b[K".encode()), shown[:200]

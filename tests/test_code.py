@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from mnistctl.cli import main
@@ -67,6 +68,7 @@ def test_the_script_of_tiny_reaches_mnistctls_accuracy(mnist_cache, tmp_path):
     assert abs(script_accuracy - ours) <= 0.05, (script_accuracy, ours)
 
 
+@pytest.mark.plumbing
 def test_every_shipped_config_writes_a_script_that_runs(mnist_cache, tmp_path):
     """Each shipped config's script, made small, trains a few steps and prints its accuracy:
     all of them in one Python, each in a graph of its own (TensorFlow is imported once)."""

@@ -143,6 +143,7 @@ def test_a_resume_without_a_checkpoint_starts_again_and_says_so(mnist_cache, tmp
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [10, 20]
 
 
+@pytest.mark.plumbing
 def test_two_resumes_of_one_run_at_once_one_trains_the_other_is_refused(validated_run, tmp_path):
     import subprocess
     import sys

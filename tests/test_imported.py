@@ -49,6 +49,7 @@ def pictures(mnist_cache, tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.plumbing
 def test_a_folder_of_pictures_trains_evaluates_and_serves(pictures, tmp_path, spawn):
     made = invoke("data", "import", pictures, "--name", "mine", "--test-fraction", "0.25")
     assert made.exit_code == 0, made.output

@@ -169,6 +169,7 @@ def test_the_compare_table_of_five_runs_differing_in_many_keys_fits_the_figure(t
     assert {"name", "optimizer.name"} & set(named)  # adam or sgd
 
 
+@pytest.mark.plumbing
 def test_every_picture_names_its_run_and_checkpoint(trained_run, tmp_path):
     from mnistctl.report import plots
     from mnistctl.run.directory import load_run
@@ -192,6 +193,7 @@ def test_bad_output_format_is_one_line(trained_run, tmp_path):
     )
 
 
+@pytest.mark.plumbing
 def test_eval_draws_gallery_and_confusion(trained_run, tmp_path):
     result = invoke("eval", trained_run, "--gallery", tmp_path / "g.png", "--confusion", tmp_path / "c.png")
     assert result.exit_code == 0, result.output

@@ -161,33 +161,6 @@ def test_labels_keep_datasets_and_precisions_apart():
     ]
 
 
-def test_reproduce_side_by_side_through_the_sweep_engine(mnist_cache, tmp_path):
-    """--max-concurrent trains the pending seeds as Ray trials; the ledger is the same."""
-    import subprocess
-    import sys
-
-    from mnistctl.run.directory import load_run
-    from mnistctl.status import Status
-
-    from .conftest import ROOT
-
-    runs, docs = tmp_path / "runs", tmp_path / "docs"
-    command = [sys.executable, "-m", "mnistctl", "reproduce", str(CONFIGS / "tiny.yaml"), "--seeds", "2",
-               "--max-concurrent", "2", "--runs-dir", str(runs), "--docs", str(docs), "--quiet",
-               *BUDGET]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ledger = list(csv.DictReader((docs / "reproduce-runs.csv").open()))
-    assert sorted((r["config"], r["seed"]) for r in ledger) == [("tiny", "0"), ("tiny", "1")]
-    made = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
-    assert made == [f"tiny-seed{s}-{ledger[0]['config_sha']}" for s in (0, 1)]
-    assert all(load_run(runs / name).record.status is Status.COMPLETED for name in made)
-    before = {name: (runs / name / "metrics.csv").read_bytes() for name in made}
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and len(list(csv.DictReader((docs / "reproduce-runs.csv").open()))) == 2
-    assert {name: (runs / name / "metrics.csv").read_bytes() for name in made} == before
-
-
 def test_a_second_reproduce_into_the_same_ledger_is_refused(tmp_path):
     from mnistctl.many.reproduce import LEDGER_LOCK
     from mnistctl.run.directory import RunLock

@@ -198,53 +198,6 @@ def test_asha_stops_the_worse_trials_early_and_every_trial_is_a_run(mnist_cache,
     assert (sweep_dir / "sweep.png").stat().st_size > 10_000
 
 
-def test_an_interrupted_sweep_continues_where_it_stopped(mnist_cache, tmp_path):
-    runs = tmp_path / "runs"
-    settings = [
-        "--set",
-        "train.steps=400",
-        "--set",
-        "train.eval_every=20",
-        "--set",
-        "train.checkpoint_every=40",
-    ]
-    grid = ["--grid", "schedule.lr0=0.002,0.004"]
-    process = subprocess.Popen(
-        sweep_command(str(TINY), *grid, *settings, "--runs-dir", str(runs), "--max-concurrent", "1"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sweep_dir = runs / "tiny-grid"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:  # one trial finished, the next one part-way
-        assert process.poll() is None, process.communicate()
-        done = [r for r in (trials_csv(sweep_dir) if (sweep_dir / "trials.csv").exists() else [])]
-        second = sweep_dir / "trial-00001" / "metrics.csv"
-        if done and second.exists() and len(read_metrics(second)) >= 3:
-            break
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
-    assert f"continue with: mnistctl sweep --resume {sweep_dir}" in stderr.replace("\n", "")
-    first = sweep_dir / "trial-00000"
-    finished_files = {p: p.read_bytes() for p in (first / "metrics.csv", first / "run.json")}
-    assert load_run(first).record.status is Status.COMPLETED
-    second = load_run(sweep_dir / "trial-00001")  # its worker killed by Tune: said so, not "crashed"
-    assert second.record.status is Status.INTERRUPTED and second.status is Status.INTERRUPTED
-
-    run_sweep_process("--resume", str(sweep_dir))
-    rows = trials_csv(sweep_dir)
-    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
-    assert {p: p.read_bytes() for p in finished_files} == finished_files  # not trained again
-    resumed = load_run(sweep_dir / "trial-00001")
-    assert len(resumed.record.resumes) >= 1  # continued from its checkpoint, not restarted
-    steps = [int(r["step"]) for r in read_metrics(sweep_dir / "trial-00001" / "metrics.csv")]
-    assert steps == list(range(20, 401, 20))
-
-
 def _kill_when(path: Path, rows: int, timeout: float = 120) -> tuple[int, str]:
     """Wait until the run at ``path`` has ``rows`` evaluations; kill -9 its process.
 

@@ -4,6 +4,7 @@ loopback cluster joined with --address, and a port that is not Ray refused in on
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -41,6 +42,9 @@ def wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: flo
 def test_a_sweep_directory_is_owned_stopped_by_sigterm_and_continued_from_any_state(
     mnist_cache, tmp_path, spawn
 ):
+    """One trial finished and the next part-way: a second driver is refused, SIGTERM stops the
+    sweep as Ctrl-C does, and the sweep is continued wherever its directory is (a copy, and the
+    original with Tune's state damaged): the finished trial is kept, the other resumed."""
     runs = tmp_path / "runs"
     grid = ["--grid", "schedule.lr0=0.002,0.004"]
     process = spawn(
@@ -55,13 +59,17 @@ def test_a_sweep_directory_is_owned_stopped_by_sigterm_and_continued_from_any_st
     assert second.returncode == 2, second.stderr  # the first driver owns it: refused at once
     assert f"{sweep_dir}: in use by pid {process.pid}" in second.stderr and "Traceback" not in second.stderr
 
+    wait_for_rows(sweep_dir / "trial-00001", 3, process)  # the first trial has finished
     process.send_signal(signal.SIGTERM)  # as Ctrl-C: Tune's graceful stop, then mnistctl's word
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert f"continue with: mnistctl sweep --resume {sweep_dir}" in stderr.replace("\n", "")
     assert "Traceback" not in stderr and "Tuner.restore" not in stderr  # Ray's own advice: in ray.log
     assert (sweep_dir / "ray.log").is_file()
-    assert load_run(sweep_dir / "trial-00000").record.status is Status.INTERRUPTED
+    assert load_run(sweep_dir / "trial-00000").record.status is Status.COMPLETED
+    stopped = load_run(sweep_dir / "trial-00001")  # its worker stopped by Tune: said so, not "crashed"
+    assert stopped.record.status is Status.INTERRUPTED and stopped.status is Status.INTERRUPTED
+    finished = (sweep_dir / "trial-00000" / "metrics.csv").read_bytes()
 
     moved = tmp_path / "elsewhere" / "life"
     shutil.copytree(sweep_dir, moved)  # a copy: resumed where it is, the original never touched
@@ -77,9 +85,11 @@ def test_a_sweep_directory_is_owned_stopped_by_sigterm_and_continued_from_any_st
         rows = trials_csv(where)
         assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
         assert {Path(r["run"]).parent for r in rows} == {where}
-        first = load_run(where / "trial-00000")
-        assert len(first.record.resumes) == 1  # continued from its checkpoint, not restarted
-        steps = [int(r["step"]) for r in read_metrics(where / "trial-00000" / "metrics.csv")]
+        kept = load_run(where / "trial-00000")
+        assert not kept.record.resumes and (where / "trial-00000" / "metrics.csv").read_bytes() == finished
+        resumed = load_run(where / "trial-00001")
+        assert len(resumed.record.resumes) == 1  # continued from its checkpoint, not restarted
+        steps = [int(r["step"]) for r in read_metrics(where / "trial-00001" / "metrics.csv")]
         assert steps == list(range(50, 1201, 50))
         if where == moved:  # nothing of the original was written by the copy's resume
             assert {p: p.stat().st_mtime_ns for p in before if p.name != "tuner.pkl"} == {
@@ -149,9 +159,10 @@ def test_an_address_where_ray_does_not_listen_is_refused_within_seconds(tmp_path
     assert not any(tmp_path.iterdir())
 
 
-@pytest.fixture
-def loopback_head(tmp_path):
-    """``ray start --head --node-ip-address=127.0.0.1``, as the README tells a user to start one."""
+@pytest.fixture(scope="module")
+def loopback_head():
+    """``ray start --head --node-ip-address=127.0.0.1``, as the README tells a user to start one
+    (one for the module's tests: a cluster outlives its drivers)."""
     port = free_port()
     temp = Path("/tmp") / f"ray-head-{os.getpid()}"  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -195,10 +206,20 @@ def test_a_driver_the_cluster_refuses_is_one_line_within_seconds(tmp_path, loopb
     assert "RAY_AUTH_MODE is disabled" in line
 
 
-def test_a_failed_trial_is_one_line_and_the_sweep_says_it_failed(mnist_cache, tmp_path):
+def test_a_damaged_state_is_searched_again_and_a_failed_trial_is_one_line(mnist_cache, tmp_path):
+    """A finished sweep continued with its files damaged: Tune's experiment state (searched
+    again, no traceback); then a trial's config changed and Tune's state gone (the trial fails
+    in one line, the sweep says so, Ray's traceback kept in ray.log)."""
     small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
     run_sweep_process(TINY, "--grid", "train.seed=0,1", *small, "--runs-dir", str(tmp_path), "-q")
     sweep_dir = tmp_path / "tiny-grid"
+    (state,) = (sweep_dir / "tune").glob("experiment_state-*.json")
+    state.write_text('{"trial_data": [garbage')
+    result = run_sweep_process("--resume", str(sweep_dir))
+    assert "Traceback" not in result.stderr and "Tuner.restore" not in result.stderr, result.stderr[-3000:]
+    rows = trials_csv(sweep_dir)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
+
     config = sweep_dir / "trial-00000" / "config.yaml"  # its run no longer the trial's config
     config.write_text(config.read_text().replace("seed: 0", "seed: 5"))
     shutil.rmtree(sweep_dir / "tune")  # and Tune's state gone: the search starts again
@@ -216,6 +237,8 @@ def test_a_failed_trial_is_one_line_and_the_sweep_says_it_failed(mnist_cache, tm
 
 
 def test_an_interrupted_reproduction_on_ray_says_so_and_continues(mnist_cache, tmp_path, spawn):
+    """`reproduce --max-concurrent 2` trains its seeds as Ray trials: Ctrl-C says so, the same
+    command continues them into the same ledger, and once more trains nothing."""
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     command = [sys.executable, "-m", "mnistctl", "reproduce", TINY, "--seeds", "2", "--max-concurrent", "2",
                "--runs-dir", str(runs), "--docs", str(docs), *SLOW, "--set", "train.steps=500"]  # fmt: skip
@@ -234,6 +257,15 @@ def test_an_interrupted_reproduction_on_ray_says_so_and_continues(mnist_cache, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 finished runs" in again.stdout
     assert all(len(load_run(p).record.resumes) == 1 for p in made)  # continued, not restarted
+    ledger = list(csv.DictReader((docs / "reproduce-runs.csv").open()))  # as `reproduce` in turn writes it
+    assert sorted((r["config"], r["seed"]) for r in ledger) == [("tiny", "0"), ("tiny", "1")]
+    made = sorted(p for p in runs.iterdir() if not p.name.startswith("."))
+    assert [p.name for p in made] == [f"tiny-seed{s}-{ledger[0]['config_sha']}" for s in (0, 1)]
+    assert {load_run(p).record.status for p in made} == {Status.COMPLETED}
+    before = {p: (p / "metrics.csv").read_bytes() for p in made}
+    third = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and len(list(csv.DictReader((docs / "reproduce-runs.csv").open()))) == 2
+    assert {p: (p / "metrics.csv").read_bytes() for p in made} == before  # finished: nothing trains
 
 
 def test_two_sweeps_made_at_the_same_moment_with_one_name_the_second_is_refused(
@@ -279,18 +311,6 @@ def test_a_double_ctrl_c_leaves_the_trials_interrupted_with_the_way_to_continue(
     assert "Traceback" not in stderr, stderr
     statuses = {load_run(p).record.status for p in sweep_dir.glob("trial-*")}
     assert statuses and statuses <= {Status.INTERRUPTED, Status.COMPLETED}, statuses  # never "stopped"
-
-
-def test_a_damaged_experiment_state_is_not_a_traceback_on_resume(mnist_cache, tmp_path):
-    small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
-    run_sweep_process(TINY, "--grid", "train.seed=0,1", *small, "--runs-dir", str(tmp_path), "-q")
-    sweep_dir = tmp_path / "tiny-grid"
-    (state,) = (sweep_dir / "tune").glob("experiment_state-*.json")
-    state.write_text('{"trial_data": [garbage')
-    result = run_sweep_process("--resume", str(sweep_dir))
-    assert "Traceback" not in result.stderr and "Tuner.restore" not in result.stderr, result.stderr[-3000:]
-    rows = trials_csv(sweep_dir)
-    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
 
 
 def test_a_full_disk_during_a_sweep_is_one_line_a_trial_and_the_sweep_goes_on_once_there_is_room(
