@@ -26,6 +26,15 @@ def test_graph_matches_the_config(path):
     assert g.images.shape.as_list() == [None, 28, 28]
 
 
+def test_tensorflow_comes_without_keras():
+    """mnistctl builds tf.compat.v1 graphs only: Keras 3, which `import tensorflow` would load
+    whole (1.5 s of its start-up here), is left out."""
+    import sys
+
+    keras = [name for name in sys.modules if name.split(".")[0] == "keras"]
+    assert "tensorflow" in sys.modules and not keras, keras[:5]
+
+
 def test_every_trainable_variable_has_a_role_declared_by_its_layer(monkeypatch):
     exp = load_config(CONFIGS / "batchnorm_conv.yaml")
     g = tf_model.build_graph(exp)
