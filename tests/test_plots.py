@@ -237,6 +237,26 @@ def test_the_evaluation_log_has_each_evaluations_mistakes_and_last_batch(trained
         assert len(entry["batch"]) == len(entry["batch_predicted"]) == 50
 
 
+def test_event_files_made_in_one_second_are_kept_apart_in_order(tmp_path):
+    """A run resumed within the second its crashed process began (TensorFlow names an event file
+    by the second): the events written before are kept, and read first."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from mnistctl._tf import tf
+    from mnistctl.run.tensorboard import event_writer
+
+    for step in (10, 20):
+        writer = event_writer(tf, tmp_path, tf.Graph())
+        writer.add_summary(
+            tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag="x", simple_value=step)]), step
+        )
+        writer.close()
+    assert len(list(tmp_path.iterdir())) == 2
+    events = event_accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(10, 10.0), (20, 20.0)]
+
+
 def test_tensorboard_hparams_dashboard_gets_the_config(trained_run):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.plugins.hparams import plugin_data_pb2

@@ -5,7 +5,9 @@ dashboard, written as event files by a hook that only writes what the loop measu
 from __future__ import annotations
 
 import math
+import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,16 @@ from mnistctl.train.events import EvalEvent, Hook, TrainContext
 if TYPE_CHECKING:
     from mnistctl.config import Experiment
     from mnistctl.status import Status
+
+
+def event_writer(tf, logdir: Path, graph):
+    """A FileWriter whose file no other writer shares. TensorFlow names the file by the second it
+    is made: a run resumed within the second its last process began (after a quick crash) would
+    reuse the name and wipe the events written before. The suffix (the time in nanoseconds, then
+    the pid) keeps the names apart and in the order they were made, which is the order
+    TensorBoard reads them in."""
+    suffix = f".{time.time_ns():019d}.{os.getpid()}"
+    return tf.compat.v1.summary.FileWriter(str(logdir), graph=graph, filename_suffix=suffix)
 
 
 def hparams_summary(exp: Experiment, trial: str) -> bytes:
@@ -90,7 +102,7 @@ class TensorBoardWriter(Hook):
 
         self._tf = tf
         _quiet_event_writer_threads()
-        self._writer = tf.compat.v1.summary.FileWriter(str(self.logdir), graph=ctx.graph.graph)
+        self._writer = event_writer(tf, self.logdir, ctx.graph.graph)
         # A START session log tells TensorBoard to forget earlier events from step start+1 on,
         # which a resumed run (even one resumed from step 0) is about to write again.
         log = tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START)
