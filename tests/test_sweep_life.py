@@ -202,8 +202,9 @@ def test_a_driver_the_cluster_refuses_is_one_line_within_seconds(tmp_path, loopb
 
 def test_a_damaged_state_is_searched_again_and_a_failed_trial_is_one_line(mnist_cache, tmp_path):
     """A finished sweep continued with its files damaged: Tune's experiment state (no
-    traceback); then a trial's config changed and Tune's tuner.pkl (searched again, the damaged
-    state kept aside; the trial fails in one line, the sweep says so, Ray's traceback in ray.log)."""
+    traceback); its tuner.pkl (searched again, the damaged state kept aside); then a trial's
+    config changed and Tune's state deleted (searched again; the trial fails in one line, the
+    sweep says so, Ray's traceback in ray.log)."""
     small = ["--set", "train.steps=40", "--set", "train.eval_every=20"]
     run_sweep_process(TINY, "--grid", "train.seed=0,1", *small, "--runs-dir", str(tmp_path), "-q")
     sweep_dir = tmp_path / "tiny-grid"
@@ -214,13 +215,19 @@ def test_a_damaged_state_is_searched_again_and_a_failed_trial_is_one_line(mnist_
     rows = trials_csv(sweep_dir)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
 
+    (sweep_dir / "tune" / "tuner.pkl").write_bytes(b"damaged")
+    result = run_sweep_process("--resume", str(sweep_dir))
+    assert "Ray Tune's saved state is damaged (UnpicklingError); searching again" in result.stderr
+    assert list(sweep_dir.glob("tune.before-*")) and "Traceback" not in result.stderr  # kept aside
+    assert {r["status"] for r in trials_csv(sweep_dir)} == {"completed"}
+
     config = sweep_dir / "trial-00000" / "config.yaml"  # its run no longer the trial's config
     config.write_text(config.read_text().replace("seed: 0", "seed: 5"))
-    (sweep_dir / "tune" / "tuner.pkl").write_bytes(b"damaged")  # and Tune's state: searched again
+    shutil.rmtree(sweep_dir / "tune")  # and Tune's state gone: the search starts again
     result = subprocess.run(sweep_command("--resume", str(sweep_dir)), cwd=ROOT, capture_output=True,
                             text=True, timeout=240)  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "Ray Tune's saved state is damaged" in result.stderr and list(sweep_dir.glob("tune.before-*"))
+    assert "Ray Tune saved no state there" in result.stderr
     assert "Traceback" not in result.stderr and "Tuner.restore" not in result.stderr
     assert (
         "trial-00000 failed: " + f"{sweep_dir / 'trial-00000'}: holds a run of another config"
