@@ -200,6 +200,19 @@ def test_a_driver_the_cluster_refuses_is_one_line_within_seconds(tmp_path, loopb
     assert "RAY_AUTH_MODE is disabled" in line
 
 
+def test_a_signal_just_after_the_search_cannot_cut_its_last_writes_short():
+    """A second Ctrl-C that lands after Tune stopped, while the sweep writes the trials'
+    statuses: it used to end the driver with a bare "interrupted" and no way to continue."""
+    from mnistctl.many.ray_session import signals_held
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with signals_held():
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # delivered by now, and nothing raised
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_a_damaged_state_is_searched_again_and_a_failed_trial_is_one_line(mnist_cache, tmp_path):
     """A finished sweep continued with its files damaged: Tune's experiment state (no
     traceback); its tuner.pkl (searched again, the damaged state kept aside); then a trial's

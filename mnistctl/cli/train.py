@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -330,6 +331,8 @@ def sweep(
         )
     finally:
         stop_ray()
+    if outcome.interrupted:  # stopping already: a further Ctrl-C would only cut the last lines short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not outcome.trials:
         from mnistctl.errors import MnistctlError
 

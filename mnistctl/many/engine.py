@@ -131,7 +131,7 @@ def run_sweep(
         SweepError: the sweep directory exists already (new), is another driver's, or cannot be
             continued (resume); the cluster is unreachable, or a trial asks for more cores than it has.
     """
-    from mnistctl.many.ray_session import fitting
+    from mnistctl.many.ray_session import fitting, signals_held
 
     resume = sweep_dir is not None
     with contextlib.ExitStack() as owned:
@@ -156,7 +156,7 @@ def run_sweep(
             return SweepOutcome(sweep_dir, [], None, interrupted=True, wall_s=0.0)
         tune_path = sweep_dir / TUNE_DIR
         started = time.time()
-        with full_disk_said(sweep_dir, f"continue with: mnistctl sweep --resume {sweep_dir}"):
+        with full_disk_said(sweep_dir, f"continue with: mnistctl sweep --resume {sweep_dir}"), signals_held():
             with fitting(sweep_dir) as fit:
                 tuner.fit()
             # Tune's own word on each trial: TERMINATED (finished, or stopped early by the
@@ -239,7 +239,7 @@ def run_on_ray(jobs: Sequence[Job], runs_dir: Path, how: OnRay) -> None:
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    from mnistctl.many.ray_session import fitting
+    from mnistctl.many.ray_session import fitting, signals_held
 
     plan = TrialPlan(str(runs_dir), how.cpus_per_job, jobs={job.name: job for job in jobs})
     tune_path = runs_dir / ".tune" / f"{how.group}-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -255,7 +255,8 @@ def run_on_ray(jobs: Sequence[Job], runs_dir: Path, how: OnRay) -> None:
     if not how.quiet:
         print(f"{len(jobs)} runs, {concurrent} at a time, {how.cpus_per_job} CPU each", file=sys.stderr)
     tune_path.mkdir(parents=True, exist_ok=True)
-    with full_disk_said(runs_dir, "run the same command again: finished runs are kept, the others resume"):
+    again = "run the same command again: finished runs are kept, the others resume"
+    with full_disk_said(runs_dir, again), signals_held():
         with fitting(tune_path) as fit:  # Ray's lines beside Tune's state, not among the runs
             tuner.fit()
         statuses = {t.config["job"]: t.status for t in tune.ExperimentAnalysis(str(tune_path)).trials}

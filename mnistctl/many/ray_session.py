@@ -230,6 +230,20 @@ def full_disk_said(folder: Path, again: str) -> Iterator[None]:
         raise SweepError(f"{folder}: the disk is full{what}; free some space, then {again}") from None
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Around a search and the few writes after it (the trials' statuses, trials.csv,
+    best.json): Ctrl-C and SIGTERM do nothing once the search has ended (:func:`fitting` takes
+    them over during it), so a second Ctrl-C just after Tune stopped cannot cut those writes
+    short and lose the line saying how to continue."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
 class _Noticed(logging.Handler):
     """Notices Tune's line on the first Ctrl-C (Tune handles that one itself)."""
 
