@@ -93,39 +93,18 @@ def start_ray(address: str | None) -> None:
     if loopback and ray_constants.ENABLE_RAY_CLUSTER:  # Ray was imported before the variable was set
         raise SweepError("Ray was imported before mnistctl could keep it on 127.0.0.1; start the sweep first")
     where = {"_node_ip_address": "127.0.0.1"} if loopback else {}
-    with _ctrl_c_kept():
-        if address is not None:
-            _join(address, where)
-            return
-        # address="local": a Ray of its own, never a cluster that `ray start` left on this machine
-        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                           log_to_driver=False, logging_level=logging.WARNING, **where)  # fmt: skip
+    if address is not None:
+        _join(address, where)
+        return
+    # address="local": a Ray of its own, never a cluster that `ray start` left on this machine
+    context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                       log_to_driver=False, logging_level=logging.WARNING, **where)  # fmt: skip
     session = context.address_info.get("session_dir")
     if session:  # Ray's processes end with this driver, however it ends (see many/reaper)
         global _reaper
         _reaper = _reaper or reaper_for_driver()
         _reaper.stdin.write(f"{session}\n".encode())
         _reaper.stdin.flush()
-
-
-@contextlib.contextmanager
-def _ctrl_c_kept() -> Iterator[None]:
-    """Around Ray's start-up: a Ctrl-C is never lost. Its KeyboardInterrupt can land in Ray's
-    own code, which may not let it through (a sweep once went on to finish after a Ctrl-C while
-    Ray started); one noted here is raised again once Ray returns."""
-    noted: list[int] = []
-
-    def note(signum: int, frame: object) -> None:
-        noted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, note)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if noted:
-        raise KeyboardInterrupt
 
 
 def _join(address: str, where: dict[str, str]) -> None:
