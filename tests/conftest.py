@@ -16,6 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_kept():
+    """Each test leaves Ctrl-C and SIGTERM as it found them. A command run in-process may ignore
+    Ctrl-C on its way out (a stopping sweep does); left so, every process a later test starts
+    would inherit SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+    import signal
+
+    kept = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in kept.items():
+        signal.signal(signum, handler)
+
+
 @pytest.fixture(scope="session")
 def mnist_cache() -> Path:
     """The verified MNIST cache, fetched through the normal sources if it is not there yet."""
